@@ -1,0 +1,90 @@
+"""How a model is rebuilt from a checkpoint without pickling: a zoo spec, the structural transforms
+applied to it (exits, quantization), then every layer resized to the saved tensors (pruning)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .exits.model import ExitNetwork, attach_exits
+from .models import build_model
+from .qmodules import QUANT_TYPES, QuantConv2d, QuantLinear, QuantPlan, apply_quant, quantize_like
+
+
+def record(model: nn.Module, transform: dict) -> None:
+    arch = getattr(model, "chaincomp_arch", None) or {"model": {}, "transforms": []}
+    arch = {"model": arch["model"], "transforms": [*arch["transforms"], transform]}
+    model.chaincomp_arch = arch
+
+
+def apply_transform(model: nn.Module, t: dict, sample: torch.Tensor) -> nn.Module:
+    """One structural step; the same code runs when a stage applies it and when a checkpoint is rebuilt."""
+    if t["type"] == "exits":
+        old_exits = set(model.exits.keys()) if isinstance(model, ExitNetwork) else set()
+        net = attach_exits(model, t["points"], t["head"], t["num_classes"], sample)
+        for k, head in net.exits.items():
+            if k not in old_exits:
+                quantize_like(head, model)  # a quantized model keeps its bits in new exit heads
+        record(net, t)
+        return net
+    if t["type"] == "quantize":
+        apply_quant(model, QuantPlan(**t["plan"]))
+        record(model, t)
+        return model
+    raise UserError(f"checkpoint: unknown transform '{t['type']}' (written by another chaincomp version?)")
+
+
+def _resized(m: nn.Module, state: dict[str, torch.Tensor], name: str) -> nn.Module | None:
+    w = state.get(f"{name}.weight")
+    if w is None:
+        return None
+    if isinstance(m, nn.Conv2d) and tuple(w.shape) != tuple(m.weight.shape):
+        depthwise = m.groups == m.in_channels and m.groups > 1
+        groups = w.shape[0] if depthwise else m.groups
+        cin = w.shape[0] if depthwise else w.shape[1] * m.groups
+        kw = dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=groups, bias=m.bias is not None)
+        if isinstance(m, QuantConv2d):
+            return QuantConv2d(cin, w.shape[0], m.kernel_size, spec=m.spec(), **kw)
+        return nn.Conv2d(cin, w.shape[0], m.kernel_size, **kw)
+    if isinstance(m, nn.Linear) and tuple(w.shape) != tuple(m.weight.shape):
+        if isinstance(m, QuantLinear):
+            return QuantLinear(w.shape[1], w.shape[0], m.bias is not None, spec=m.spec())
+        return nn.Linear(w.shape[1], w.shape[0], m.bias is not None)
+    if isinstance(m, nn.BatchNorm2d) and w.shape[0] != m.num_features:
+        return nn.BatchNorm2d(w.shape[0], eps=m.eps, momentum=m.momentum)
+    return None
+
+
+def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every conv, linear and BN layer the shape of its saved tensors (a pruned model)."""
+    for name, m in list(model.named_modules()):
+        new = _resized(m, state, name)
+        if new is not None:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+
+
+def rebuild(arch: dict, state: dict[str, torch.Tensor], sample: torch.Tensor, where: str = "checkpoint") -> nn.Module:
+    try:
+        model = build_model(**arch["model"])
+        for t in arch["transforms"]:
+            model = apply_transform(model, t, sample)
+        resize_to(model, state)
+        model.load_state_dict(state, strict=True)
+    except UserError:
+        raise
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise UserError(f"{where}: weights do not fit the architecture {arch.get('model')} ({first}); "
+                        "use the checkpoint of this recipe's model") from None
+    model.chaincomp_arch = arch
+    return model
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load user weights into a zoo model; a mismatch is the user's to fix."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise UserError(f"{where}: weights do not fit model {model.chaincomp_arch['model']} ({first})") from None

@@ -1,0 +1,222 @@
+"""The chain runner: baseline, then each stage in order, a checkpoint after each, and the ledger.
+
+Resume semantics: a stage is done when its checkpoint JSON exists (written after its weights,
+both atomically), belongs to the same recipe digest and its weights load. `--resume` rebuilds
+the model from the last done stage and runs the rest; every stage seeds itself from
+(recipe seed, stage index), so a resumed run ends with the same ledger as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__, progress
+from .arch import load_into, rebuild
+from .data import load_data, model_kwargs
+from .data.base import TaskData
+from .errors import UserError
+from .exits.calibrate import calibrate_rule
+from .exits.model import ExitNetwork
+from .io import RunLock, atomic_write_text, load_weights, read_json, save_weights, write_json
+from .ledger import exit_costs, measure
+from .models import build_model
+from .recipe import Recipe
+from .stages import Context, make_stage
+from .train import FitConfig, fit
+
+FORMAT = 1
+
+
+@dataclass
+class Checkpoints:
+    """Files of one run folder: checkpoints/NN-name.{safetensors,json}."""
+
+    out: Path
+
+    def paths(self, index: int, name: str) -> tuple[Path, Path]:
+        base = self.out / "checkpoints" / f"{index:02d}-{name}"
+        return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
+    def save(self, index: int, name: str, model: nn.Module, entry: dict, digest: str) -> None:
+        wpath, jpath = self.paths(index, name)
+        save_weights(wpath, model.state_dict(), metadata={"chaincomp": __version__})
+        write_json(jpath, {"format": FORMAT, "version": __version__, "recipe_digest": digest, "index": index,
+                           "name": name, "arch": model.chaincomp_arch,
+                           "exit_rule": getattr(model, "exit_rule", None), "entry": entry})
+
+    def load(self, index: int, name: str, digest: str, sample: torch.Tensor) -> tuple[nn.Module, dict] | None:
+        wpath, jpath = self.paths(index, name)
+        if not jpath.exists() or not wpath.exists():
+            return None
+        meta = read_json(jpath)
+        if meta.get("format") != FORMAT:
+            raise UserError(f"{jpath}: written by another chaincomp format ({meta.get('format')}); use a new --out")
+        if meta.get("recipe_digest") != digest:
+            return None
+        model = rebuild(meta["arch"], load_weights(wpath), sample, where=str(wpath))
+        if meta.get("exit_rule") and isinstance(model, ExitNetwork):
+            model.exit_rule = meta["exit_rule"]
+        return model, meta["entry"]
+
+
+def stage_names(recipe: Recipe) -> list[str]:
+    names, seen = [], {}
+    for s in recipe.chain:
+        seen[s.technique] = seen.get(s.technique, 0) + 1
+        names.append(s.technique if seen[s.technique] == 1 else f"{s.technique}{seen[s.technique]}")
+    return names
+
+
+def settle_exits(model: nn.Module, data: TaskData) -> None:
+    """After any stage changes an exit network, recalibrate a calibrated exit rule, so that the
+    threshold keeps meaning 'within max_drop of the final head' whatever came before."""
+    if isinstance(model, ExitNetwork) and "max_drop" in model.exit_rule:
+        costs = [c["bitops"] for c in exit_costs(model, data.sample_input())]
+        model.exit_rule = calibrate_rule(model, data, model.exit_rule["criterion"], model.exit_rule["max_drop"], costs)
+
+
+def train_baseline(recipe: Recipe, data: TaskData) -> nn.Module:
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model.name, width=recipe.model.width, **model_kwargs(data))
+    if recipe.model.weights:
+        load_into(model, load_weights(recipe.model.weights), f"model.weights ({recipe.model.weights})")
+        return model
+    b = recipe.baseline
+    fit(model, data, FitConfig(b.epochs, b.lr, b.batch_size, b.weight_decay, b.optimizer), stage="baseline",
+        seed=recipe.seed)
+    return model
+
+
+def prepare_out(out: Path, recipe: Recipe, recipe_text: str, resume: bool) -> None:
+    """Refuse to mix two runs in one folder; never overwrite an earlier run without --resume."""
+    run_file = out / "run.json"
+    if run_file.exists():
+        meta = read_json(run_file)
+        if not resume:
+            raise UserError(f"{out}: holds an earlier run; pass --resume to continue it, or choose another --out")
+        if meta.get("recipe_digest") != recipe.digest():
+            raise UserError(f"{out}: was started with another recipe; --resume needs the same recipe "
+                            f"(or choose another --out)")
+        return
+    write_json(run_file, {"format": FORMAT, "version": __version__, "recipe_digest": recipe.digest(),
+                          "recipe": recipe.name, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                          "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
+                          "torch": torch.__version__})
+    atomic_write_text(out / "recipe.yaml", recipe_text if recipe_text.strip() else "{}\n")
+
+
+def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_text: str = "",
+              data: TaskData | None = None, write_report: bool = True) -> dict:
+    """Run a recipe into folder `out`; returns the results dictionary (also DIR/results.json)."""
+    out = Path(out)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    with RunLock(out):
+        prepare_out(out, recipe, recipe_text, resume)
+        ckpt = Checkpoints(out)
+        digest = recipe.digest()
+        data = data or load_data(recipe.data, recipe.seed)
+        sample = data.sample_input()
+        t0 = time.perf_counter()
+        loaded = ckpt.load(0, "baseline", digest, sample)
+        if loaded:
+            model, base_entry = loaded
+            progress.log("baseline: restored from checkpoint")
+        else:
+            model = train_baseline(recipe, data)
+            base_entry = {"name": "baseline", "technique": "baseline", **measure(model, data),
+                          "seconds": round(time.perf_counter() - t0, 2)}
+            ckpt.save(0, "baseline", model, base_entry, digest)
+        progress.log(_line(base_entry, data.metric_name))
+        entries = []
+        for i, (cfg, name) in enumerate(zip(recipe.chain, stage_names(recipe)), start=1):
+            loaded = ckpt.load(i, name, digest, sample)
+            if loaded:
+                model, entry = loaded
+                progress.log(f"{name}: restored from checkpoint")
+            else:
+                t0 = time.perf_counter()
+                ctx = Context(data=data, seed=recipe.seed, stage_index=i, stage_name=name)
+                model = make_stage(cfg).apply(model, ctx)
+                settle_exits(model, data)
+                entry = {"name": name, "technique": cfg.technique, **measure(model, data),
+                         "seconds": round(time.perf_counter() - t0, 2), **({"notes": ctx.notes} if ctx.notes else {})}
+                ckpt.save(i, name, model, entry, digest)
+            progress.log(_line(entry, data.metric_name))
+            entries.append(entry)
+        results = build_results(recipe, data, base_entry, entries)
+        write_json(out / "results.json", results)
+        if write_report:
+            from .report import write_run_report
+            write_run_report(out, results)
+        return results
+
+
+def _line(e: dict, metric: str) -> str:
+    return (f"{e['name']}: {metric} {e['metric']:.2f}  BitOps {e['bitops']:.3g}  MACs {e['macs']:.3g}  "
+            f"params {e['params']}  ({e['seconds']:.1f} s)")
+
+
+def build_results(recipe: Recipe, data: TaskData, base: dict, stages: list[dict]) -> dict:
+    final = stages[-1] if stages else base
+    keys = ("metric", "bitops", "macs", "params", "size_bytes")
+    return {
+        "format": FORMAT, "version": __version__, "recipe": recipe.name, "seed": recipe.seed,
+        "task": data.task, "dataset": data.name, "model": recipe.model.name, "metric_name": data.metric_name,
+        "chain": recipe.techniques(),
+        "baseline": {k: base[k] for k in keys},
+        "stages": [{k: s[k] for k in ("name", "technique", *keys, "seconds")} |
+                   {k: s[k] for k in ("exit_histogram", "exit_rule", "notes") if k in s} for s in stages],
+        "final": {"metric": final["metric"], "bitops": final["bitops"],
+                  "metric_delta": round(final["metric"] - base["metric"], 4),
+                  "bitops_reduction": round(base["bitops"] / max(final["bitops"], 1e-9), 3),
+                  "macs": final["macs"], "params": final["params"], "size_bytes": final["size_bytes"]},
+    }
+
+
+@dataclass
+class LoadedRun:
+    """A finished (or partly finished) run folder brought back to life, for export, bench, exit, fmc."""
+
+    out: Path
+    recipe: Recipe
+    data: TaskData
+    model: nn.Module          # the model after `stage`
+    baseline: nn.Module       # the baseline model of the run
+    entry: dict               # the ledger entry of `stage`
+    stage: str
+
+
+def load_run(out: str | Path, stage: str | None = None, data: TaskData | None = None) -> LoadedRun:
+    """Rebuild the model of a run folder after `stage` (default: the last finished stage)."""
+    from .recipe import load_recipe
+
+    out = Path(out)
+    if not (out / "run.json").is_file() or not (out / "recipe.yaml").is_file():
+        raise UserError(f"{out}: not a chaincomp run folder (no run.json/recipe.yaml); give the --out of `chaincomp run`")
+    meta = read_json(out / "run.json")
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{out}: written by another chaincomp format ({meta.get('format')}); rerun it with this version")
+    recipe, _ = load_recipe(str(out / "recipe.yaml"))
+    if recipe.digest() != meta.get("recipe_digest"):
+        raise UserError(f"{out}/recipe.yaml: does not match run.json (edited after the run?)")
+    data = data or load_data(recipe.data, recipe.seed)
+    sample = data.sample_input()
+    ckpt = Checkpoints(out)
+    names = ["baseline"] + stage_names(recipe)
+    done = [n for i, n in enumerate(names) if ckpt.paths(i, n)[1].exists()]
+    if not done:
+        raise UserError(f"{out}: no finished stage yet; run `chaincomp run --resume --out {out}` first")
+    want = stage or done[-1]
+    if want not in names:
+        raise UserError(f"--stage: '{want}' is not a stage of this run; choose one of {', '.join(names)}")
+    if want not in done:
+        raise UserError(f"{out}: stage '{want}' has not finished; run `chaincomp run --resume --out {out}` first")
+    model, entry = ckpt.load(names.index(want), want, recipe.digest(), sample)
+    baseline, _ = ckpt.load(0, "baseline", recipe.digest(), sample)
+    return LoadedRun(out, recipe, data, model, baseline, entry, want)

@@ -1,0 +1,69 @@
+"""The command line. User mistakes end as one line on stderr and exit status 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import DivergenceError, UserError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .chain import run_chain
+    from .recipe import load_recipe
+    from .report import print_run_table
+
+    recipe, text = load_recipe(args.recipe)
+    out = Path(args.out or f"runs/{recipe.name}")
+    results = run_chain(recipe, out, resume=args.resume, recipe_text=text)
+    print_run_table(results)
+    print(f"results: {out / 'results.json'}  report: {out / 'report.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chaincomp", description="Compress CNNs with chains of techniques, measured.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a compression chain (default: digits, D -> P -> Q -> E)")
+    r.add_argument("recipe", nargs="?", help="recipe YAML, or a built-in name (default: default)")
+    r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    r.set_defaults(func=_cmd_run)
+
+    for register in _extra_commands():
+        register(sub)
+    return p
+
+
+def _extra_commands():
+    """Commands of other issues register themselves here as they land."""
+    found = []
+    for mod in ("order", "search", "exit_cli", "fmc_cli", "deploy_cli"):
+        try:
+            m = __import__(f"chaincomp.{mod}", fromlist=["register_cli"])
+        except ImportError:
+            continue
+        if hasattr(m, "register_cli"):
+            found.append(m.register_cli)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"chaincomp: error: {e}", file=sys.stderr)
+        return 2
+    except DivergenceError as e:
+        print(f"chaincomp: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chaincomp: interrupted; finished stages are kept, rerun with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The recipe: one validated YAML document that says what to compress and how.
+
+Errors name the field (e.g. `chain.1.ratio`) and the fix; the command line turns them into one
+line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UserError
+from .stages.distill import DistillConfig
+from .stages.early_exit import EarlyExitConfig
+from .stages.prune import PruneConfig
+from .stages.quantize import QuantizeConfig
+
+DATASETS = ("digits", "cifar10", "camvid", "sr", "sr_sample")
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["digits", "cifar10", "camvid", "sr", "sr_sample"] = "digits"
+    path: str | None = Field(None, description="archive or folder; default $CHAINCOMP_DATA or ~/.cache/chaincomp/data")
+    limit_train: int | None = Field(None, ge=1, le=10_000_000)
+    limit_test: int | None = Field(None, ge=1, le=10_000_000)
+    val_size: int = Field(5000, ge=1, le=1_000_000)
+    scale: int = Field(2, ge=2, le=4)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "digits_cnn"
+    width: float = Field(1.0, gt=0, le=8)
+    weights: str | None = Field(None, description="start from these weights (.safetensors) instead of training")
+
+
+class BaselineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(30, ge=0, le=100_000)
+    lr: float = Field(0.05, gt=0, le=10)
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+
+
+StageEntry = Annotated[Union[DistillConfig, PruneConfig, QuantizeConfig, EarlyExitConfig],
+                       Field(discriminator="technique")]
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    threads: int | None = Field(None, ge=1, le=1024)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    chain: list[StageEntry] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _exits_need_classes(self) -> "Recipe":
+        if self.data.name in ("sr", "sr_sample", "camvid"):
+            for i, s in enumerate(self.chain):
+                if s.technique == "early_exit":
+                    raise ValueError(f"chain.{i}: early_exit needs a classification dataset, not {self.data.name}")
+        return self
+
+    def digest(self) -> str:
+        """Identity of the recipe for resume: same digest, same run."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()[:16]
+
+    def techniques(self) -> list[str]:
+        return [s.technique for s in self.chain]
+
+
+def _loc(loc: tuple) -> str:
+    tags = {"distill", "prune", "quantize", "early_exit"}
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p in tags)]
+    return ".".join(parts) or "recipe"
+
+
+def format_error(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling; see the recipe reference in docs/recipes.md)"
+    got = err.get("input")
+    got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {str(got)[:40]!s})"
+    more = f" [+{len(e.errors()) - 1} more]" if len(e.errors()) > 1 else ""
+    return f"{source}: {_loc(err['loc'])}: {msg}{got_s}{more}"
+
+
+def parse_recipe(obj: object, source: str = "recipe") -> Recipe:
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise UserError(f"{source}: a recipe is a mapping of keys (name, data, model, baseline, chain), "
+                        f"not {type(obj).__name__}")
+    try:
+        return Recipe.model_validate(obj)
+    except ValidationError as e:
+        raise UserError(format_error(e, source)) from None
+    except (RecursionError, OverflowError, ValueError, TypeError) as e:
+        raise UserError(f"{source}: cannot be read as a recipe ({type(e).__name__})") from None
+
+
+def builtin_recipes() -> dict[str, str]:
+    folder = resources.files("chaincomp") / "recipes"
+    return {p.name[:-5]: p.read_text() for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def load_recipe(path: str | None) -> tuple[Recipe, str]:
+    """A recipe from a YAML file, or a built-in one by name (`default` when none is given)."""
+    name = path or "default"
+    builtins = builtin_recipes()
+    if not Path(name).exists() and name in builtins:
+        text, source = builtins[name], f"<built-in recipe {name}>"
+    else:
+        p = Path(name)
+        if not p.is_file():
+            raise UserError(f"{name}: recipe file not found; give a YAML path or one of: {', '.join(sorted(builtins))}")
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{name}: cannot read the recipe ({e})") from None
+        source = str(p)
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be a recipe") from None
+    return parse_recipe(obj, source), text

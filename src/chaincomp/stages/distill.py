@@ -1,0 +1,99 @@
+"""Knowledge distillation: a smaller student learns from the current model (Hinton et al. 2015).
+
+loss = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * task loss.
+The student keeps what earlier stages did that is not architecture: if the teacher has exits the
+student gets exits at the same blocks; if the teacher is quantized the student trains at its bits.
+
+Recipe:
+    - technique: distill
+      student: {name: null, width: 0.5}   # null name: the teacher's architecture, narrower
+      alpha: 0.7
+      temperature: 4.0
+      epochs: 30
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..arch import apply_transform
+from ..models import build_model
+from ..train import multi_loss, predict, task_loss
+from .base import Context, Stage, StageConfig
+
+
+class StudentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="zoo model; null keeps the teacher's architecture")
+    width: float = Field(0.5, gt=0, le=8, description="channel width relative to the teacher's")
+
+
+class DistillConfig(StageConfig):
+    technique: Literal["distill"] = "distill"
+    student: StudentSpec = StudentSpec()
+    alpha: float = Field(0.7, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0, le=100)
+    lr: float = Field(0.05, gt=0, le=10)
+    epochs: int = Field(20, ge=0, le=100_000)
+
+
+def kd_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, temperature: float) -> torch.Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student_out / t, -1), F.softmax(teacher_out / t, -1), reduction="batchmean") * t * t
+
+
+def build_student(teacher: nn.Module, spec: StudentSpec, sample: torch.Tensor) -> nn.Module:
+    arch = teacher.chaincomp_arch
+    base = dict(arch["model"])
+    name = base.pop("name")
+    teacher_width = float(base.pop("width", 1.0))
+    if spec.name is not None and spec.name != name:
+        name, width = spec.name, spec.width
+    else:
+        width = teacher_width * spec.width
+    student = build_model(name, **base, width=width)
+    for t in arch["transforms"]:
+        if t["type"] == "exits" and len(student.blocks) != len(teacher.blocks):
+            # Same relative depth when the student has another number of blocks.
+            n_t, n_s = len(teacher.blocks), len(student.blocks)
+            t = {**t, "points": sorted({round(p * (n_s - 1) / max(1, n_t - 1)) for p in teacher.exit_points})}
+        student = apply_transform(student, t, sample)
+    return student
+
+
+class Distill(Stage):
+    technique = "distill"
+    Config = DistillConfig
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        c: DistillConfig = self.config
+        data = ctx.data
+        torch.manual_seed(ctx.seed * 1000 + ctx.stage_index)
+        student = build_student(model, c.student, data.sample_input())
+        teacher = model.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        classification = data.task == "classification"
+
+        def loss_fn(outs, y, x):
+            with torch.no_grad():
+                t_outs = teacher(x)
+            t_outs = t_outs if isinstance(t_outs, list) else [t_outs]
+            t_final = t_outs[-1]
+            if not classification:  # regression/segmentation: match the teacher's output directly
+                return multi_loss(data, outs, y) + c.alpha * sum(F.mse_loss(o, t_final) for o in outs)
+            loss = 0.0
+            for i, o in enumerate(outs):
+                target = t_outs[i] if len(t_outs) == len(outs) else t_final
+                loss = loss + c.alpha * kd_loss(o, target, c.temperature) + (1 - c.alpha) * task_loss(data, o, y)
+            return loss
+
+        ctx.fit(student, c.fit_config(), loss_fn=loss_fn)
+        if hasattr(model, "exit_rule") and hasattr(student, "exit_rule"):
+            student.exit_rule = dict(model.exit_rule)
+        ctx.notes["student"] = student.chaincomp_arch["model"]
+        return student

@@ -1,0 +1,63 @@
+"""Early exit: exit heads after chosen blocks, trained jointly on the sum of every output's
+cross-entropy; an input leaves at the first exit whose confidence (max softmax) or entropy passes
+a threshold calibrated on validation data to stay within `max_drop` points of the final head.
+
+Recipe:
+    - technique: early_exit
+      points: all            # or block indices, e.g. [2, 5, 8]
+      head: pool             # pool | bof (Predictive Exit's bag-of-features head)
+      criterion: confidence  # confidence | entropy
+      threshold: null        # null: calibrate; a number fixes it
+      max_drop: 0.5          # points of top-1 the exits may cost on validation data
+      epochs: 10
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from torch import nn
+
+from ..arch import apply_transform
+from ..errors import UserError
+from ..exits.calibrate import calibrate_rule
+from ..exits.model import ExitNetwork
+from ..ledger import exit_costs
+from .base import Context, Stage, StageConfig
+
+
+class EarlyExitConfig(StageConfig):
+    technique: Literal["early_exit"] = "early_exit"
+    points: Literal["all"] | list[int] = "all"
+    head: Literal["pool", "bof"] = "pool"
+    criterion: Literal["confidence", "entropy"] = "confidence"
+    threshold: float | None = Field(None, ge=0, le=100)
+    max_drop: float = Field(0.5, ge=0, le=100)
+    freeze_backbone: bool = False
+    epochs: int = Field(10, ge=0, le=100_000)
+
+
+class EarlyExit(Stage):
+    technique = "early_exit"
+    Config = EarlyExitConfig
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        c: EarlyExitConfig = self.config
+        data = ctx.data
+        if data.task != "classification":
+            raise UserError(f"chain.{ctx.stage_index}: early_exit needs a classification task, not {data.task}")
+        if isinstance(c.points, list) and any(p >= len(model.blocks) - 1 or p < -(len(model.blocks)) for p in c.points):
+            raise UserError(f"chain.{ctx.stage_index}.points: block indices must be below {len(model.blocks) - 1}")
+        t = {"type": "exits", "points": c.points, "head": c.head, "num_classes": data.num_classes}
+        net: ExitNetwork = apply_transform(model, t, data.sample_input())
+        params = None
+        if c.freeze_backbone:
+            params = list(net.exits.parameters())
+        ctx.fit(net, c.fit_config(), params=params)
+        if c.threshold is None:
+            costs = [x["bitops"] for x in exit_costs(net, data.sample_input())]
+            net.exit_rule = calibrate_rule(net, data, c.criterion, c.max_drop, costs)
+        else:
+            net.exit_rule = {"criterion": c.criterion, "threshold": c.threshold}
+        ctx.notes["exit_rule"] = dict(net.exit_rule)
+        return net

@@ -1,0 +1,87 @@
+"""Structured channel pruning that really removes channels, through Torch-Pruning's dependency
+graph (residual connections and exit heads stay consistent). Output classifiers (final head and
+every exit head's last layer) are never pruned. Iterative: `steps` rounds of pruning, each
+followed by fine-tuning, so the result is a plain, smaller nn.Module.
+
+Recipe:
+    - technique: prune
+      ratio: 0.5             # share of channels removed (per layer, or of the whole net if global)
+      importance: l2         # l1 | l2 | taylor | lamp
+      global: true
+      steps: 4
+      epochs: 8              # total fine-tuning, spread over the steps
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch_pruning as tp
+from pydantic import Field
+from torch import nn
+
+from ..train import as_list, multi_loss
+from .base import Context, Stage, StageConfig
+
+
+class PruneConfig(StageConfig):
+    technique: Literal["prune"] = "prune"
+    ratio: float = Field(0.5, ge=0, lt=1, description="share of channels to remove")
+    importance: Literal["l1", "l2", "taylor", "lamp"] = "l2"
+    global_: bool = Field(True, alias="global")
+    steps: int = Field(4, ge=1, le=1000)
+    max_layer_ratio: float = Field(0.9, gt=0, le=1, description="no layer loses more than this share")
+    round_to: int | None = Field(None, ge=1, le=1024)
+
+    model_config = {**StageConfig.model_config, "populate_by_name": True}
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The last conv/linear of the final head and of every exit head: their outputs are classes."""
+    out = []
+    heads = [model.head] + (list(model.exits.values()) if hasattr(model, "exits") else [])
+    for h in heads:
+        layers = [m for m in h.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if layers:
+            out.append(layers[-1])
+    return out
+
+
+def _importance(name: str):
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2)
+
+
+def _sum_outputs(out):
+    return sum(o.sum() for o in as_list(out))
+
+
+class Prune(Stage):
+    technique = "prune"
+    Config = PruneConfig
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        c: PruneConfig = self.config
+        if c.ratio == 0:
+            return model
+        data = ctx.data
+        example = data.sample_input(2)
+        model.eval()
+        pruner = tp.pruner.MetaPruner(
+            model, example, importance=_importance(c.importance), global_pruning=c.global_,
+            pruning_ratio=c.ratio, iterative_steps=c.steps, ignored_layers=output_layers(model),
+            max_pruning_ratio=c.max_layer_ratio, round_to=c.round_to, output_transform=_sum_outputs)
+        per_step = [c.epochs // c.steps + (1 if i < c.epochs % c.steps else 0) for i in range(c.steps)]
+        for i in range(c.steps):
+            if c.importance == "taylor":
+                x, y = next(data.train.batches(c.batch_size, shuffle=True,
+                                               generator=torch.Generator().manual_seed(ctx.seed + i)))
+                model.zero_grad()
+                multi_loss(data, as_list(model(x)), y).backward()
+            pruner.step()
+            model.zero_grad(set_to_none=True)
+            ctx.fit(model, c.fit_config(per_step[i]))
+        return model

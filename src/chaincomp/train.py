@@ -1,0 +1,155 @@
+"""Task-aware training and evaluation loops (classification, segmentation, super-resolution).
+
+Multi-output models (exit networks) train on the weighted sum of every output's loss; a custom
+loss (distillation) replaces the task loss. A loss that turns NaN/Inf restores the last good
+weights and raises DivergenceError naming the stage and step.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import progress
+from .data.base import Split, TaskData
+from .errors import DivergenceError
+from .exits.model import ExitNetwork
+from .exits.rules import choose_exits, gather_outputs
+
+LossFn = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def task_loss(data: TaskData, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if data.task == "classification":
+        return F.cross_entropy(out, y)
+    if data.task == "segmentation":
+        return F.cross_entropy(out, y, ignore_index=data.ignore_index if data.ignore_index is not None else -100)
+    return F.l1_loss(out, y)
+
+
+def as_list(out) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def multi_loss(data: TaskData, outs: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Sum of the task loss of every output (exits and final), as the papers train exits."""
+    return sum(task_loss(data, o, y) for o in outs)
+
+
+@dataclass
+class FitConfig:
+    epochs: int
+    lr: float = 0.05
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+
+
+def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | None = None, stage: str = "train",
+        seed: int = 0, params=None) -> dict:
+    """Train with a cosine schedule; returns the loss history. Deterministic for a given seed."""
+    if cfg.epochs <= 0:
+        return {"loss": []}
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(data.train) / cfg.batch_size)) if data.train.stacked else len(data.train)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15,
+                                                anneal_strategy="cos", div_factor=10, final_div_factor=100)
+    good = copy.deepcopy(model.state_dict())
+    history, step = [], 0
+    model.train()
+    with progress.task(f"{stage}", total) as bar:
+        for epoch in range(cfg.epochs):
+            run = 0.0
+            for x, y in data.train.batches(cfg.batch_size, shuffle=True, generator=gen):
+                if data.augment is not None:
+                    x, y = data.augment(x, y, gen)
+                outs = as_list(model(x))
+                loss = loss_fn(outs, y, x) if loss_fn else multi_loss(data, outs, y)
+                if not torch.isfinite(loss):
+                    model.load_state_dict(good)
+                    raise DivergenceError(stage, step, float(loss))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                run += loss.item()
+                bar.advance(1)
+            history.append(run / steps_per_epoch)
+            if all(torch.isfinite(p).all() for p in model.parameters()):
+                good = copy.deepcopy(model.state_dict())
+            else:
+                model.load_state_dict(good)
+                raise DivergenceError(stage, step, float("nan"))
+    return {"loss": history}
+
+
+@dataclass
+class EvalResult:
+    metric: float
+    exit_index: torch.Tensor | None = None   # per-sample output index (exit networks)
+    n: int = 0
+
+
+def predict(model: nn.Module, split: Split, batch_size: int = 256) -> list[list[torch.Tensor]]:
+    """Every output of the model for every batch (eval mode, no grad)."""
+    was = model.training
+    model.eval()
+    res = []
+    with torch.no_grad():
+        for x, _ in split.batches(batch_size):
+            res.append(as_list(model(x)))
+    model.train(was)
+    return res
+
+
+def outputs_and_targets(model: nn.Module, split: Split, batch_size: int = 256):
+    outs = predict(model, split, batch_size)
+    ys = [y for _, y in split.batches(batch_size)]
+    return outs, ys
+
+
+def evaluate(model: nn.Module, data: TaskData, split: str = "test", rule: dict | None = None,
+             batch_size: int = 256) -> EvalResult:
+    """The task metric on a split; exit networks answer through their exit rule (or `rule`)."""
+    sp: Split = getattr(data, split)
+    outs, ys = outputs_and_targets(model, sp, batch_size)
+    exit_idx = None
+    if isinstance(model, ExitNetwork):
+        r = rule or model.exit_rule
+        chosen = [choose_exits(o, r["criterion"], r["threshold"]) for o in outs]
+        preds = [gather_outputs(o, c) for o, c in zip(outs, chosen)]
+        exit_idx = torch.cat(chosen)
+    else:
+        preds = [o[-1] for o in outs]
+    return EvalResult(metric_of(data, preds, ys), exit_idx, len(sp))
+
+
+def metric_of(data: TaskData, preds: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+    if data.task == "classification":
+        return float((torch.cat(preds).argmax(-1) == torch.cat(ys)).double().mean() * 100)
+    from . import metrics
+
+    if data.task == "segmentation":
+        miou = metrics.MeanIoU(data.num_classes, ignore_index=data.ignore_index)
+        for p, y in zip(preds, ys):
+            miou.update(p, y)
+        return float(miou.compute())
+    shave = data.scale or 0
+    vals = [float(metrics.psnr_y(p.clamp(0, 1), y, shave)) for p, y in zip(preds, ys)]
+    if data.train.stacked and preds and preds[0].shape[0] > 1:  # batched patches: per-image mean
+        vals = [float(metrics.psnr_y(pi[None].clamp(0, 1), yi[None], shave))
+                for p, y in zip(preds, ys) for pi, yi in zip(p, y)]
+    return sum(vals) / max(1, len(vals))
