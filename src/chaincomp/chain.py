@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
-from . import __version__, progress
+from . import __version__, faults, progress
 from .arch import load_into, rebuild
 from .data import load_data, model_kwargs
 from .data.base import TaskData
@@ -45,6 +46,7 @@ class Checkpoints:
     def save(self, index: int, name: str, model: nn.Module, entry: dict, digest: str) -> None:
         wpath, jpath = self.paths(index, name)
         save_weights(wpath, model.state_dict(), metadata={"chaincomp": __version__})
+        faults.point("between_weights_and_json")
         write_json(jpath, {"format": FORMAT, "version": __version__, "recipe_digest": digest, "index": index,
                            "name": name, "arch": model.chaincomp_arch,
                            "exit_rule": getattr(model, "exit_rule", None), "entry": entry})
@@ -107,7 +109,10 @@ def prepare_out(out: Path, recipe: Recipe, recipe_text: str, resume: bool) -> No
                           "recipe": recipe.name, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
                           "torch": torch.__version__})
-    atomic_write_text(out / "recipe.yaml", recipe_text if recipe_text.strip() else "{}\n")
+    # The canonical form (every default spelled out), so the folder alone rebuilds the run.
+    canonical = yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True), sort_keys=False)
+    original = "".join(f"# {line}\n" for line in recipe_text.splitlines())
+    atomic_write_text(out / "recipe.yaml", canonical + ("\n# as written by the user:\n" + original if original else ""))
 
 
 def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_text: str = "",

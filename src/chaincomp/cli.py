@@ -21,6 +21,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    recipe, _ = load_recipe(args.recipe)
+    chain = " -> ".join(recipe.techniques()) or "(no stages)"
+    print(f"{args.recipe or 'default'}: valid recipe '{recipe.name}': {recipe.model.name} on {recipe.data.name}, {chain}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chaincomp", description="Compress CNNs with chains of techniques, measured.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -30,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser("check", help="validate a recipe without running it")
+    c.add_argument("recipe", nargs="?", help="recipe YAML, or a built-in name")
+    c.set_defaults(func=_cmd_check)
 
     for register in _extra_commands():
         register(sub)

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import faults
 from .errors import UserError
 
 
@@ -24,6 +25,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("file_written")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -68,6 +70,7 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dic
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        faults.point("weights_written")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-console = Console(stderr=False, highlight=False)
+console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 120)
 quiet = bool(os.environ.get("CHAINCOMP_QUIET"))
 
 

@@ -90,6 +90,10 @@ def format_error(e: ValidationError, source: str) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key (check its spelling; see the recipe reference in docs/recipes.md)"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        if not err["loc"]:  # a whole-recipe rule: its message already names the field
+            return f"{source}: {msg}"
     got = err.get("input")
     got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {str(got)[:40]!s})"
     more = f" [+{len(e.errors()) - 1} more]" if len(e.errors()) > 1 else ""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import progress
+from . import faults, progress
 from .data.base import Split, TaskData
 from .errors import DivergenceError
 from .exits.model import ExitNetwork
@@ -85,6 +85,7 @@ def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | N
                 opt.step()
                 sched.step()
                 step += 1
+                faults.point("train_step")
                 run += loss.item()
                 bar.advance(1)
             history.append(run / steps_per_epoch)

@@ -36,16 +36,22 @@ class CostProfile:
 
     layers: list[LayerCost] = field(default_factory=list)
 
+    def select(self, prefix: str | None) -> list[LayerCost]:
+        """Layers of the subtree `prefix` ('blocks.3.' also matches a layer named 'blocks.3')."""
+        if prefix is None:
+            return list(self.layers)
+        root = prefix.rstrip(".")
+        return [l for l in self.layers if l.name == root or l.name.startswith(root + ".")]
+
     def total(self, prefix: str | None = None) -> dict:
-        ls = [l for l in self.layers if prefix is None or l.name.startswith(prefix)]
+        ls = self.select(prefix)
         return {"macs": sum(l.macs for l in ls), "bitops": sum(l.bitops for l in ls),
                 "dram_bytes": sum(l.weight_bytes + l.in_bytes + l.out_bytes for l in ls)}
 
     def macs_by_bits(self, prefix: str | None = None) -> dict[tuple[int, int], int]:
         out: dict[tuple[int, int], int] = defaultdict(int)
-        for l in self.layers:
-            if prefix is None or l.name.startswith(prefix):
-                out[(l.weight_bits, l.act_bits)] += l.macs
+        for l in self.select(prefix):
+            out[(l.weight_bits, l.act_bits)] += l.macs
         return dict(out)
 
 

@@ -1,0 +1,302 @@
+"""Batch-size-1 exit runtime that really skips work, and the cost and energy of what it ran.
+
+A batched simulation (`exits.predictive`) is exact for accuracy and MACs but runs every block and
+every head; latency and energy savings only exist when blocks after the exit and heads nobody
+asked for are never executed. `ExitRuntime` runs the blocks one by one and evaluates only the heads
+a way needs: ``classic`` (no exit), ``early_exit`` (every exit passed, confidence / entropy /
+maxlogit) and ``predictive`` (only the exits the engine predicts). Every input yields a `Trace`:
+exit, heads evaluated, predictions, blocks run and wall latency (perf_counter).
+
+Costs come from `energy.cost.profile_model` split by module prefix (``blocks.i.``, ``exits.k.``,
+``head.``), so MACs, bytes and bit widths are those of the real (possibly pruned/quantized) model.
+Energy is modelled two ways (both labelled "modelled"): per operation (`energy.ops`: MACs by bit
+width + DRAM bytes) and on a platform profile under the DVFS policy (`energy.dvfs`).
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..energy.cost import profile_model
+from ..energy.dvfs import choose_point, simulate_inference
+from ..energy.ops import modelled_energy_j
+from ..energy.profiles import Profile
+from .model import ExitNetwork
+from .predictive import Paths, PredictiveRule
+from .rules import score
+
+
+@dataclass
+class Trace:
+    """What one input ran. ``exit``: output index (n_exits = final); ``heads``: exits evaluated, in order;
+    ``predictions``: (exit where predicted, next exit predicted)."""
+
+    exit: int
+    last_block: int
+    heads: list[int] = field(default_factory=list)
+    predictions: list[tuple[int, int]] = field(default_factory=list)
+    latency_s: float = 0.0
+
+
+def traces_from_paths(paths: Paths, points: Sequence[int], n_blocks: int) -> list[Trace]:
+    """The traces a batched simulation implies (latency unknown: 0)."""
+    e = len(points)
+    out = []
+    for i, ex in enumerate(paths.exit.tolist()):
+        out.append(Trace(ex, points[ex] if ex < e else n_blocks - 1, paths.head_order(i), list(paths.predictions[i])))
+    return out
+
+
+def _merge(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        dst[k] += v
+
+
+@dataclass
+class Part:
+    macs: int = 0
+    bitops: int = 0
+    dram_bytes: float = 0.0
+    macs_by_bits: dict = field(default_factory=lambda: defaultdict(int))
+
+
+class CostTable:
+    """Per-block, per-exit-head and final-head costs of one input, from one profiled forward pass."""
+
+    def __init__(self, net: ExitNetwork, sample: torch.Tensor):
+        prof = profile_model(net, sample[:1])
+        self.points = net.exit_points
+        self.n_blocks = len(net.blocks)
+        self.blocks = [Part() for _ in range(self.n_blocks)]
+        self.exits = [Part() for _ in self.points]
+        self.final = Part()
+        index = {p: k for k, p in enumerate(self.points)}
+        for l in prof.layers:
+            root, _, rest = l.name.partition(".")
+            if root == "blocks":
+                part = self.blocks[int(rest.split(".")[0])]
+            elif root == "exits":
+                part = self.exits[index[int(rest.split(".")[0])]]
+            else:
+                part = self.final
+            part.macs += l.macs
+            part.bitops += l.bitops
+            part.dram_bytes += l.weight_bytes + l.in_bytes + l.out_bytes
+            part.macs_by_bits[(l.weight_bits, l.act_bits)] += l.macs
+
+    def parts(self, t: Trace) -> list[list[Part]]:
+        """The parts run, grouped by block (a block with the head evaluated after it)."""
+        at = {self.points[k]: k for k in t.heads}
+        segs = []
+        for b in range(t.last_block + 1):
+            seg = [self.blocks[b]]
+            if b in at:
+                seg.append(self.exits[at[b]])
+            if b == self.n_blocks - 1 and t.exit == len(self.points):
+                seg.append(self.final)
+            segs.append(seg)
+        return segs
+
+    def cost(self, t: Trace) -> dict:
+        c = {"macs": 0, "bitops": 0, "dram_bytes": 0.0}
+        mbb: dict = defaultdict(int)
+        for seg in self.parts(t):
+            for p in seg:
+                c["macs"] += p.macs
+                c["bitops"] += p.bitops
+                c["dram_bytes"] += p.dram_bytes
+                _merge(mbb, p.macs_by_bits)
+        c["macs_by_bits"] = dict(mbb)
+        return c
+
+    def ops_energy_j(self, t: Trace) -> float:
+        """Modelled energy per operation (Horowitz 45 nm): MACs by bit width plus DRAM bytes."""
+        c = self.cost(t)
+        return modelled_energy_j(c["macs_by_bits"], c["dram_bytes"])["total_j"]
+
+    def _value(self, p: Part, kind: str) -> float:
+        if kind == "ops_j":
+            return modelled_energy_j(dict(p.macs_by_bits), p.dram_bytes)["total_j"] if p.macs else 0.0
+        return float(getattr(p, kind))
+
+    def paths_total(self, paths: Paths, kind: str = "macs") -> torch.Tensor:
+        """Per-input total of ``kind`` (macs, bitops, dram_bytes, ops_j) for a batched simulation,
+        vectorised: blocks up to the exit, the heads evaluated, the final head if reached."""
+        e = len(self.points)
+        cum = torch.tensor([self._value(p, kind) for p in self.blocks], dtype=torch.float64).cumsum(0)
+        heads = torch.tensor([self._value(p, kind) for p in self.exits], dtype=torch.float64)
+        last = torch.tensor([self.points[k] if k < e else self.n_blocks - 1 for k in range(e + 1)])[paths.exit]
+        total = cum[last] + paths.heads.double() @ heads
+        return total + (paths.exit == e).double() * self._value(self.final, kind)
+
+
+class PlatformModel:
+    """The cost table on a platform profile: cycles per part, and the DVFS schedule of a trace."""
+
+    def __init__(self, costs: CostTable, profile: Profile):
+        self.costs, self.profile = costs, profile
+        cyc = lambda p: profile.cycles(dict(p.macs_by_bits)) if p.macs else 0.0
+        self.block_cycles = [cyc(p) for p in costs.blocks]
+        self.exit_cycles = [cyc(p) for p in costs.exits]
+        self.final_cycles = cyc(costs.final)
+        self.classic_cycles = sum(self.block_cycles) + self.final_cycles
+        self.top = profile.top()
+        self._memo: dict = {}
+
+    def remaining_cycles(self, after_block: int, next_exit: int) -> float:
+        """Cycles from block ``after_block + 1`` to the predicted next exit's head (or the final head)."""
+        e = len(self.costs.points)
+        end = self.costs.points[next_exit] if next_exit < e else self.costs.n_blocks - 1
+        tail = self.exit_cycles[next_exit] if next_exit < e else self.final_cycles
+        return sum(self.block_cycles[after_block + 1:end + 1]) + tail
+
+    def segments(self, t: Trace) -> tuple[list[float], list[float | None]]:
+        """Cycles of each block-segment run, and the predicted remaining cycles known before each."""
+        at = {self.costs.points[k]: k for k in t.heads}
+        cycles = []
+        for b in range(t.last_block + 1):
+            c = self.block_cycles[b] + (self.exit_cycles[at[b]] if b in at else 0.0)
+            if b == self.costs.n_blocks - 1 and t.exit == len(self.costs.points):
+                c += self.final_cycles
+            cycles.append(c)
+        pred: list[float | None] = [None] * len(cycles)
+        # before any prediction: assume the whole network plus the first check (as Governor.begin)
+        pred[0] = self.classic_cycles + (self.exit_cycles[t.heads[0]] if t.heads else 0.0)
+        for k, nxt in t.predictions:
+            b = self.costs.points[k]
+            if b + 1 < len(pred):
+                pred[b + 1] = self.remaining_cycles(b, nxt)
+        return cycles, pred
+
+    def simulate(self, t: Trace, schedule: str, deadline_s: float):
+        """`energy.dvfs.simulate_inference` of the trace (modelled), memoised by execution path."""
+        cycles, pred = self.segments(t)
+        key = (schedule, tuple(cycles), tuple(pred), deadline_s)
+        if key not in self._memo:
+            kw = {"predicted_remaining": pred} if schedule == "predictive" else {}
+            self._memo[key] = simulate_inference(self.profile, cycles, schedule, deadline_s, **kw)
+        return self._memo[key]
+
+
+class Governor:
+    """Drives a frequency controller during a predictive inference with the same policy (and the
+    same modelled clock) as `PlatformModel.simulate`, so what is applied is what is reported."""
+
+    def __init__(self, platform: PlatformModel, deadline_s: float, controller=None):
+        self.pm, self.deadline, self.ctl = platform, deadline_s, controller
+        self.points = platform.profile.points()
+        self.t, self.point, self.chosen = 0.0, self.points[-1], []
+
+    def begin(self, first_exit: int) -> None:
+        self.t = 0.0
+        e = len(self.pm.exit_cycles)
+        self._set(self.pm.classic_cycles + (self.pm.exit_cycles[first_exit] if first_exit < e else 0.0))
+
+    def ran(self, cycles: float) -> None:
+        self.t += cycles / self.point.freq_hz
+
+    def predicted(self, after_block: int, next_exit: int) -> None:
+        if after_block + 1 < self.pm.costs.n_blocks:
+            self._set(self.pm.remaining_cycles(after_block, next_exit))
+
+    def _set(self, remaining: float) -> None:
+        self.point, _ = choose_point(self.points, remaining, self.t, self.deadline)
+        self.chosen.append(self.point.freq_mhz)
+        if self.ctl is not None:
+            self.ctl.set_point(self.point)
+
+
+class ExitRuntime:
+    """Runs an ExitNetwork one input at a time, block by block, evaluating only the heads needed."""
+
+    def __init__(self, net: ExitNetwork):
+        self.net = net.eval()
+        self.blocks: list[nn.Module] = list(net.blocks)
+        self.points = net.exit_points
+        self.heads = [net.exits[str(p)] for p in self.points]
+        self.final = net.head
+        self.n_exits = len(self.points)
+        self.exit_after = {p: k for k, p in enumerate(self.points)}
+
+    @torch.no_grad()
+    def classic(self, x: torch.Tensor) -> tuple[torch.Tensor, Trace]:
+        t0 = time.perf_counter()
+        for b in self.blocks:
+            x = b(x)
+        out = self.final(x)
+        return out, Trace(self.n_exits, len(self.blocks) - 1, latency_s=time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def early_exit(self, x: torch.Tensor, criterion: str, threshold: float | Sequence[float],
+                   start_block: int = 0) -> tuple[torch.Tensor, Trace]:
+        """Evaluate every exit from L0 on; leave at the first that fires."""
+        t0 = time.perf_counter()
+        heads = []
+        for i, b in enumerate(self.blocks):
+            x = b(x)
+            k = self.exit_after.get(i)
+            if k is None or i < start_block:
+                continue
+            z = self.heads[k](x)
+            heads.append(k)
+            t = threshold[k] if isinstance(threshold, (list, tuple)) else threshold
+            if criterion == "maxlogit":
+                fire = float(z.double().abs().max()) >= t
+            else:
+                s = float(score(z, criterion)[0])
+                fire = -s <= t if criterion == "entropy" else s >= t
+            if fire:
+                return z, Trace(k, i, heads, latency_s=time.perf_counter() - t0)
+        out = self.final(x)
+        return out, Trace(self.n_exits, len(self.blocks) - 1, heads, latency_s=time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def predictive(self, x: torch.Tensor, rule: PredictiveRule,
+                   governor: Governor | None = None) -> tuple[torch.Tensor, Trace]:
+        """Evaluate only predicted exits; re-predict where one does not fire; else the final head."""
+        t0 = time.perf_counter()
+        target = rule.first_exit()
+        target_block = self.points[target] if target < self.n_exits else None
+        heads, preds = [], []
+        if governor is not None:
+            governor.begin(target)
+        for i, b in enumerate(self.blocks):
+            x = b(x)
+            if governor is not None:
+                governor.ran(governor.pm.block_cycles[i])
+            if i != target_block:
+                continue
+            z = self.heads[target](x)
+            heads.append(target)
+            if governor is not None:
+                governor.ran(governor.pm.exit_cycles[target])
+            logits = z[0].double().tolist()
+            if rule.fires(target, logits):
+                return z, Trace(target, i, heads, preds, time.perf_counter() - t0)
+            nxt, _ = rule.predict(target, logits)
+            preds.append((target, nxt))
+            if governor is not None:
+                governor.predicted(i, nxt)
+            target, target_block = nxt, (self.points[nxt] if nxt < self.n_exits else None)
+        out = self.final(x)
+        return out, Trace(self.n_exits, len(self.blocks) - 1, heads, preds, time.perf_counter() - t0)
+
+
+def run_split(fn: Callable[[torch.Tensor], tuple[torch.Tensor, Trace]], x: torch.Tensor, *,
+              warmup: int = 5, bar=None) -> tuple[torch.Tensor, list[Trace]]:
+    """Run ``fn`` on every input of ``x`` at batch size 1: (predicted class per input, traces)."""
+    for i in range(min(warmup, len(x))):
+        fn(x[i:i + 1])
+    preds, traces = [], []
+    for i in range(len(x)):
+        out, t = fn(x[i:i + 1])
+        preds.append(int(out.argmax(-1)))
+        traces.append(t)
+        if bar is not None:
+            bar.advance(1)
+    return torch.tensor(preds), traces
