@@ -47,7 +47,7 @@ def output_layers(model: nn.Module) -> list[nn.Module]:
     return out
 
 
-def _importance(name: str):
+def importance_of(name: str):
     if name == "taylor":
         return tp.importance.GroupTaylorImportance()
     if name == "lamp":
@@ -55,7 +55,7 @@ def _importance(name: str):
     return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2)
 
 
-def _sum_outputs(out):
+def sum_outputs(out):
     return sum(o.sum() for o in as_list(out))
 
 
@@ -71,9 +71,9 @@ class Prune(Stage):
         example = data.sample_input(2)
         model.eval()
         pruner = tp.pruner.MetaPruner(
-            model, example, importance=_importance(c.importance), global_pruning=c.global_,
+            model, example, importance=importance_of(c.importance), global_pruning=c.global_,
             pruning_ratio=c.ratio, iterative_steps=c.steps, ignored_layers=output_layers(model),
-            max_pruning_ratio=c.max_layer_ratio, round_to=c.round_to, output_transform=_sum_outputs)
+            max_pruning_ratio=c.max_layer_ratio, round_to=c.round_to, output_transform=sum_outputs)
         per_step = [c.epochs // c.steps + (1 if i < c.epochs % c.steps else 0) for i in range(c.steps)]
         for i in range(c.steps):
             if c.importance == "taylor":

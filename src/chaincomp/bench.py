@@ -1,0 +1,291 @@
+"""`chaincomp bench`: what the compression is worth on a real runtime, next to what the ledger counted.
+
+Every model runs in ONNX Runtime (CPU, intra-op threads = cores) in one process and one sitting:
+the run's FP32 baseline, the compressed model, and two peers built from the same baseline —
+ONNX Runtime's own static int8 quantization and Torch-Pruning alone at the recipe's ratio — so
+each ratio compares figures taken under the same machine load. Calls are interleaved round-robin
+(the starting model rotates) after a warm-up, and each figure is a median with its IQR: on a
+shared machine the spread says how far to trust the median.
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .export import Deployed, INTEGER_OPS, cores, export_model, optimized_ops, ort_metric
+
+MAX_BATCH = 4096
+DEFAULT_BATCHES = (1, 64)
+
+
+def validate(batches: list[int], runs: int, warmup: int, threads: int | None) -> list[int]:
+    for b in batches:
+        if not 1 <= b <= MAX_BATCH:
+            raise UserError(f"--batch: {b} is not a batch size; give 1..{MAX_BATCH}")
+    if not 1 <= runs <= 100_000:
+        raise UserError(f"--runs: {runs}; give 1..100000 timed runs")
+    if not 0 <= warmup <= 100_000:
+        raise UserError(f"--warmup: {warmup}; give 0..100000 warm-up runs")
+    if threads is not None and not 1 <= threads <= 1024:
+        raise UserError(f"--threads: {threads}; give 1..1024")
+    return sorted(set(batches))
+
+
+def inputs_for(data, batch: int, count: int = 8) -> list[np.ndarray]:
+    """Distinct test inputs of one batch size (repeated when the split is smaller): an exit network's
+    latency depends on the input, so every model sees the same rotating sequence."""
+    x = data.test.x if data.test.stacked else data.train.x
+    n = len(x)
+    reps = -(-batch * count // n) if n < batch * count else 1
+    pool = torch.cat([x] * reps) if reps > 1 else x
+    k = max(1, min(count, len(pool) // batch))
+    return [np.ascontiguousarray(pool[i * batch:(i + 1) * batch].numpy(), np.float32) for i in range(k)]
+
+
+def stats(ms: list[float]) -> dict:
+    q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
+    return {"median_ms": round(statistics.median(ms), 4), "iqr_ms": round(q[2] - q[0], 4),
+            "min_ms": round(min(ms), 4), "n": len(ms)}
+
+
+def time_models(models: dict, inputs: list[np.ndarray], runs: int, warmup: int) -> dict[str, dict]:
+    names = list(models)
+    for name in names:
+        for i in range(warmup):
+            models[name](inputs[i % len(inputs)])
+    ms: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(runs):
+        x = inputs[r % len(inputs)]
+        for j in range(len(names)):
+            name = names[(r + j) % len(names)]
+            t0 = time.perf_counter()
+            models[name](x)
+            ms[name].append((time.perf_counter() - t0) * 1000)
+    return {n: stats(v) for n, v in ms.items()}
+
+
+def ort_int8_peer(fp32: Path, out: Path, data, batches: int = 8, batch_size: int = 32) -> Path:
+    """ONNX Runtime's post-training static quantization of the FP32 baseline: QDQ, int8 per-channel
+    weights, uint8 activations, min-max ranges from the first `batches` train batches."""
+    import logging
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            it = zip(range(batches), data.train.batches(batch_size))
+            self.items = [{"input": np.ascontiguousarray(x.numpy(), np.float32)} for _, (x, _y) in it]
+
+        def get_next(self):
+            return self.items.pop(0) if self.items else None
+
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process goes to the root logger
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return out
+
+
+def prune_peer(baseline: torch.nn.Module, run, epochs: int) -> tuple[torch.nn.Module, dict]:
+    """Torch-Pruning alone on the baseline: the recipe's (first) prune settings in one step, or ratio
+    0.5 with L2 importance when the recipe has no prune stage; then `epochs` epochs of fine-tuning."""
+    import torch_pruning as tp
+
+    from .stages.prune import PruneConfig, importance_of, sum_outputs, output_layers
+    from .train import FitConfig, fit
+
+    cfg = next((s for s in run.recipe.chain if s.technique == "prune"), None) or PruneConfig(ratio=0.5, importance="l2")
+    model = copy.deepcopy(baseline).eval()
+    importance = "l2" if cfg.importance == "taylor" else cfg.importance  # no gradients for a one-shot peer
+    pruner = tp.pruner.MetaPruner(model, run.data.sample_input(2), importance=importance_of(importance),
+                                  global_pruning=cfg.global_, pruning_ratio=cfg.ratio, iterative_steps=1,
+                                  ignored_layers=output_layers(model), max_pruning_ratio=cfg.max_layer_ratio,
+                                  round_to=cfg.round_to, output_transform=sum_outputs)
+    pruner.step()
+    if epochs:
+        fit(model, run.data, FitConfig(epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.optimizer),
+            stage="peer torch-pruning", seed=run.recipe.seed)
+    model.eval()
+    return model, {"ratio": cfg.ratio, "importance": importance, "global": cfg.global_,
+                   "finetune_epochs": epochs}
+
+
+def _counted_bitops(run) -> tuple[float, float]:
+    """(baseline, stage) BitOps per sample as the ledger counted them (results.json when present)."""
+    from .io import read_json
+
+    res = run.out / "results.json"
+    base = read_json(res)["baseline"]["bitops"] if res.is_file() else None
+    if base is None:
+        base = read_json(run.out / "checkpoints" / "00-baseline.json")["entry"]["bitops"]
+    return float(base), float(run.entry["bitops"])
+
+
+def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo) -> dict[str, dict]:
+    from .energy.cost import profile_model
+
+    sample = run.data.sample_input()
+    base_bitops, stage_bitops = _counted_bitops(run)
+    models = {"baseline": {"desc": export_model(run.baseline, sample, folder / "baseline.onnx"), "bitops": base_bitops},
+              "compressed": {"desc": export_model(run.model, sample, folder / "compressed.onnx"),
+                             "bitops": stage_bitops}}
+    if models["compressed"]["desc"]["layers"]:  # what the integer-only rule costs: FP32 where QLinearConv can't go
+        models["compressed_mixed"] = {"desc": export_model(run.model, sample, folder / "compressed_mixed.onnx",
+                                                           "mixed"), "bitops": stage_bitops}
+    if peers:
+        try:
+            ort_int8_peer(folder / "baseline.onnx", folder / "ort_int8.onnx", run.data)
+            models["ort_int8"] = {"desc": {"files": ["ort_int8.onnx"], "exit_rule": None, "kind": "ort-static-int8"},
+                                  "bitops": base_bitops * 64 / 1024, "bitops_note": "nominal: every conv/gemm W8A8"}
+        except Exception as e:  # noqa: BLE001 - a peer that cannot be built is reported, not fatal
+            echo(f"peer ort_int8 skipped: {type(e).__name__}: {str(e)[:160]}")
+        pruned, info = prune_peer(run.baseline, run, peer_epochs)
+        models["tp_prune"] = {"desc": export_model(pruned, sample, folder / "tp_prune.onnx"), "info": info,
+                              "bitops": float(profile_model(pruned, sample).total()["bitops"])}
+    return models
+
+
+def bench_run(run_dir: str | Path, batches: list[int] | None = None, runs: int = 30, warmup: int = 5,
+              threads: int | None = None, peers: bool = True, peer_epochs: int = 1, stage: str | None = None,
+              data=None, echo=print) -> dict:
+    """Export, run and time every model; writes RUN_DIR/bench.json and RUN_DIR/bench.md."""
+    from .chain import load_run
+    from .io import RunLock
+
+    batches = validate(list(batches or DEFAULT_BATCHES), runs, warmup, threads)
+    run = load_run(run_dir, stage, data=data)
+    with RunLock(run.out):  # bench/ and bench.json live in the run folder: one writer at a time
+        return _bench(run, batches, runs, warmup, threads, peers, peer_epochs, echo)
+
+
+def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None, peers: bool, peer_epochs: int,
+           echo) -> dict:
+    import onnxruntime as ort
+
+    from . import __version__
+    from .io import atomic_write_text, write_json
+
+    folder = run.out / "bench"
+    threads = threads or cores()
+    models = build_models(run, folder, peers, peer_epochs, echo)
+    info: dict[str, dict] = {}
+    runners = {}
+    for name, m in models.items():
+        d = Deployed(folder, m["desc"], threads)
+        runners[name] = d
+        ops = optimized_ops(d.files)
+        info[name] = {"files": m["desc"]["files"], "kind": m["desc"]["kind"],
+                      "metric": round(ort_metric(d, run.data), 4),
+                      "bitops": m["bitops"], "bitops_reduction": round(models["baseline"]["bitops"] / m["bitops"], 3),
+                      "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS}, "ort_ops": ops,
+                      **{k: m[k] for k in ("info", "bitops_note") if k in m}}
+        if m["desc"].get("kernels"):
+            info[name]["kernels"] = m["desc"]["kernels"]
+    rows = []
+    for b in batches:
+        t = time_models({n: (lambda x, d=d: d(x)) for n, d in runners.items()}, inputs_for(run.data, b), runs, warmup)
+        base = t["baseline"]["median_ms"]
+        row = {"batch": b}
+        for name, s in t.items():
+            row[name] = {**s, "throughput_per_s": round(b * 1000 / s["median_ms"], 2),
+                         "speedup": round(base / s["median_ms"], 3), "metric": info[name]["metric"]}
+        row |= {"baseline_ms": base, "compressed_ms": t["compressed"]["median_ms"],
+                "speedup": row["compressed"]["speedup"], "baseline_metric": info["baseline"]["metric"],
+                "compressed_metric": info["compressed"]["metric"]}
+        rows.append(row)
+    result = {"format": 1, "chaincomp": __version__, "run": str(run.out.resolve()), "stage": run.stage,
+              "recipe": run.recipe.name, "dataset": run.data.name, "model": run.recipe.model.name,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "metric_name": run.data.metric_name,
+              "machine": f"{cpu_name()}, {platform.machine()} {platform.system()}",
+              "cores": cores(), "threads": threads, "load_avg": [round(x, 2) for x in _loadavg()],
+              "onnxruntime": ort.__version__, "runs": runs, "warmup": warmup, "models": info, "batches": rows}
+    write_json(run.out / "bench.json", result)
+    atomic_write_text(run.out / "bench.md", bench_markdown(result))
+    print_bench(result)
+    echo(f"bench: {run.out / 'bench.json'}  table: {run.out / 'bench.md'}")
+    return result
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _loadavg() -> tuple[float, ...]:
+    try:
+        import os
+        return os.getloadavg()
+    except (OSError, AttributeError):
+        return ()
+
+
+LABELS = {"baseline": "FP32 baseline", "compressed": "chaincomp (run, int8 kernels)",
+          "compressed_mixed": "chaincomp (run, mixed kernels)", "ort_int8": "ORT static int8 (peer)",
+          "tp_prune": "Torch-Pruning alone (peer)"}
+
+
+def table_rows(result: dict) -> list[list[str]]:
+    rows = []
+    for name, m in result["models"].items():
+        cells = [LABELS.get(name, name), f"{m['metric']:.2f}", f"{m['bitops_reduction']:.1f}x"]
+        for r in result["batches"]:
+            s = r[name]
+            cells += [f"{s['median_ms']:.3f} ± {s['iqr_ms']:.3f}", f"{s['speedup']:.2f}x"]
+        rows.append(cells)
+    return rows
+
+
+def headers(result: dict) -> list[str]:
+    h = ["model", result["metric_name"] + " (ORT)", "BitOps reduction (counted)"]
+    for r in result["batches"]:
+        h += [f"ms b={r['batch']} (median ± IQR)", f"speed-up b={r['batch']}"]
+    return h
+
+
+def bench_markdown(result: dict) -> str:
+    h = headers(result)
+    lines = [f"# Deployment benchmark: {Path(result['run']).name} (stage {result['stage']})", "",
+             f"Recipe {result.get('recipe')}: {result.get('model')} on {result.get('dataset')}.",
+             f"{result['date']}, {result['machine']}, {result['cores']} cores, ONNX Runtime {result['onnxruntime']} "
+             f"CPU, {result['threads']} intra-op threads, {result['runs']} runs after {result['warmup']} warm-up, "
+             f"load average {result['load_avg']}.", "",
+             "| " + " | ".join(h) + " |", "|" + "---|" * len(h)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(result)]
+    lines += ["", "Counted = BitOps the ledger counts (MACs x weight bits x activation bits); measured = latency "
+              "ratio against the FP32 baseline in this run. The gap between the two columns is the saving the "
+              "runtime does not deliver.", ""]
+    for name, m in result["models"].items():
+        note = m.get("kernels", {}).get("note") or m.get("bitops_note") or ""
+        if "info" in m:
+            note = (f"ratio {m['info']['ratio']}, {m['info']['importance']} importance, "
+                    f"{m['info']['finetune_epochs']} fine-tuning epoch(s)")
+        ops = ", ".join(f"{k} x{v}" for k, v in m["integer_ops"].items()) or "none"
+        lines.append(f"- {LABELS.get(name, name)}: integer kernels: {ops}. {note}")
+    return "\n".join(lines) + "\n"
+
+
+def print_bench(result: dict) -> None:
+    from rich.table import Table
+
+    from .progress import console
+
+    t = Table(title=f"bench: {Path(result['run']).name} ({result['stage']}), ORT {result['onnxruntime']}, "
+                    f"{result['threads']} threads")
+    for i, h in enumerate(headers(result)):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in table_rows(result):
+        t.add_row(*r)
+    console.print(t)

@@ -1,0 +1,722 @@
+"""Export a run's model to ONNX that ONNX Runtime executes as it is: pruned models as the smaller plain
+graph (BN folded), quantized layers on integer kernels, exit networks as one file per segment plus
+a driver (ExitRunner) that stops at the first exit whose rule fires.
+
+The graph is written node by node from the modules (onnx.helper), not traced, because a quantized
+layer must keep its exact integer codes. A QuantConv2d is first lowered to
+    [Clip(lo*s_a, hi*s_a)] -> QuantizeLinear(s_a; uint8, zp 0 or 128 if signed)
+        -> ConvInteger(int8 codes = integer_weight()) -> Cast -> Mul(s_a*s_w*bn) -> Add(bias, bn)
+which is PyTorch's fake-quantized arithmetic up to float rounding (kernels='exact'). ORT's
+ConvInteger is slow, and it only fuses QLinearConv when the output is quantized too, so by default
+(kernels='int8') a peephole pass turns every conv whose output reaches exactly one next quantized
+layer through ReLU/MaxPool/Clip into QLinearConv requantizing straight to that layer's codes: the
+weight scale must then be positive, so codes of channels with a negative BN scale flip sign (the
+manifest lists them) and the bias is rounded to int32. Convs whose float output is needed (before a
+pooled head, a residual add, an exit) stay ConvInteger. kernels='mixed' runs those on FP32 kernels
+instead, to show what the integer-only rule costs. ORT has no kernel below 8 bits: lower bit widths
+are kept exactly in 8-bit containers and the manifest says the kernels are 8-bit.
+A float model whose module has no lowering here goes through torch.onnx (TorchScript) instead.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from . import __version__
+from .errors import UserError
+from .exits.model import ExitNetwork
+from .models import classification as zoo
+from .exits.heads import BagOfFeaturesHead
+from .qmodules import QUANT_TYPES, QuantConv2d, QuantLinear, act_range
+
+OPSET, IR_VERSION = 17, 8
+INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat",
+               "DynamicQuantizeMatMul", "QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool"}
+
+
+class Unsupported(Exception):
+    """A module this lowering does not know; the caller falls back to torch.onnx or names it."""
+
+
+@dataclass
+class Val:
+    name: str          # ONNX value name
+    t: torch.Tensor    # the same value computed by PyTorch (shapes for pooling, sanity)
+
+
+class Graph:
+    """Nodes and initializers of one ONNX graph, with unique names."""
+
+    def __init__(self):
+        self.nodes, self.arrays, self.n = [], {}, 0
+        self.fused: dict[str, list[int]] = {}   # layer -> output channels whose codes were negated
+        self.scales: dict[str, str] = {}        # activation codes -> their scale (kept through fusion)
+        self.fixed_size = False                 # a lowering valid only for the sample's height and width
+
+    def _name(self, hint: str) -> str:
+        self.n += 1
+        return f"{hint}#{self.n}"
+
+    def init(self, arr, hint: str, exact: str | None = None) -> str:
+        name = exact or self._name(hint)
+        self.arrays[name] = np.asarray(arr)
+        return name
+
+    def initializers(self) -> list:
+        used = {i for n in self.nodes for i in n.input}
+        return [numpy_helper.from_array(a, k) for k, a in self.arrays.items() if k in used]
+
+    def f32(self, arr, hint: str) -> str:
+        return self.init(np.asarray(arr, dtype=np.float32), hint)
+
+    def op(self, op_type: str, inputs: list[str], hint: str, **attrs) -> str:
+        out = self._name(f"{hint}/{op_type}")
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
+
+
+def _bn_fold(c: int, bn: nn.BatchNorm2d | None) -> tuple[np.ndarray, np.ndarray]:
+    if bn is None:
+        return np.ones(c), np.zeros(c)
+    k = _np(bn.weight if bn.affine else torch.ones(c)) / np.sqrt(_np(bn.running_var) + bn.eps)
+    beta = _np(bn.bias) if bn.affine else np.zeros(c)
+    return k, beta - k * _np(bn.running_mean)
+
+
+def _quant_input(g: Graph, name: str, m: nn.Module, x: str) -> tuple[str, str]:
+    """Input fake-quantization of a chaincomp layer as real 8-bit codes: uint8 with zero point 0
+    (unsigned) or 128 (signed: code + 128, an exact shift), so that every activation has one type,
+    as ORT's QLinearConv (u8 in, u8 out) and its fast u8 x s8 kernels need."""
+    signed, s = bool(m.act_signed), float(m.act_scale)
+    lo, hi = act_range(m.act_bits, signed)
+    if m.act_bits < 8:  # QuantizeLinear saturates at the 8-bit range only
+        x = g.op("Clip", [x, g.f32(lo * s, "lo"), g.f32(hi * s, "hi")], name)
+    zp = g.init(np.array(128 if signed else 0, np.uint8), f"{name}.x_zp")
+    scale = g.f32(s, f"{name}.act_scale")
+    xq = g.op("QuantizeLinear", [x, scale, zp], name)
+    g.scales[xq] = scale
+    return xq, zp
+
+
+def _codes(m: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    q, s = m.integer_weight()
+    q = q.detach().cpu().numpy()
+    if np.abs(q).max() > 127:
+        raise UserError(f"export: {type(m).__name__} has weight codes beyond int8 ({m.weight_bits} bits)")
+    return q.astype(np.int8), _np(s).reshape(-1)
+
+
+def _scale_shift(g: Graph, name: str, y: str, mult: np.ndarray, add: np.ndarray, shape: tuple) -> str:
+    y = g.op("Mul", [y, g.f32(mult.reshape(shape), f"{name}.scale")], name)
+    return g.op("Add", [y, g.f32(add.reshape(shape), f"{name}.bias")], name)
+
+
+def lower_conv(g: Graph, name: str, m: nn.Conv2d, v: Val, bn: nn.BatchNorm2d | None = None) -> Val:
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise Unsupported(f"{name} ({type(m).__name__} with padding {m.padding!r}/{m.padding_mode})")
+    c = m.out_channels
+    k, shift = _bn_fold(c, bn)
+    bias = k * (_np(m.bias) if m.bias is not None else np.zeros(c)) + shift
+    attrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride), dilations=list(m.dilation),
+                 pads=[*m.padding, *m.padding], group=m.groups)
+    with torch.no_grad():
+        ref = m(v.t) if bn is None else bn(m(v.t))
+    if isinstance(m, QuantConv2d):
+        xq, zp = _quant_input(g, name, m, v.name)
+        q, s = _codes(m)
+        w = g.init(q, "", exact=f"{name}.weight_q")
+        acc = g.op("ConvInteger", [xq, w, zp, g.init(np.array(0, np.int8), f"{name}.w_zp")], name, **attrs)
+        y = g.op("Cast", [acc], name, to=TensorProto.FLOAT)
+        return Val(_scale_shift(g, name, y, float(m.act_scale) * s * k, bias, (1, c, 1, 1)), ref)
+    w = _np(m.weight) * k.reshape(-1, 1, 1, 1)
+    return Val(g.op("Conv", [v.name, g.f32(w, f"{name}.weight"), g.f32(bias, f"{name}.bias")], name, **attrs), ref)
+
+
+def lower_linear(g: Graph, name: str, m: nn.Linear, v: Val) -> Val:
+    with torch.no_grad():
+        ref = m(v.t)
+    bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_features)
+    if isinstance(m, QuantLinear):
+        xq, zp = _quant_input(g, name, m, v.name)
+        q, s = _codes(m)
+        w = g.init(np.ascontiguousarray(q.T), "", exact=f"{name}.weight_q")   # (in, out) for MatMul
+        acc = g.op("MatMulInteger", [xq, w, zp, g.init(np.array(0, np.int8), f"{name}.w_zp")], name)
+        y = g.op("Cast", [acc], name, to=TensorProto.FLOAT)
+        return Val(_scale_shift(g, name, y, float(m.act_scale) * s, bias, (-1,)), ref)
+    w, b = g.f32(_np(m.weight), f"{name}.weight"), g.f32(bias, f"{name}.bias")
+    if v.t.dim() == 2:
+        return Val(g.op("Gemm", [v.name, w, b], name, transB=1), ref)
+    y = g.op("MatMul", [v.name, g.f32(_np(m.weight).T, f"{name}.weightT")], name)
+    return Val(g.op("Add", [y, b], name), ref)
+
+
+def _pool(g: Graph, name: str, m: nn.Module, v: Val, ref: torch.Tensor) -> str:
+    pair = lambda a: list(a) if isinstance(a, (tuple, list)) else [a, a]  # noqa: E731
+    if isinstance(m, nn.MaxPool2d):
+        if m.return_indices:
+            raise Unsupported(f"{name} (MaxPool2d with return_indices)")
+        p = pair(m.padding)
+        return g.op("MaxPool", [v.name], name, kernel_shape=pair(m.kernel_size), strides=pair(m.stride),
+                    pads=p + p, dilations=pair(m.dilation), ceil_mode=int(m.ceil_mode))
+    if isinstance(m, nn.AvgPool2d):
+        if m.divisor_override:
+            raise Unsupported(f"{name} (AvgPool2d with divisor_override)")
+        p = pair(m.padding)
+        return g.op("AveragePool", [v.name], name, kernel_shape=pair(m.kernel_size), strides=pair(m.stride),
+                    pads=p + p, ceil_mode=int(m.ceil_mode), count_include_pad=int(m.count_include_pad))
+    (h, w), (oh, ow) = v.t.shape[-2:], ref.shape[-2:]
+    if (oh, ow) == (1, 1):
+        return g.op("GlobalAveragePool" if isinstance(m, nn.AdaptiveAvgPool2d) else "GlobalMaxPool", [v.name], name)
+    if h % oh or w % ow:
+        raise Unsupported(f"{name} ({type(m).__name__} {h}x{w} -> {oh}x{ow}, not a whole kernel)")
+    g.fixed_size = True
+    op = "AveragePool" if isinstance(m, nn.AdaptiveAvgPool2d) else "MaxPool"
+    return g.op(op, [v.name], name, kernel_shape=[h // oh, w // ow], strides=[h // oh, w // ow])
+
+
+POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+ACTS = {nn.ReLU: "Relu", nn.Tanh: "Tanh", nn.Sigmoid: "Sigmoid"}
+LEAVES = {nn.Identity, nn.Dropout, nn.ReLU6, nn.BatchNorm2d, nn.Flatten, *ACTS, *POOLS}
+
+
+def lower_seq(g: Graph, items: list[tuple[str, nn.Module]], v: Val) -> Val:
+    """Modules in order; a Conv2d directly followed by BatchNorm2d becomes one folded convolution."""
+    i = 0
+    while i < len(items):
+        name, m = items[i]
+        nxt = items[i + 1][1] if i + 1 < len(items) else None
+        if isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
+            v, i = lower_conv(g, name, m, v, nxt), i + 2
+        else:
+            v, i = lower(g, name, m, v), i + 1
+    return v
+
+
+def _children(name: str, m: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(f"{name}.{n}" if name else n, c) for n, c in m.named_children()]
+
+
+def lower(g: Graph, name: str, m: nn.Module, v: Val) -> Val:
+    """One module; raises Unsupported for a module whose forward this file does not know."""
+    t = type(m)
+    with torch.no_grad():
+        if isinstance(m, nn.Sequential) and t.forward is nn.Sequential.forward:
+            return lower_seq(g, _children(name, m), v)
+        if t is zoo.Sequential:
+            return lower_seq(g, [*_children(f"{name}.blocks" if name else "blocks", m.blocks),
+                                 (f"{name}.head" if name else "head", m.head)], v)
+        if t is zoo.BasicBlock:
+            out = lower_seq(g, [(f"{name}.conv1", m.conv1), (f"{name}.bn1", m.bn1), (f"{name}.relu1", m.relu1),
+                                (f"{name}.conv2", m.conv2), (f"{name}.bn2", m.bn2)], v)
+            sc = lower(g, f"{name}.shortcut", m.shortcut, v)
+            y = g.op("Add", [out.name, sc.name], name)
+            return Val(g.op("Relu", [y], name), m(v.t))
+        if t is BagOfFeaturesHead:
+            s = lower_conv(g, f"{name}.codebook", m.codebook, v)
+            s = g.op("Tanh", [s.name], name)
+            den = g.op("ReduceSum", [g.op("Abs", [s], name), g.init(np.array([1], np.int64), "axes")], name,
+                       keepdims=1)
+            s = g.op("Div", [s, g.op("Add", [den, g.f32(1e-6, "eps")], name)], name)
+            st = m.act(m.codebook(v.t))
+            st = st / (st.abs().sum(1, keepdim=True) + 1e-6)
+            return lower_seq(g, [(f"{name}.pool", m.pool), (f"{name}.flatten", m.flatten), (f"{name}.fc1", m.fc1),
+                                 (f"{name}.relu", m.relu), (f"{name}.fc2", m.fc2)], Val(s, st))
+        if isinstance(m, nn.Conv2d) and t in (nn.Conv2d, QuantConv2d):
+            return lower_conv(g, name, m, v)
+        if isinstance(m, nn.Linear) and t in (nn.Linear, QuantLinear):
+            return lower_linear(g, name, m, v)
+        if t not in LEAVES:
+            raise Unsupported(f"{name or 'model'} ({t.__name__})")
+        ref = m(v.t.clone())  # in-place activations must not touch the reference of the input
+        if t in (nn.Identity, nn.Dropout):
+            return Val(v.name, ref)
+        if t in ACTS:
+            return Val(g.op(ACTS[t], [v.name], name), ref)
+        if t is nn.ReLU6:
+            return Val(g.op("Clip", [v.name, g.f32(0, "lo"), g.f32(6, "hi")], name), ref)
+        if t is nn.BatchNorm2d:
+            k, shift = _bn_fold(m.num_features, m)
+            return Val(_scale_shift(g, name, v.name, k, shift, (1, -1, 1, 1)), ref)
+        if t is nn.Flatten and m.end_dim in (-1, v.t.dim() - 1):
+            return Val(g.op("Flatten", [v.name], name, axis=m.start_dim % v.t.dim()), ref)
+        if t in POOLS:
+            return Val(_pool(g, name, m, v, ref), ref)
+    raise Unsupported(f"{name or 'model'} ({t.__name__} with these settings)")
+
+
+class Segment(nn.Module):
+    """Blocks then one head: a whole plain model, or one stretch of an exit network ending in an exit
+    head (then it also returns the features the next segment starts from)."""
+
+    def __init__(self, items: list[tuple[str, nn.Module]], head: tuple[str, nn.Module], features: bool):
+        super().__init__()
+        self.names = [n for n, _ in items] + [head[0]]
+        self.blocks = nn.ModuleList([m for _, m in items])
+        self.head = head[1]
+        self.features = features
+
+    def forward(self, x: torch.Tensor):
+        for b in self.blocks:
+            x = b(x)
+        return (x, self.head(x)) if self.features else self.head(x)
+
+
+def segments_of(model: nn.Module) -> list[tuple[Segment, dict]]:
+    """The exported pieces of a model: one for a plain model, one per exit (plus the final) otherwise."""
+    if not isinstance(model, ExitNetwork):
+        if hasattr(model, "blocks") and hasattr(model, "head") and type(model).forward is zoo.Sequential.forward:
+            items = [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
+            return [(Segment(items, ("head", model.head), False), {"output": "final"})]
+        return [(model, {"output": "final"})]
+    segs, start = [], 0
+    for p in model.exit_points + [len(model.blocks) - 1]:
+        items = [(f"blocks.{i}", model.blocks[i]) for i in range(start, p + 1)]
+        last = p == len(model.blocks) - 1
+        head = ("head", model.head) if last else (f"exits.{p}", model.exits[str(p)])
+        info = {"blocks": [start, p], "output": "final" if last else f"exit {p}"}
+        segs.append((Segment(items, head, not last), info))
+        start = p + 1
+    return segs
+
+
+KERNELS = ("int8", "exact", "mixed")
+
+
+def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8") -> tuple[onnx.ModelProto, dict]:
+    g = Graph()
+    x = Val("input", sample)
+    if isinstance(module, Segment):
+        for n, b in zip(module.names, module.blocks):
+            x = lower(g, n, b, x)
+        outs = [("features", x), ("logits", lower(g, module.names[-1], module.head, x))] if module.features \
+            else [("logits", lower(g, module.names[-1], module.head, x))]
+    else:
+        outs = [("logits", lower(g, "", module, x))]
+    for out_name, v in outs:  # name the graph outputs
+        g.nodes.append(helper.make_node("Identity", [v.name], [out_name], name=f"out/{out_name}"))
+    if kernels in ("int8", "mixed"):
+        fuse_qlinear(g)
+    if kernels == "mixed":
+        float_rest(g)
+    # Height and width stay free unless a lowering depends on them (an adaptive pool to k x k).
+    shape = (lambda t: ["batch", *t.shape[1:]]) if g.fixed_size or sample.dim() != 4 else \
+        (lambda t: ["batch", t.shape[1], *(["height", "width"] if t is sample else [None] * (t.dim() - 2))])
+    graph = helper.make_graph(
+        g.nodes, "chaincomp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape(sample))],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape(v.t)) for n, v in outs], g.initializers())
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                             producer_name="chaincomp", producer_version=__version__), g.fused
+
+
+def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str) -> None:
+    """Float modules this file does not lower: trace with torch.onnx; a failure names the operator."""
+    import io
+    import warnings
+
+    features = isinstance(module, Segment) and module.features
+    names = ["features", "logits"] if features else ["logits"]
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (sample,), buf, dynamo=False, opset_version=OPSET, input_names=["input"],
+                              output_names=names, dynamic_axes={n: {0: "batch"} for n in ["input", *names]})
+    except Exception as e:  # noqa: BLE001 - any exporter failure is the model's operator, told in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"export: ONNX cannot take module {why}: {first}") from None
+    m = onnx.load_from_string(buf.getvalue())
+    m.ir_version = min(m.ir_version, IR_VERSION)
+    onnx.save(m, str(path))
+
+
+def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str = "int8") -> tuple[str, dict]:
+    """Write one piece; returns how ('chaincomp' lowering or 'torch.onnx' for unknown float modules)
+    and the layers fused to QLinearConv (with their negated channels)."""
+    module.eval()
+    try:
+        model, fused = _graph_of(module, sample, kernels)
+    except Unsupported as e:
+        if any(isinstance(m, QUANT_TYPES) for m in module.modules()):
+            raise UserError(f"export: no integer lowering for module {e}; quantized models must use zoo "
+                            "layers (conv, linear, BN, ReLU, pooling)") from None
+        _torch_export(module, sample, path, str(e))
+        return "torch.onnx", {}
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return "chaincomp", fused
+
+
+def quant_layers(model: nn.Module) -> dict[str, dict]:
+    return {n: {"weight_bits": m.weight_bits, "act_bits": m.act_bits, "act_signed": bool(m.act_signed),
+                "op": "ConvInteger" if isinstance(m, QuantConv2d) else "MatMulInteger"}
+            for n, m in model.named_modules() if isinstance(m, QUANT_TYPES)}
+
+
+def kernel_note(layers: dict[str, dict], kernels: str = "int8") -> dict:
+    """What the recipe asked for versus what the runtime computes with (layers carry their op)."""
+    if not layers:
+        return {"kind": "fp32", "kernel_bits": 32, "note": "float model: FP32 kernels"}
+    pairs = sorted({(v["weight_bits"], v["act_bits"]) for v in layers.values()})
+    asked = ", ".join(f"W{w}A{a}" for w, a in pairs)
+    fused = sum(v["op"] == "QLinearConv" for v in layers.values())
+    rest = "FP32 kernels on the dequantized codes (not integer)" if kernels == "mixed" else \
+        "ConvInteger/MatMulInteger (int32 accumulation, float rescale)"
+    ops = f"{fused} of {len(layers)} quantized layers on QLinearConv, the others on {rest}"
+    low = any(w < 8 or a < 8 for w, a in pairs)
+    bits = (f"recipe bits {asked}; ONNX Runtime has no kernels below 8 bits, so the values are kept exactly "
+            "in 8-bit containers and run on 8-bit kernels: bits below 8 bring no extra speed here" if low
+            else f"recipe bits {asked}")
+    return {"kind": "int8", "kernel_bits": 8, "recipe_bits": [f"W{w}A{a}" for w, a in pairs], "mode": kernels,
+            "qlinear_layers": fused, "note": f"{bits}. {ops}"}
+
+
+FUSABLE = ("Cast", "Mul", "Add", "Relu", "MaxPool", "Clip", "QuantizeLinear")
+
+
+def _follow(g: Graph, conv, steps: tuple = FUSABLE) -> dict | None:
+    """The nodes after a ConvInteger up to the next QuantizeLinear, if they form a fusable chain:
+    Cast, Mul, Add, [Relu], [MaxPool], [Clip], QuantizeLinear, each value used once and by the next."""
+    uses = Counter(i for n in g.nodes for i in n.input)
+    chain, cur = {}, conv
+    for want in steps:
+        out = cur.output[0]
+        nxt = [n for n in g.nodes if out in n.input]
+        if uses[out] != 1 or len(nxt) != 1:
+            return None
+        if nxt[0].op_type != want:
+            if want in ("Cast", "Mul", "Add", "QuantizeLinear"):
+                return None
+            continue
+        chain[want], cur = nxt[0], nxt[0]
+    return chain
+
+
+def fuse_qlinear(g: Graph) -> int:
+    """Peephole: a quantized conv whose float output only goes, through ReLU/MaxPool/Clip, into the
+    next layer's QuantizeLinear becomes QLinearConv requantizing straight to that layer's codes
+    (then MaxPool/Clip on 8-bit codes: both commute with rounding). ORT's fast integer path needs
+    this; the cost is the bias rounded to int32 at scale s_x*s_w and a positive weight scale, so the
+    codes of channels whose folded BN scale is negative flip sign (listed in `g.fused`)."""
+    for conv in [n for n in g.nodes if n.op_type == "ConvInteger"]:
+        c = _follow(g, conv)
+        if c is None:
+            continue
+        q, a = c["QuantizeLinear"], g.arrays
+        zx, zy = a[conv.input[2]], a[q.input[2]]
+        if zx.dtype != zy.dtype or c["Mul"].input[1] not in a or c["Add"].input[1] not in a:
+            continue  # ORT has QLinearConv u8->u8 and s8->s8 only
+        info, zpv = np.iinfo(zy.dtype), int(zy)
+        lo, hi = (zpv if "Relu" in c else info.min), info.max
+        if "Clip" in c:
+            sy = float(a[q.input[1]])
+            lo = max(lo, int(np.round(float(a[c["Clip"].input[1]]) / sy)) + zpv)
+            hi = min(hi, int(np.round(float(a[c["Clip"].input[2]]) / sy)) + zpv)
+        sx_name = g.scales[conv.input[0]]  # scale of the QuantizeLinear that made this layer's input codes
+        sx = float(a[sx_name])
+        m = a[c["Mul"].input[1]].reshape(-1).astype(np.float64)
+        b = a[c["Add"].input[1]].reshape(-1).astype(np.float64)
+        sign, sw = np.where(m < 0, -1, 1), np.abs(m) / sx
+        bias = np.round(b / (sx * np.maximum(sw, 1e-30)))
+        if not (sw > 0).all() or np.abs(bias).max() >= 2 ** 31:
+            continue  # a dead channel or a bias beyond int32: keep the float rescale
+        name = conv.input[1]
+        w = (a[name].astype(np.int16) * sign.reshape(-1, 1, 1, 1)).astype(np.int8)
+        g.arrays[name] = w
+        attrs = {at.name: helper.get_attribute_value(at) for at in conv.attribute}
+        layer = name.rsplit(".weight_q", 1)[0]
+        ins = [conv.input[0], sx_name, conv.input[2], name, g.f32(sw, f"{layer}.w_scale"), conv.input[3],
+               q.input[1], q.input[2], g.init(bias.astype(np.int32), f"{layer}.bias_int32")]
+        new = [helper.make_node("QLinearConv", ins, [f"{layer}/QLinearConv"], name=f"{layer}/QLinearConv", **attrs)]
+        if "MaxPool" in c:
+            p = c["MaxPool"]
+            new.append(helper.make_node("MaxPool", [new[-1].output[0]], [f"{layer}/MaxPool8"],
+                                        name=f"{layer}/MaxPool8",
+                                        **{at.name: helper.get_attribute_value(at) for at in p.attribute}))
+        if (lo, hi) != (info.min, info.max):
+            new.append(helper.make_node("Clip", [new[-1].output[0], g.init(np.array(lo, zy.dtype), f"{layer}.lo"),
+                                                 g.init(np.array(hi, zy.dtype), f"{layer}.hi")],
+                                        [f"{layer}/Clip8"], name=f"{layer}/Clip8"))
+        new[-1].output[0] = q.output[0]
+        at = g.nodes.index(conv)
+        gone = {id(conv), *(id(n) for n in c.values())}
+        g.nodes[at:at] = new
+        g.nodes = [n for n in g.nodes if id(n) not in gone]
+        g.fused[layer] = np.flatnonzero(sign < 0).tolist()
+    return len(g.fused)
+
+
+def float_rest(g: Graph) -> None:
+    """'mixed' kernels: every ConvInteger/MatMulInteger left after fusion becomes DequantizeLinear of its
+    input codes and a float Conv/MatMul whose weights are the codes times the folded per-channel scale
+    (the same values PyTorch multiplies), so ORT runs them on its FP32 kernels."""
+    for node in [n for n in g.nodes if n.op_type in ("ConvInteger", "MatMulInteger")]:
+        c = _follow(g, node, ("Cast", "Mul", "Add"))
+        a, sx_name = g.arrays, g.scales[node.input[0]]
+        m = a[c["Mul"].input[1]].reshape(-1).astype(np.float64) / float(a[sx_name])
+        q, b = a[node.input[1]].astype(np.float64), c["Add"].input[1]
+        layer, out = node.input[1].rsplit(".weight_q", 1)[0], c["Add"].output[0]
+        x = f"{layer}/DequantizeLinear"
+        new = [helper.make_node("DequantizeLinear", [node.input[0], sx_name, node.input[2]], [x], name=x)]
+        if node.op_type == "ConvInteger":
+            attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+            ins = [x, g.f32(q * m.reshape(-1, 1, 1, 1), f"{layer}.weight"), g.f32(a[b].reshape(-1), f"{layer}.bias")]
+            new.append(helper.make_node("Conv", ins, [out], name=f"{layer}/Conv", **attrs))
+        else:
+            w = g.f32(q * m.reshape(1, -1), f"{layer}.weight")
+            new += [helper.make_node("MatMul", [x, w], [f"{layer}/MatMul"], name=f"{layer}/MatMul"),
+                    helper.make_node("Add", [f"{layer}/MatMul", b], [out], name=f"{layer}/Add")]
+        at = g.nodes.index(node)
+        gone = {id(node), *(id(n) for n in c.values())}
+        g.nodes[at:at] = new
+        g.nodes = [n for n in g.nodes if id(n) not in gone]
+
+
+def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kernels: str = "int8") -> dict:
+    """Write the model (or its segments) next to `path`; returns the manifest part that describes it.
+
+    kernels: 'int8' QLinearConv where exact, else ConvInteger/MatMulInteger with a float rescale;
+    'exact' ConvInteger/MatMulInteger everywhere (same arithmetic as PyTorch up to float rounding);
+    'mixed' QLinearConv where exact, else float kernels on the dequantized codes (for comparison:
+    ORT's ConvInteger is much slower than its float and QLinearConv kernels)."""
+    if kernels not in KERNELS:
+        raise UserError(f"--kernels: '{kernels}'; choose one of {', '.join(KERNELS)}")
+    path = Path(path)
+    segs = segments_of(model)
+    files, pieces, fused = [], [], {}
+    for k, (seg, info) in enumerate(segs):
+        f = path if len(segs) == 1 else path.with_name(f"{path.stem}.seg{k}{path.suffix or '.onnx'}")
+        how, done = write_onnx(seg, sample, f, kernels)
+        fused |= done
+        with torch.no_grad():
+            seg.eval()
+            out = seg(sample)
+            sample = out[0] if isinstance(out, tuple) else sample
+        files.append(f.name)
+        pieces.append({"file": f.name, "writer": how, **info})
+    layers = quant_layers(model)
+    for name, neg in fused.items():
+        layers[name] |= {"op": "QLinearConv", "negated_channels": neg}
+    if kernels == "mixed":
+        for v in layers.values():
+            v["op"] = v["op"] if v["op"] == "QLinearConv" else "float"
+    is_exit = isinstance(model, ExitNetwork)
+    return {"kind": "exits" if is_exit else ("quantized" if layers else "plain"), "files": files, "segments": pieces,
+            "exit_rule": dict(model.exit_rule) if is_exit else None, "layers": layers,
+            "kernels": kernel_note(layers, kernels)}
+
+
+# ---------------------------------------------------------------- running what was exported
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def session(path: str | Path, threads: int | None = None, optimized: str | Path | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or cores()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if optimized:
+        so.optimized_model_filepath = str(optimized)
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path}: ONNX Runtime cannot load it ({first})") from None
+
+
+def optimized_ops(paths: list[Path]) -> dict[str, int]:
+    """Op types of the graphs ONNX Runtime really runs (after its fusions), summed over files."""
+    ops: Counter = Counter()
+    with tempfile.TemporaryDirectory() as d:
+        for i, p in enumerate(paths):
+            opt = Path(d) / f"opt{i}.onnx"
+            session(p, 1, opt)
+            ops.update(n.op_type for n in onnx.load(str(opt)).graph.node)
+    return dict(sorted(ops.items()))
+
+
+def _score(logits: np.ndarray, criterion: str) -> np.ndarray:
+    """Same as exits.rules.score, in numpy so the driver needs no PyTorch."""
+    z = logits.astype(np.float32)
+    if criterion == "maxlogit":
+        return np.abs(z).max(-1)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    p = e / e.sum(-1, keepdims=True)
+    if criterion == "confidence":
+        return p.max(-1)
+    if criterion == "entropy":
+        return (p * np.log(np.maximum(p, 1e-12))).sum(-1)
+    raise ValueError(f"unknown exit criterion '{criterion}'")
+
+
+class ExitRunner:
+    """Runs the exported segments of an exit network in turn until the exit rule fires.
+
+    Batch size 1: the later segments never run for an input that left. Batch > 1: each segment runs
+    only on the rows still pending (a mask), so work shrinks with every exit; rows keep their order.
+    Returns (logits, exit index per row; the final head is index len(segments)-1).
+    """
+
+    def __init__(self, files: list[Path], rule: dict, threads: int | None = None):
+        self.sessions = [session(f, threads) for f in files]
+        self.rule = rule
+
+    def fires(self, logits: np.ndarray, k: int) -> np.ndarray:
+        t = self.rule["threshold"]
+        t = t[k] if isinstance(t, (list, tuple)) else t
+        s = _score(logits, self.rule["criterion"])
+        return (-s <= t) if self.rule["criterion"] == "entropy" else (s >= t)
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        last = len(self.sessions) - 1
+        n, out = x.shape[0], None
+        idx = np.full(n, last, np.int64)
+        rows, feats = np.arange(n), x
+        for k, s in enumerate(self.sessions):
+            res = s.run(None, {"input": feats})
+            logits = res[-1]
+            if out is None:
+                out = np.empty((n, *logits.shape[1:]), np.float32)
+            if k == last:
+                out[rows] = logits
+                break
+            fire = self.fires(logits, k)
+            out[rows[fire]], idx[rows[fire]] = logits[fire], k
+            rows, feats = rows[~fire], np.ascontiguousarray(res[0][~fire])
+            if rows.size == 0:
+                break
+        return out, idx
+
+    def all_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        outs, feats = [], x
+        for s in self.sessions:
+            res = s.run(None, {"input": feats})
+            outs.append(res[-1])
+            feats = res[0]
+        return outs
+
+
+class Deployed:
+    """An exported model ready to run: one session, or an ExitRunner over segments."""
+
+    def __init__(self, folder: Path, manifest: dict, threads: int | None = None):
+        self.manifest = manifest
+        self.files = [folder / f for f in manifest["files"]]
+        if manifest.get("exit_rule"):
+            self.runner = ExitRunner(self.files, manifest["exit_rule"], threads)
+        else:
+            self.sess = session(self.files[0], threads)
+            self.runner = None
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.runner:
+            return self.runner(x)
+        return self.sess.run(["logits"], {"input": x})[0], None
+
+    def all_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.runner.all_outputs(x) if self.runner else [self(x)[0]]
+
+
+def ort_metric(deployed: Deployed, data, batch_size: int = 256) -> float:
+    from .train import metric_of
+
+    preds, ys = [], []
+    for x, y in data.test.batches(batch_size):
+        preds.append(torch.from_numpy(deployed(np.ascontiguousarray(x.numpy(), np.float32))[0]))
+        ys.append(y)
+    return metric_of(data, preds, ys)
+
+
+# ---------------------------------------------------------------- the export command
+
+def check(model: nn.Module, data, deployed: Deployed, tolerance: float = 0.5) -> dict:
+    """The exported model against PyTorch on the test split: metric of both, largest logit difference
+    over every output, agreement of predictions (and of exit choices); passes within `tolerance`."""
+    from .train import evaluate, predict
+
+    res = evaluate(model, data, "test")
+    onnx_metric = ort_metric(deployed, data)
+    diff, agree, same_exit, n = 0.0, 0, 0, 0
+    for (x, _), t_outs in zip(data.test.batches(256), predict(model, data.test)):
+        xs = np.ascontiguousarray(x.numpy(), np.float32)
+        for a, b in zip(deployed.all_outputs(xs), t_outs):
+            diff = max(diff, float(np.abs(a - b.numpy()).max()))
+        pred, idx = deployed(xs)
+        if isinstance(model, ExitNetwork):
+            from .exits.rules import choose_exits, gather_outputs
+            chosen = choose_exits(t_outs, model.exit_rule["criterion"], model.exit_rule["threshold"])
+            ref = gather_outputs(t_outs, chosen)
+            same_exit += int((torch.from_numpy(idx) == chosen).sum())
+        else:
+            ref = t_outs[-1]
+        if data.task == "classification":
+            agree += int((torch.from_numpy(pred).argmax(-1) == ref.argmax(-1)).sum())
+        n += x.shape[0]
+    out = {"split": "test", "n": n, "metric_name": data.metric_name, "torch_metric": round(res.metric, 4),
+           "onnx_metric": round(onnx_metric, 4), "tolerance": tolerance, "max_abs_diff": diff,
+           "passed": abs(res.metric - onnx_metric) <= tolerance}
+    if data.task == "classification":
+        out["prediction_agreement"] = round(100 * agree / max(n, 1), 3)
+    if isinstance(model, ExitNetwork):
+        out["exit_agreement"] = round(100 * same_exit / max(n, 1), 3)
+    return out
+
+
+def manifest_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.manifest.json")
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | None = None, data=None,
+               tolerance: float = 0.5, kernels: str = "int8", echo=print) -> dict:
+    """`chaincomp export`: write the model of a run folder, check it in ORT, write the manifest."""
+    from .chain import load_run
+    from .io import write_json
+
+    run = load_run(run_dir, stage, data=data)
+    path = Path(out) if out else Path(run_dir) / "export" / "model.onnx"
+    if path.suffix != ".onnx":
+        raise UserError(f"--out: give a file name ending in .onnx (got {path.name})")
+    desc = export_model(run.model, run.data.sample_input(), path, kernels)
+    files = [path.parent / f for f in desc["files"]]
+    ops = optimized_ops(files)
+    deployed = Deployed(path.parent, desc)
+    result = check(run.model, run.data, deployed, tolerance)
+    manifest = {"format": 1, "chaincomp": __version__, "run": str(Path(run_dir).resolve()), "stage": run.stage,
+                "opset": OPSET, "input": {"name": "input", "shape": ["batch", *run.data.sample_input().shape[1:]]},
+                **desc, "ort_ops": ops, "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS},
+                "batch": "dynamic; exit networks run each segment only on the rows still pending (ExitRunner)",
+                "check": result}
+    write_json(manifest_path(path), manifest)
+    k = desc["kernels"]
+    echo(f"exported {run.stage} ({desc['kind']}) -> {', '.join(str(f) for f in files)}")
+    echo(f"kernels: {k['note']}")
+    echo("ORT optimized graph: " + ", ".join(f"{o} x{n}" for o, n in ops.items()))
+    if desc["exit_rule"]:
+        echo(f"exit rule: {desc['exit_rule']} (driver: chaincomp.export.ExitRunner)")
+    extra = "".join(f", {key.replace('_', ' ')} {result[key]:.1f}%" for key in ("prediction_agreement",
+                                                                                "exit_agreement") if key in result)
+    echo(f"check on {result['n']} test samples: PyTorch {result['metric_name']} {result['torch_metric']:.2f}, "
+         f"ONNX Runtime {result['onnx_metric']:.2f} (tolerance {tolerance}), max-abs output diff "
+         f"{result['max_abs_diff']:.3g}{extra}")
+    echo(f"manifest: {manifest_path(path)}")
+    return manifest

@@ -1,0 +1,81 @@
+"""Bench: bench.json/bench.md carry every figure for every batch size and model (never asserting on
+speed: only that figures exist, are positive and are consistent), and bad arguments exit 2."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from chaincomp.bench import bench_run, inputs_for, stats
+from chaincomp.chain import run_chain
+from chaincomp.cli import main
+from chaincomp.data.base import Split
+from chaincomp.data.digits import load_digits_data
+from chaincomp.recipe import parse_recipe
+
+FAST = {"epochs": 1, "lr": 0.02, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    data = load_digits_data(seed=0)
+    data.train = Split(data.train.x[:300], data.train.y[:300])
+    obj = {"name": "bench", "seed": 0, "model": {"name": "digits_cnn", "width": 0.5},
+           "baseline": {"epochs": 3, "lr": 0.05, "batch_size": 32},
+           "chain": [{"technique": "prune", "ratio": 0.4, "steps": 1, **FAST},
+                     {"technique": "quantize", "weight_bits": 4, "act_bits": 4, **FAST},
+                     {"technique": "early_exit", "points": [1], "threshold": 0.13, **FAST, "epochs": 2, "lr": 0.05}]}
+    out = tmp_path_factory.mktemp("bench") / "run"
+    torch.manual_seed(0)
+    run_chain(parse_recipe(obj), out, data=data, write_report=False, recipe_text=yaml.safe_dump(obj))
+    return out, data
+
+
+def test_bench_writes_figures(run):
+    out, data = run
+    lines = []
+    res = bench_run(out, [8, 1], runs=3, warmup=1, peer_epochs=0, data=data, echo=lines.append)
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["batches"] == res["batches"] and [r["batch"] for r in saved["batches"]] == [1, 8]
+    assert set(saved["models"]) == {"baseline", "compressed", "compressed_mixed", "ort_int8", "tp_prune"}
+    for r in saved["batches"]:
+        for key in ("baseline_ms", "compressed_ms", "speedup", "baseline_metric", "compressed_metric"):
+            assert r[key] > 0, key
+        for name in saved["models"]:
+            s = r[name]
+            assert s["median_ms"] > 0 and s["iqr_ms"] >= 0 and s["throughput_per_s"] > 0 and s["n"] == 3
+        assert r["speedup"] == pytest.approx(r["baseline_ms"] / r["compressed_ms"], rel=1e-2)
+    m = saved["models"]
+    assert m["compressed"]["bitops_reduction"] > 1 and m["baseline"]["bitops_reduction"] == 1
+    assert m["compressed"]["kind"] == "exits" and m["compressed"]["kernels"]["kernel_bits"] == 8
+    assert m["ort_int8"]["integer_ops"], m["ort_int8"]["ort_ops"]
+    assert m["tp_prune"]["info"]["finetune_epochs"] == 0 and m["tp_prune"]["info"]["ratio"] == 0.4
+    assert not m["baseline"]["integer_ops"]
+    md = (out / "bench.md").read_text()
+    assert "BitOps reduction (counted)" in md and "speed-up b=8" in md and "Torch-Pruning" in md
+    assert any("bench.json" in line for line in lines)
+
+
+def test_inputs_and_stats(run):
+    _, data = run
+    xs = inputs_for(data, 500, count=4)  # larger than the test split: repeated, still distinct batches
+    assert len(xs) == 4 and all(x.shape == (500, 1, 8, 8) for x in xs)
+    s = stats([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s["median_ms"] == 3.0 and s["iqr_ms"] > 0 and s["min_ms"] == 1.0
+
+
+@pytest.mark.parametrize("args,why", [(["--batch", "0"], "--batch"), (["--batch", "100000"], "--batch"),
+                                      (["--batch", "-3"], "--batch"), (["--runs", "0"], "--runs"),
+                                      (["--warmup", "-1"], "--warmup"), (["--threads", "0"], "--threads")])
+def test_bad_bench_arguments(run, args, why, capsys):
+    out, _ = run
+    assert main(["bench", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("chaincomp: error:") and why in err[0]
+
+
+def test_bench_bad_run_dir(tmp_path, capsys):
+    assert main(["bench", str(tmp_path)]) == 2
+    assert "not a chaincomp run folder" in capsys.readouterr().err

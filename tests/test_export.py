@@ -1,0 +1,254 @@
+"""Export: every technique's model runs in ONNX Runtime with the PyTorch model's metric, integer
+kernels carry the model's exact weight codes, and exit segments skip work as the rule says."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from chaincomp.chain import load_run, run_chain
+from chaincomp.cli import main
+from chaincomp.data.base import Split, TaskData
+from chaincomp.data.digits import load_digits_data
+from chaincomp.errors import UserError
+from chaincomp.export import Deployed, export_model, export_run, manifest_path
+from chaincomp.qmodules import QUANT_TYPES
+from chaincomp.recipe import parse_recipe
+from chaincomp.train import evaluate
+
+FAST = {"epochs": 1, "lr": 0.02, "batch_size": 64}
+CHAINS = {
+    "plain": [],
+    "pruned": [{"technique": "prune", "ratio": 0.5, "steps": 1, **FAST}],
+    "w4a4": [{"technique": "quantize", "weight_bits": 4, "act_bits": 4, **FAST}],
+    "w8a8": [{"technique": "quantize", "weight_bits": 8, "act_bits": 8, "first_last_bits": None, "mode": "ptq",
+              **FAST}],
+    "exits": [{"technique": "early_exit", "points": "all", "threshold": 0.13, **FAST, "epochs": 2, "lr": 0.05}],
+    "full": [{"technique": "distill", "student": {"width": 0.5}, **FAST},
+             {"technique": "prune", "ratio": 0.3, "steps": 1, **FAST},
+             {"technique": "quantize", "weight_bits": 4, "act_bits": 4, **FAST},
+             {"technique": "early_exit", "points": "all", "max_drop": 2.0, **FAST}],
+}
+
+
+def tiny_digits() -> TaskData:
+    """Digits with a 300-sample train split (full val/test: one flipped prediction < 0.5 points)."""
+    d = load_digits_data(seed=0)
+    d.train = Split(d.train.x[:300], d.train.y[:300])
+    return d
+
+
+def make_run(root: Path, kind: str, data: TaskData, weights: Path | None = None, chain=None) -> Path:
+    """A finished run folder; `weights` skips baseline training (one baseline shared by every run)."""
+    obj = {"name": kind, "seed": 0, "model": {"name": "digits_cnn", "width": 0.5},
+           "baseline": {"epochs": 3, "lr": 0.05, "batch_size": 32}, "chain": CHAINS[kind] if chain is None else chain}
+    if weights:
+        obj["model"]["weights"] = str(weights)
+    out = root / kind
+    run_chain(parse_recipe(obj), out, data=data, write_report=False, recipe_text=yaml.safe_dump(obj))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    data = tiny_digits()
+    root = tmp_path_factory.mktemp("runs")
+    dirs = {"plain": make_run(root, "plain", data)}
+    weights = dirs["plain"] / "checkpoints" / "00-baseline.safetensors"
+    dirs |= {k: make_run(root, k, data, weights) for k in CHAINS if k != "plain"}
+    return data, dirs
+
+
+@pytest.mark.parametrize("kind", list(CHAINS))
+def test_export_matches_pytorch(runs, kind, tmp_path):
+    data, dirs = runs
+    lines = []
+    m = export_run(dirs[kind], tmp_path / "m.onnx", data=data, echo=lines.append)
+    c = m["check"]
+    assert c["passed"] and abs(c["onnx_metric"] - c["torch_metric"]) <= 0.5, c
+    assert c["prediction_agreement"] >= 99.0
+    assert manifest_path(tmp_path / "m.onnx").is_file()
+    assert json.loads(manifest_path(tmp_path / "m.onnx").read_text())["stage"] == m["stage"]
+    assert any("ONNX Runtime" in line for line in lines)
+    for f in m["files"]:
+        model = onnx.load(str(tmp_path / f))
+        assert model.opset_import[0].version >= 17
+    if kind in ("plain", "pruned"):
+        assert m["kind"] == "plain" and not m["integer_ops"]
+        assert not any(n.op_type == "BatchNormalization" for n in onnx.load(str(tmp_path / m["files"][0])).graph.node)
+
+
+def test_pruned_graph_is_smaller(runs, tmp_path):
+    data, dirs = runs
+    sizes = {}
+    for kind in ("plain", "pruned"):
+        run = load_run(dirs[kind], data=data)
+        export_model(run.model, data.sample_input(), tmp_path / f"{kind}.onnx")
+        model = onnx.load(str(tmp_path / f"{kind}.onnx"))
+        sizes[kind] = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+    assert sizes["pruned"] < 0.6 * sizes["plain"]
+
+
+def _initializers(folder: Path, files: list[str]) -> dict[str, np.ndarray]:
+    out = {}
+    for f in files:
+        out |= {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(folder / f)).graph.initializer}
+    return out
+
+
+@pytest.mark.parametrize("kind", ["w4a4", "w8a8", "full"])
+def test_integer_kernels_hold_exact_codes(runs, kind, tmp_path):
+    data, dirs = runs
+    m = export_run(dirs[kind], tmp_path / "q.onnx", data=data, echo=lambda s: None)
+    ops = m["integer_ops"]
+    assert ops.get("ConvInteger", 0) + ops.get("QLinearConv", 0) > 0, m["ort_ops"]
+    assert ops.get("MatMulInteger", 0) + ops.get("MatMulIntegerToFloat", 0) > 0, m["ort_ops"]
+    if kind != "full":  # a plain chain of conv layers: all but the one before the pooled head fuse
+        assert ops.get("QLinearConv", 0) >= 2, m["ort_ops"]
+    assert m["kernels"]["kernel_bits"] == 8
+    if kind != "w8a8":
+        assert "below 8 bits" in m["kernels"]["note"] and "W4A4" in m["kernels"]["recipe_bits"]
+    model = load_run(dirs[kind], data=data).model
+    layers = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, QUANT_TYPES)]
+    assert layers and len(layers) == len(m["layers"])
+    unfused = export_model(model, data.sample_input(), tmp_path / "u.onnx", kernels="exact")
+    for desc in (m, unfused):
+        inits = _initializers(tmp_path, desc["files"])
+        for name, mod in layers:
+            q = mod.integer_weight()[0].numpy().astype(np.int64)
+            got = inits[f"{name}.weight_q"]
+            assert got.dtype == np.int8
+            got = (got.T if isinstance(mod, nn.Linear) else got).astype(np.int64)
+            neg = desc["layers"][name].get("negated_channels", [])
+            assert not neg or desc is m
+            got[neg] *= -1  # fused layers keep a positive weight scale: codes of BN-negated channels flip
+            assert np.array_equal(got, q), name
+            assert np.abs(got).max() <= (2 ** (mod.weight_bits - 1) - 1 if mod.weight_bits > 1 else 1)
+
+
+def test_unfused_export_is_exact(runs, tmp_path):
+    data, dirs = runs
+    run = load_run(dirs["w4a4"], data=data)
+    desc = export_model(run.model, data.sample_input(), tmp_path / "u.onnx", kernels="exact")
+    x = data.test.x
+    with torch.no_grad():
+        ref = run.model.eval()(x).numpy()
+    got, _ = Deployed(tmp_path, desc)(x.numpy())
+    assert np.abs(got - ref).max() < 1e-3
+    assert not any(v.get("op") == "QLinearConv" for v in desc["layers"].values())
+
+
+class Counting:
+    def __init__(self, sess):
+        self.sess, self.rows = sess, 0
+
+    def run(self, names, feeds):
+        self.rows += feeds["input"].shape[0]
+        return self.sess.run(names, feeds)
+
+
+@pytest.mark.parametrize("kind", ["exits", "full"])
+def test_exit_runner_follows_the_rule(runs, kind, tmp_path):
+    data, dirs = runs
+    run = load_run(dirs[kind], data=data)
+    desc = export_model(run.model, data.sample_input(), tmp_path / "e.onnx")
+    assert desc["kind"] == "exits" and len(desc["files"]) == len(run.model.exit_points) + 1
+    dep = Deployed(tmp_path, desc)
+    x, y = data.test.x, data.test.y
+    logits, idx = dep(x.numpy())
+    ref = evaluate(run.model, data, "test")
+    same = (torch.from_numpy(idx) == ref.exit_index).float().mean()
+    assert same >= (1.0 if kind == "exits" else 0.98)
+    if kind == "exits":
+        acc = float((torch.from_numpy(logits).argmax(-1) == y).double().mean() * 100)
+        assert abs(acc - ref.metric) < 1e-9
+        assert (idx < len(desc["files"]) - 1).any(), "threshold 0.13 should let some inputs leave early"
+    # batch size 1: segments after the exit never run
+    dep.runner.sessions = [Counting(s) for s in dep.runner.sessions]
+    for i in range(20):
+        _, k = dep(x[i:i + 1].numpy())
+        rows = [s.rows for s in dep.runner.sessions]
+        assert all(r == 0 for r in rows[int(k[0]) + 1:]) and all(r == 1 for r in rows[:int(k[0]) + 1])
+        for s in dep.runner.sessions:
+            s.rows = 0
+
+
+def test_cli_export_and_stage(runs, tmp_path, capsys):
+    _, dirs = runs
+    out = tmp_path / "cli.onnx"
+    assert main(["export", str(dirs["full"]), "--out", str(out), "--stage", "prune"]) == 0
+    man = json.loads(manifest_path(out).read_text())
+    assert man["stage"] == "prune" and man["kind"] == "plain"
+    assert "check on" in capsys.readouterr().out
+
+
+def test_cli_export_fails_when_metric_differs(runs, tmp_path, monkeypatch, capsys):
+    import chaincomp.export as ex
+
+    _, dirs = runs
+    monkeypatch.setattr(ex, "ort_metric", lambda d, data, batch_size=256: -1.0)
+    assert main(["export", str(dirs["plain"]), "--out", str(tmp_path / "x.onnx")]) == 1
+    assert "check failed" in capsys.readouterr().err
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("chaincomp: error:")
+    return err[0]
+
+
+def test_bad_run_dirs(runs, tmp_path, capsys):
+    _, dirs = runs
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    assert "not a chaincomp run folder" in _err(capsys)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in ("run.json", "recipe.yaml"):
+        (partial / f).write_text((dirs["plain"] / f).read_text())
+    assert main(["export", str(partial)]) == 2
+    assert "no finished stage" in _err(capsys)
+    meta = json.loads((partial / "run.json").read_text())
+    (partial / "run.json").write_text(json.dumps({**meta, "format": 99}))
+    assert main(["export", str(partial)]) == 2
+    assert "another chaincomp format" in _err(capsys)
+    assert main(["export", str(dirs["plain"]), "--stage", "nope"]) == 2
+    assert "not a stage" in _err(capsys)
+    assert main(["export", str(dirs["plain"]), "--out", str(tmp_path / "model.txt")]) == 2
+    assert ".onnx" in _err(capsys)
+
+
+class FFT(nn.Module):
+    def forward(self, x):
+        return torch.fft.fft2(x).abs()
+
+
+def test_operator_onnx_cannot_take(runs, tmp_path, monkeypatch, capsys):
+    import chaincomp.chain as chain
+
+    data, dirs = runs
+    run = load_run(dirs["plain"], data=data)
+    run.model.blocks.insert(1, FFT())
+    with pytest.raises(UserError, match="FFT"):
+        export_model(run.model, data.sample_input(), tmp_path / "f.onnx")
+    monkeypatch.setattr(chain, "load_run", lambda *a, **k: run)
+    assert main(["export", str(dirs["plain"]), "--out", str(tmp_path / "g.onnx")]) == 2
+    assert "ONNX cannot take" in _err(capsys)
+
+
+def test_unknown_float_module_falls_back_to_torch_onnx(runs, tmp_path):
+    data, dirs = runs
+    run = load_run(dirs["plain"], data=data)
+    run.model.blocks.insert(1, nn.Hardswish())
+    desc = export_model(run.model, data.sample_input(), tmp_path / "h.onnx")
+    assert desc["segments"][0]["writer"] == "torch.onnx"
+    x = data.test.x[:16]
+    with torch.no_grad():
+        ref = run.model.eval()(x)
+    got, _ = Deployed(tmp_path, desc)(x.numpy())
+    assert np.abs(got - ref.numpy()).max() < 1e-4
