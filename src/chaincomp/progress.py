@@ -41,6 +41,10 @@ class Bar:
         self.progress.update(self.id, description=text)
 
 
+def interactive() -> bool:
+    return sys.stdout.isatty() or bool(os.environ.get("CHAINCOMP_PROGRESS"))
+
+
 def log(msg: str) -> None:
     if not quiet:
         console.print(msg)

@@ -89,6 +89,8 @@ def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | N
                 run += loss.item()
                 bar.advance(1)
             history.append(run / steps_per_epoch)
+            if not progress.interactive():  # logs and CI get a line per epoch instead of a bar
+                progress.log(f"{stage}: epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f}")
             if all(torch.isfinite(p).all() for p in model.parameters()):
                 good = copy.deepcopy(model.state_dict())
             else:
