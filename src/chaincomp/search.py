@@ -1,0 +1,243 @@
+"""`chaincomp search`: multi-objective search over the order AND the degree of compression.
+
+Why: the paper's order is measured at one degree per technique, and the authors' follow-up finds
+that the best order can change with the degree (bits, ratios, thresholds). Optuna's multi-objective
+sampler proposes (order, degrees); each proposal is one chain from the shared baseline, run as a
+Ray task; objectives are maximise the metric and minimise BitOps (told as log10 BitOps, which has
+the same Pareto set and keeps the sampler's hypervolume arithmetic well scaled).
+
+Resumable: the Optuna study lives in DIR/optuna.journal (JournalStorage, file backend); each
+trial's result is written to DIR/trials/NNNN.json the moment it ends, before it is told to the
+study. On restart, finished trials are kept, trials that were running are dispatched again with
+the parameters they were asked with (their chain folder resumes from its last checkpoint), and
+new trials are asked until the study holds --trials of them.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+import warnings
+from itertools import permutations
+from pathlib import Path
+
+from .distributed import LETTER, Executor, check_techniques, derived, ensure_baseline, open_study, run_recipe_task, \
+    stage_dicts
+from .errors import UserError
+from .io import RunLock, read_json, write_json
+from .progress import log
+from .recipe import Recipe
+
+TECH_OF = {v: k for k, v in LETTER.items()}
+
+# Degrees searched per technique: (low, high, step); ints for bits. The rest of each stage's
+# settings (epochs, lr, first/last-layer bits, criterion...) come from the recipe.
+SPACE = {
+    "distill": {"student.width": (0.25, 1.0, 0.125)},
+    "prune": {"ratio": (0.0, 0.8, 0.05)},
+    "quantize": {"weight_bits": (2, 8, 1), "act_bits": (2, 8, 1)},
+    "early_exit": {"max_drop": (0.0, 3.0, 0.25)},
+}
+THRESHOLD = {"confidence": (0.5, 0.99, 0.01), "entropy": (0.05, 2.0, 0.05)}
+
+
+def space_for(stages: dict[str, dict]) -> dict[str, tuple]:
+    """Parameter name -> (low, high, step) for the techniques of the recipe."""
+    out = {}
+    for tech, st in stages.items():
+        knobs = dict(SPACE[tech])
+        if tech == "early_exit" and st.get("threshold") is not None:   # a fixed threshold: search it
+            knobs = {"threshold": THRESHOLD[st.get("criterion", "confidence")]}
+        out |= {f"{tech}.{k}": v for k, v in knobs.items()}
+    return out
+
+
+def suggest(trial, techs: list[str], space: dict[str, tuple]) -> dict:
+    """Ask every parameter up front (no conditionals), so a re-dispatched trial has all it needs."""
+    trial.suggest_categorical("order", ["".join(LETTER[t] for t in p) for p in permutations(techs)])
+    for name, (lo, hi, step) in space.items():
+        if isinstance(lo, int) and isinstance(step, int):
+            trial.suggest_int(name, lo, hi, step=step)
+        else:
+            trial.suggest_float(name, lo, hi, step=step)
+    return dict(trial.params)
+
+
+def chain_from(params: dict, stages: dict[str, dict]) -> list[dict]:
+    """The ordered stage configs of a trial: recipe settings with the trial's degrees."""
+    chain = []
+    for letter in params["order"]:
+        tech = TECH_OF[letter]
+        st = copy.deepcopy(stages[tech])
+        for name, value in params.items():
+            if name.startswith(tech + "."):
+                *path, key = name[len(tech) + 1:].split(".")
+                node = st
+                for p in path:
+                    node = node.setdefault(p, {})
+                node[key] = round(value, 6) if isinstance(value, float) else value   # 0.7000000000000001
+        chain.append(st)
+    return chain
+
+
+def pareto(trials: list[dict]) -> list[dict]:
+    """Non-dominated finished trials (metric up, BitOps down), cheapest first."""
+    done = [t for t in trials if t["state"] == "complete"]
+    front = [t for t in done if not any(
+        o["metric"] >= t["metric"] and o["bitops"] <= t["bitops"] and (o["metric"] > t["metric"] or o["bitops"] < t["bitops"])
+        for o in done)]
+    return sorted(front, key=lambda t: t["bitops"])
+
+
+def _study(out: Path, seed: int, trials: int, sampler: str):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if sampler == "nsga2":
+        s = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)))
+    else:
+        s = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                       n_startup_trials=max(4, min(10, trials // 4)))
+    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    return optuna.create_study(study_name="chaincomp-search", storage=storage, sampler=s, load_if_exists=True,
+                               directions=["maximize", "minimize"])
+
+
+def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = None, address: str | None = None,
+               sampler: str = "tpe", source: str = "recipe") -> dict:
+    from optuna.trial import TrialState
+
+    if trials <= 0:
+        raise UserError(f"--trials: must be 1 or more, not {trials}")
+    techs = check_techniques(recipe, source)
+    out = Path(out)
+    t0 = time.perf_counter()
+    with Executor(workers, address) as ex, RunLock(out):
+        open_study(out, "search", recipe)
+        stages = stage_dicts(recipe)
+        space = space_for(stages)
+        study = _study(out, recipe.seed, trials, sampler)
+        tdir = out / "trials"
+        weights = ensure_baseline(recipe, out)
+        blob = ex.put(weights.read_bytes())
+
+        def dispatch(number: int, params: dict) -> None:
+            name = f"t{number:04d}"
+            r = derived(recipe, chain_from(params, stages), seed=recipe.seed, weights=weights,
+                        name=f"{recipe.name}-{name}")
+            ex.submit((number, params), run_recipe_task, r.model_dump(mode="json", by_alias=True),
+                      str(out / "runs" / name), recipe.seed, ex.threads, blob)
+
+        def finish(number: int, params: dict, res: dict | None, err: BaseException | None) -> None:
+            rec = {"number": number, "order": params["order"], "params": params,
+                   "chain": chain_from(params, stages), "run": str(out / "runs" / f"t{number:04d}")}
+            if err is None:
+                rec |= {"state": "complete", "metric": res["metric"], "bitops": res["bitops"],
+                        "seconds": res["seconds"]}
+            else:
+                rec |= {"state": "fail", "error": f"{type(err).__name__}: {err}"[:300]}
+            write_json(tdir / f"{number:04d}.json", rec)        # on disk before the study hears of it
+            if err is None:
+                study.tell(number, [res["metric"], math.log10(max(res["bitops"], 1.0))], skip_if_finished=True)
+                log(f"trial {number}: {params['order']} metric {res['metric']:.2f} BitOps {res['bitops']:.3g} "
+                    f"({res['seconds']:.0f} s)")
+            else:
+                study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                log(f"trial {number}: failed ({rec['error']})")
+
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):   # a crash left these
+            f = tdir / f"{t.number:04d}.json"
+            if set(t.params) != {"order", *space}:          # died between ask and suggest
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            elif f.exists():
+                rec = read_json(f)
+                ok = rec["state"] == "complete"
+                finish(t.number, t.params, {**rec, "seconds": rec.get("seconds", 0)} if ok else None,
+                       None if ok else RuntimeError(rec.get("error", "failed")))
+            else:
+                dispatch(t.number, t.params)
+        while len(study.trials) < trials or len(ex):
+            while len(ex) < ex.slots and len(study.trials) < trials:
+                trial = study.ask()
+                dispatch(trial.number, suggest(trial, techs, space))
+            (number, params), res, err = ex.next_done()
+            finish(number, params, res, err)
+        records = [read_json(f) for f in sorted(tdir.glob("*.json"))]
+        result = {"recipe": recipe.name, "techniques": techs, "sampler": sampler,
+                  "objectives": ["maximize metric", "minimize BitOps (told as log10 BitOps)"],
+                  "space": {k: list(v) for k, v in space.items()}, "trials_requested": trials,
+                  "pareto": [{k: t[k] for k in ("number", "order", "chain", "metric", "bitops")} for t in pareto(records)],
+                  "trials": records, "seconds": round(time.perf_counter() - t0, 1)}
+        write_json(out / "search.json", result)
+        write_search_report(out, result)
+        return result
+
+
+def write_search_report(out: Path, res: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_write_text
+    from .report import markdown_table, save_figure
+
+    done = [t for t in res["trials"] if t["state"] == "complete"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter([t["bitops"] for t in done], [t["metric"] for t in done], s=14, color="grey", label="trials")
+    front = res["pareto"]
+    ax.step([t["bitops"] for t in front], [t["metric"] for t in front], "-o", where="post", color="red",
+            label="Pareto front")
+    for t in front:
+        ax.annotate(t["order"], (t["bitops"], t["metric"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("BitOps per input (log)")
+    ax.set_ylabel("metric")
+    ax.set_title(f"{len(done)} trials, {len(front)} on the front")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, out / "pareto.png")
+    plt.close(fig)
+
+    def degrees(t: dict) -> str:
+        return ", ".join(f"{k}={round(v, 6) if isinstance(v, float) else v}" for k, v in t.get("params", {}).items()
+                         if k != "order")
+
+    by_num = {t["number"]: t for t in res["trials"]}
+    rows = [[str(t["number"]), t["order"], f"{t['metric']:.2f}", f"{t['bitops']:.3g}", degrees(by_num[t["number"]])]
+            for t in front]
+    atomic_write_text(out / "search.md", f"# Search over order and degree: {res['recipe']}\n\n"
+                      f"{len(res['trials'])} trials ({len(done)} finished), sampler {res['sampler']}, "
+                      f"{res['seconds']:.0f} s this session.\n\n"
+                      + markdown_table(["trial", "order", "metric", "BitOps", "degrees"], rows)
+                      + "\n\n![Pareto front](pareto.png)\n")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .order import study_recipe
+
+    recipe, source = study_recipe(args.recipe)
+    out = Path(args.out or f"runs/{recipe.name}-search")
+    res = run_search(recipe, out, trials=args.trials, workers=args.workers, address=args.address,
+                     sampler=args.sampler, source=source)
+    for t in res["pareto"]:
+        log(f"front: {t['order']} metric {t['metric']:.2f} BitOps {t['bitops']:.3g} (trial {t['number']})")
+    log(f"results: {out / 'search.json'}  report: {out / 'search.md'}")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("search", help="multi-objective search over order and degree (metric up, BitOps down)")
+    p.add_argument("recipe", nargs="?", help="recipe YAML or built-in name (default: digits, D P Q E, the order "
+                   "study's scaled budget)")
+    p.add_argument("--out", help="output folder (default: runs/<recipe name>-search); a rerun continues the study")
+    p.add_argument("--trials", type=int, default=20, help="trials in the study (default 20)")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="trials in parallel (default: CPU count); 0 runs them one by one without Ray")
+    p.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe",
+                   help="Optuna multi-objective sampler (default tpe: better on small budgets)")
+    p.set_defaults(func=_cmd_search)

@@ -1,0 +1,87 @@
+"""The search over order and degree: the space, the front, the files, resume after a crash."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from chaincomp.cli import main
+from chaincomp.distributed import stage_dicts
+from chaincomp.recipe import load_recipe
+from chaincomp.search import _study, chain_from, pareto, space_for, suggest
+
+
+def tiny_recipe(path, techniques):
+    """A recipe that runs in seconds: 200 digits, 1 epoch per stage."""
+    stages = {
+        "distill": {"technique": "distill", "student": {"width": 0.5}, "epochs": 1, "batch_size": 64},
+        "prune": {"technique": "prune", "ratio": 0.3, "steps": 1, "epochs": 1, "batch_size": 64},
+        "quantize": {"technique": "quantize", "weight_bits": 4, "act_bits": 8, "calibration": "minmax",
+                     "calibration_batches": 1, "epochs": 1, "batch_size": 64},
+        "early_exit": {"technique": "early_exit", "max_drop": 1.0, "epochs": 1, "batch_size": 64},
+    }
+    obj = {"name": "tiny", "seed": 0, "data": {"name": "digits", "limit_train": 200},
+           "model": {"name": "digits_cnn", "width": 0.5}, "baseline": {"epochs": 2, "batch_size": 32},
+           "chain": [stages[t] for t in techniques]}
+    path.write_text(yaml.safe_dump(obj))
+    return str(path)
+
+
+def test_space_and_chain_follow_the_recipe(tmp_path):
+    recipe, _ = load_recipe(tiny_recipe(tmp_path / "r.yaml", ("distill", "quantize", "early_exit")))
+    stages = stage_dicts(recipe)
+    space = space_for(stages)
+    assert set(space) == {"distill.student.width", "quantize.weight_bits", "quantize.act_bits", "early_exit.max_drop"}
+    params = {"order": "EQD", "distill.student.width": 0.375, "quantize.weight_bits": 3, "quantize.act_bits": 6,
+              "early_exit.max_drop": 0.75}
+    chain = chain_from(params, stages)
+    assert [s["technique"] for s in chain] == ["early_exit", "quantize", "distill"]
+    assert chain[2]["student"]["width"] == 0.375 and chain[1]["weight_bits"] == 3 and chain[0]["max_drop"] == 0.75
+    assert chain[1]["epochs"] == 1 and stages["quantize"]["weight_bits"] == 4      # recipe settings kept, not changed
+    stages["early_exit"]["threshold"] = 0.9
+    assert "early_exit.threshold" in space_for(stages)
+
+
+def test_pareto_front():
+    t = [{"state": "complete", "metric": m, "bitops": b, "number": i}
+         for i, (m, b) in enumerate([(98, 100), (97, 10), (96, 50), (99, 1000), (99, 2000)])]
+    t.append({"state": "fail", "number": 9})
+    assert [x["number"] for x in pareto(t)] == [1, 0, 3]
+
+
+def test_search_writes_trials_and_resumes_without_redoing(tmp_path):
+    recipe = tiny_recipe(tmp_path / "r.yaml", ("prune", "quantize"))
+    out = tmp_path / "s"
+    assert main(["search", recipe, "--out", str(out), "--trials", "2", "--workers", "0"]) == 0
+    res = json.loads((out / "search.json").read_text())
+    assert len(res["trials"]) == 2 and res["pareto"]
+    for t in res["pareto"]:
+        assert {"chain", "metric", "bitops"} <= set(t) and len(t["chain"]) == 2
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["0000.json", "0001.json"]
+    assert (out / "pareto.png").is_file() and (out / "optuna.journal").is_file()
+    stamps = {f.name: f.stat().st_mtime_ns for f in (out / "trials").iterdir()}
+
+    # A crash left trial 2 running: asked, parameters drawn, never told.
+    r, _ = load_recipe(recipe)
+    study = _study(out, r.seed, 4, "tpe")
+    running = study.ask()
+    suggest(running, r.techniques(), space_for(stage_dicts(r)))
+    del study
+
+    assert main(["search", recipe, "--out", str(out), "--trials", "4", "--workers", "0"]) == 0
+    res = json.loads((out / "search.json").read_text())
+    assert [t["number"] for t in res["trials"]] == [0, 1, 2, 3]
+    assert all(t["state"] == "complete" for t in res["trials"])
+    assert res["trials"][2]["params"] == running.params                 # re-dispatched as asked
+    assert {f.name: f.stat().st_mtime_ns for f in (out / "trials").iterdir() if f.name in stamps} == stamps
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["t0000", "t0001", "t0002", "t0003"]
+
+
+def test_bad_budget_and_recipe(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path / "r.yaml", ("prune", "quantize"))
+    assert main(["search", recipe, "--out", str(tmp_path / "s"), "--trials", "0"]) == 2
+    assert "--trials" in capsys.readouterr().err
+    one = tiny_recipe(tmp_path / "one.yaml", ("quantize",))
+    assert main(["search", one, "--out", str(tmp_path / "s"), "--trials", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "at least two techniques" in err and len(err.splitlines()) == 1
