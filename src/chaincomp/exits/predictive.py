@@ -51,6 +51,11 @@ class PredictiveRule:
             raise ValueError(f"beta must be > 0 (got {self.beta})")
         if len(self.points) != len(self.thresholds):
             raise ValueError("one threshold per exit point")
+        # per round i: (exit at block + i, its limit) for every exit; the runtime calls predict per input
+        b2e = {b: j for j, b in enumerate(self.points)}
+        plan = tuple(tuple((b2e[b + i], self.beta * self.thresholds[b2e[b + i]]) if b + i in b2e else None
+                           for i in range(1, self.rounds + 1)) for b in self.points)
+        object.__setattr__(self, "_plan", plan)
 
     @property
     def n_exits(self) -> int:
@@ -67,17 +72,15 @@ class PredictiveRule:
         return next((k for k, b in enumerate(self.points) if b >= block), self.n_exits)
 
     def fires(self, k: int, logits: Sequence[float]) -> bool:
-        return max(abs(v) for v in logits) >= self.limit(k)
+        return max(map(abs, logits)) >= self.limit(k)
 
     def predict(self, k: int, logits: Sequence[float]) -> tuple[int, bool]:
         """(index of the next exit to evaluate, gave_up) from exit k's logits; n_exits = none (final)."""
-        block_to_exit = {b: j for j, b in enumerate(self.points)}
         v = [float(x) for x in logits]
-        for i in range(1, self.rounds + 1):
+        for step in self._plan[k]:
             v = smooth3(v)
-            j = block_to_exit.get(self.points[k] + i)
-            if j is not None and max(abs(x) for x in v) > self.limit(j):
-                return j, False
+            if step is not None and max(map(abs, v)) > step[1]:
+                return step[0], False
         if self.give_up == "final":
             return self.n_exits, True
         return self.exit_at_or_after(self.points[k] + self.rounds), True
@@ -85,8 +88,8 @@ class PredictiveRule:
 
 def smooth3(v: Sequence[float]) -> list[float]:
     """One round of the engine: 1-D convolution with kernel [1, 1, 1] and zero padding."""
-    n = len(v)
-    return [(v[i - 1] if i > 0 else 0.0) + v[i] + (v[i + 1] if i + 1 < n else 0.0) for i in range(n)]
+    v = list(v)
+    return [a + b + c for a, b, c in zip([0.0] + v[:-1], v, v[1:] + [0.0])]
 
 
 def exit_thresholds(exit_logits: Sequence[torch.Tensor]) -> list[float]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..energy.cost import profile_model
-from ..energy.dvfs import choose_point, simulate_inference
+from ..energy.dvfs import SimResult, choose_point, energy_of, simulate_inference
 from ..energy.ops import modelled_energy_j
 from ..energy.profiles import Profile
 from .model import ExitNetwork
@@ -138,8 +138,8 @@ class CostTable:
 class PlatformModel:
     """The cost table on a platform profile: cycles per part, and the DVFS schedule of a trace."""
 
-    def __init__(self, costs: CostTable, profile: Profile):
-        self.costs, self.profile = costs, profile
+    def __init__(self, costs: CostTable, profile: Profile, guarded: bool = False):
+        self.costs, self.profile, self.guarded = costs, profile, guarded
         cyc = lambda p: profile.cycles(dict(p.macs_by_bits)) if p.macs else 0.0
         self.block_cycles = [cyc(p) for p in costs.blocks]
         self.exit_cycles = [cyc(p) for p in costs.exits]
@@ -154,6 +154,20 @@ class PlatformModel:
         end = self.costs.points[next_exit] if next_exit < e else self.costs.n_blocks - 1
         tail = self.exit_cycles[next_exit] if next_exit < e else self.final_cycles
         return sum(self.block_cycles[after_block + 1:end + 1]) + tail
+
+    def guard_s(self, next_exit: int, first: bool = False) -> float:
+        """Guarded policy: seconds at the top point for the worst case beyond what the policy plans for:
+        after a prediction, the rest of the network and every later head, should the predicted exit
+        not fire; before the first one (planned: whole network + first head), every later head.
+        0 for the guide's policy."""
+        e = len(self.costs.points)
+        if not self.guarded or next_exit >= e:
+            return 0.0
+        heads = sum(self.exit_cycles[next_exit + 1:])
+        if first:
+            return heads / self.top.freq_hz
+        b = self.costs.points[next_exit]
+        return (sum(self.block_cycles[b + 1:]) + self.final_cycles + heads) / self.top.freq_hz
 
     def segments(self, t: Trace) -> tuple[list[float], list[float | None]]:
         """Cycles of each block-segment run, and the predicted remaining cycles known before each."""
@@ -178,9 +192,28 @@ class PlatformModel:
         cycles, pred = self.segments(t)
         key = (schedule, tuple(cycles), tuple(pred), deadline_s)
         if key not in self._memo:
-            kw = {"predicted_remaining": pred} if schedule == "predictive" else {}
-            self._memo[key] = simulate_inference(self.profile, cycles, schedule, deadline_s, **kw)
+            if schedule == "predictive" and self.guarded:
+                self._memo[key] = self._guarded(t, cycles, pred, deadline_s)
+            else:
+                kw = {"predicted_remaining": pred} if schedule == "predictive" else {}
+                self._memo[key] = simulate_inference(self.profile, cycles, schedule, deadline_s, **kw)
         return self._memo[key]
+
+    def _guarded(self, t: Trace, cycles: list[float], pred: list, deadline_s: float):
+        """The predictive schedule of `simulate_inference`, with the guard time counted as spent."""
+        pts, guard = self.profile.points(), [0.0] * len(cycles)
+        guard[0] = self.guard_s(t.heads[0] if t.heads else len(self.costs.points), first=True)
+        for k, nxt in t.predictions:
+            if self.costs.points[k] + 1 < len(guard):
+                guard[self.costs.points[k] + 1] = self.guard_s(nxt)
+        now, busy, point, used, by = 0.0, 0.0, pts[-1], [], {}
+        for i, c in enumerate(cycles):
+            if pred[i] is not None:
+                point, _ = choose_point(pts, pred[i], now + guard[i], deadline_s)
+            now, busy = now + c / point.freq_hz, busy + energy_of(point, c)
+            used.append(point)
+        idle = (self.profile.idle_power_w or 0.0) * max(0.0, deadline_s - now)
+        return SimResult("predictive", busy + idle, busy, idle, now, now <= deadline_s * (1 + 1e-9), used, by)
 
 
 class Governor:
@@ -195,17 +228,18 @@ class Governor:
     def begin(self, first_exit: int) -> None:
         self.t = 0.0
         e = len(self.pm.exit_cycles)
-        self._set(self.pm.classic_cycles + (self.pm.exit_cycles[first_exit] if first_exit < e else 0.0))
+        self._set(self.pm.classic_cycles + (self.pm.exit_cycles[first_exit] if first_exit < e else 0.0),
+                  self.pm.guard_s(first_exit, first=True))
 
     def ran(self, cycles: float) -> None:
         self.t += cycles / self.point.freq_hz
 
     def predicted(self, after_block: int, next_exit: int) -> None:
         if after_block + 1 < self.pm.costs.n_blocks:
-            self._set(self.pm.remaining_cycles(after_block, next_exit))
+            self._set(self.pm.remaining_cycles(after_block, next_exit), self.pm.guard_s(next_exit))
 
-    def _set(self, remaining: float) -> None:
-        self.point, _ = choose_point(self.points, remaining, self.t, self.deadline)
+    def _set(self, remaining: float, guard_s: float = 0.0) -> None:
+        self.point, _ = choose_point(self.points, remaining, self.t + guard_s, self.deadline)
         self.chosen.append(self.point.freq_mhz)
         if self.ctl is not None:
             self.ctl.set_point(self.point)
@@ -275,7 +309,7 @@ class ExitRuntime:
             heads.append(target)
             if governor is not None:
                 governor.ran(governor.pm.exit_cycles[target])
-            logits = z[0].double().tolist()
+            logits = z[0].tolist()          # float32 -> Python floats: exact, the simulation's float64 values
             if rule.fires(target, logits):
                 return z, Trace(target, i, heads, preds, time.perf_counter() - t0)
             nxt, _ = rule.predict(target, logits)
@@ -300,3 +334,24 @@ def run_split(fn: Callable[[torch.Tensor], tuple[torch.Tensor, Trace]], x: torch
         if bar is not None:
             bar.advance(1)
     return torch.tensor(preds), traces
+
+
+def run_interleaved(fns: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, Trace]]], x: torch.Tensor, *,
+                    warmup: int = 5, bar=None) -> dict[str, tuple[torch.Tensor, list[Trace]]]:
+    """Every way on every input, input by input, the order of the ways rotated per input: a drift in
+    the machine's load then falls on all ways alike, which way-by-way runs cannot promise."""
+    names = list(fns)
+    for i in range(min(warmup, len(x))):
+        for n in names:
+            fns[n](x[i:i + 1])
+    preds: dict[str, list[int]] = {n: [] for n in names}
+    traces: dict[str, list[Trace]] = {n: [] for n in names}
+    for i in range(len(x)):
+        r = i % len(names)
+        for n in names[r:] + names[:r]:
+            out, t = fns[n](x[i:i + 1])
+            preds[n].append(int(out.argmax(-1)))
+            traces[n].append(t)
+            if bar is not None:
+                bar.advance(1)
+    return {n: (torch.tensor(preds[n]), traces[n]) for n in names}
