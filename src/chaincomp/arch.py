@@ -8,7 +8,7 @@ from torch import nn
 from .errors import UserError
 from .exits.model import ExitNetwork, attach_exits
 from .models import build_model
-from .qmodules import QUANT_TYPES, QuantConv2d, QuantLinear, QuantPlan, apply_quant, quantize_like
+from .qmodules import QuantConv2d, QuantLinear, QuantPlan, apply_quant, quantize_like
 
 
 def record(model: nn.Module, transform: dict) -> None:
@@ -29,6 +29,11 @@ def apply_transform(model: nn.Module, t: dict, sample: torch.Tensor) -> nn.Modul
         return net
     if t["type"] == "quantize":
         apply_quant(model, QuantPlan(**t["plan"]))
+        record(model, t)
+        return model
+    if t["type"] == "fmc":  # feature-map codec hooks; no weights, so only the transform is saved
+        from .stages.fmc import attach
+        attach(model, t)
         record(model, t)
         return model
     raise UserError(f"checkpoint: unknown transform '{t['type']}' (written by another chaincomp version?)")

@@ -27,18 +27,16 @@ import sys
 import time
 import warnings
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from . import progress
 from .errors import UserError
-from .recipe import BaselineConfig, DataConfig, ModelConfig, format_error
+from .recipe import BaselineConfig, DataConfig, ModelConfig, read_yaml_recipe, validate_document
 
 DEFAULT_RECIPE = "exit_default"
 
@@ -99,28 +97,8 @@ class ExitRecipe(BaseModel):
 
 def load_exit_recipe(path: str | None) -> ExitRecipe:
     """A recipe file, or a built-in one by name (``exit_default`` when none is given)."""
-    name = path or DEFAULT_RECIPE
-    folder = resources.files("chaincomp") / "recipes"
-    builtin = {p.name[:-5]: p for p in folder.iterdir() if p.name.startswith("exit_") and p.name.endswith(".yaml")}
-    if not Path(name).exists() and name in builtin:
-        text, source = builtin[name].read_text(), f"<built-in recipe {name}>"
-    else:
-        try:
-            text, source = Path(name).read_text(), name
-        except (OSError, UnicodeDecodeError):
-            raise UserError(f"{name}: recipe file not found or unreadable; give a YAML path or one of: "
-                            f"{', '.join(sorted(builtin))}") from None
-    try:
-        obj = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{source}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-    if obj is not None and not isinstance(obj, dict):
-        raise UserError(f"{source}: an exit recipe is a mapping of keys, not {type(obj).__name__}")
-    try:
-        return ExitRecipe.model_validate(obj or {})
-    except ValidationError as e:
-        raise UserError(format_error(e, source)) from None
+    obj, _, source = read_yaml_recipe(path, DEFAULT_RECIPE, prefix="exit_")
+    return validate_document(ExitRecipe, obj, source)
 
 
 # ------------------------------------------------------------------------------------ training

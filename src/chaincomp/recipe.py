@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import UserError
 from .stages.distill import DistillConfig
 from .stages.early_exit import EarlyExitConfig
+from .stages.fmc import FmcConfig
 from .stages.prune import PruneConfig
 from .stages.quantize import QuantizeConfig
 
@@ -49,7 +50,7 @@ class BaselineConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0, le=1)
 
 
-StageEntry = Annotated[Union[DistillConfig, PruneConfig, QuantizeConfig, EarlyExitConfig],
+StageEntry = Annotated[Union[DistillConfig, PruneConfig, QuantizeConfig, EarlyExitConfig, FmcConfig],
                        Field(discriminator="technique")]
 
 
@@ -80,7 +81,7 @@ class Recipe(BaseModel):
 
 
 def _loc(loc: tuple) -> str:
-    tags = {"distill", "prune", "quantize", "early_exit"}
+    tags = {"distill", "prune", "quantize", "early_exit", "fmc"}
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in tags)]
     return ".".join(parts) or "recipe"
 
@@ -101,28 +102,22 @@ def format_error(e: ValidationError, source: str) -> str:
 
 
 def parse_recipe(obj: object, source: str = "recipe") -> Recipe:
-    if obj is None:
-        obj = {}
-    if not isinstance(obj, dict):
-        raise UserError(f"{source}: a recipe is a mapping of keys (name, data, model, baseline, chain), "
-                        f"not {type(obj).__name__}")
-    try:
-        return Recipe.model_validate(obj)
-    except ValidationError as e:
-        raise UserError(format_error(e, source)) from None
-    except (RecursionError, OverflowError, ValueError, TypeError) as e:
-        raise UserError(f"{source}: cannot be read as a recipe ({type(e).__name__})") from None
+    return validate_document(Recipe, obj, source)
 
 
-def builtin_recipes() -> dict[str, str]:
+def builtin_recipes(prefix: str = "") -> dict[str, str]:
     folder = resources.files("chaincomp") / "recipes"
-    return {p.name[:-5]: p.read_text() for p in folder.iterdir() if p.name.endswith(".yaml")}
+    return {p.name[:-5]: p.read_text() for p in folder.iterdir()
+            if p.name.endswith(".yaml") and p.name.startswith(prefix)}
 
 
-def load_recipe(path: str | None) -> tuple[Recipe, str]:
-    """A recipe from a YAML file, or a built-in one by name (`default` when none is given)."""
-    name = path or "default"
-    builtins = builtin_recipes()
+def read_yaml_recipe(path: str | None, default: str, prefix: str = "") -> tuple[object, str, str]:
+    """(parsed YAML, text, source) of a recipe file, or of a built-in recipe named `prefix*`.
+
+    Every command's recipe goes through here, so every one answers a missing file, bad YAML or
+    absurd nesting with one line naming the file."""
+    name = path or default
+    builtins = builtin_recipes(prefix)
     if not Path(name).exists() and name in builtins:
         text, source = builtins[name], f"<built-in recipe {name}>"
     else:
@@ -132,7 +127,7 @@ def load_recipe(path: str | None) -> tuple[Recipe, str]:
         try:
             text = p.read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{name}: cannot read the recipe ({e})") from None
+            raise UserError(f"{name}: cannot read the recipe ({type(e).__name__})") from None
         source = str(p)
     try:
         obj = yaml.safe_load(text)
@@ -142,4 +137,24 @@ def load_recipe(path: str | None) -> tuple[Recipe, str]:
         raise UserError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     except RecursionError:
         raise UserError(f"{source}: nested too deeply to be a recipe") from None
+    return obj, text, source
+
+
+def validate_document(schema: type[BaseModel], obj: object, source: str) -> BaseModel:
+    """Validate a parsed recipe against a schema; every failure is one UserError line."""
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise UserError(f"{source}: a recipe is a mapping of keys, not {type(obj).__name__}")
+    try:
+        return schema.model_validate(obj)
+    except ValidationError as e:
+        raise UserError(format_error(e, source)) from None
+    except (RecursionError, OverflowError, ValueError, TypeError) as e:
+        raise UserError(f"{source}: cannot be read as a recipe ({type(e).__name__})") from None
+
+
+def load_recipe(path: str | None) -> tuple[Recipe, str]:
+    """A chain recipe from a YAML file, or a built-in one by name (`default` when none is given)."""
+    obj, text, source = read_yaml_recipe(path, "default")
     return parse_recipe(obj, source), text

@@ -6,7 +6,7 @@ import torch
 
 from ..data.base import TaskData
 from .model import ExitNetwork
-from .rules import choose_exits, gather_outputs, score
+from .rules import choose_exits, gather_outputs
 
 GRID = {
     "confidence": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9999],

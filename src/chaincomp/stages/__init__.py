@@ -4,10 +4,11 @@ from __future__ import annotations
 from .base import Context, Stage, StageConfig
 from .distill import Distill
 from .early_exit import EarlyExit
+from .fmc import Fmc
 from .prune import Prune
 from .quantize import Quantize
 
-STAGES: dict[str, type[Stage]] = {s.technique: s for s in (Distill, Prune, Quantize, EarlyExit)}
+STAGES: dict[str, type[Stage]] = {s.technique: s for s in (Distill, Prune, Quantize, EarlyExit, Fmc)}
 TECHNIQUE_LETTER = {"distill": "D", "prune": "P", "quantize": "Q", "early_exit": "E", "fmc": "F"}
 
 

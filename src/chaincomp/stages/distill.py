@@ -22,7 +22,7 @@ from torch import nn
 
 from ..arch import apply_transform
 from ..models import build_model
-from ..train import multi_loss, predict, task_loss
+from ..train import multi_loss, task_loss
 from .base import Context, Stage, StageConfig
 
 
