@@ -92,6 +92,13 @@ def profile_model(model: nn.Module, sample: torch.Tensor, act_bytes_hook=None) -
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             handles.append(m.register_forward_hook(hook))
+    run_hooked_once(model, sample, handles)
+    return prof
+
+
+def run_hooked_once(model: nn.Module, sample: torch.Tensor, handles: list) -> None:
+    """One sample through the model in eval mode without gradients, then the hooks are removed and
+    the train/eval mode restored: how every walker of the model (costs, codec points) reads it."""
     was = model.training
     model.eval()
     try:
@@ -101,7 +108,6 @@ def profile_model(model: nn.Module, sample: torch.Tensor, act_bytes_hook=None) -
         for h in handles:
             h.remove()
         model.train(was)
-    return prof
 
 
 def count_params(model: nn.Module) -> int:

@@ -34,6 +34,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from ..energy.cost import run_hooked_once
 from ..errors import UserError
 from ..fmc import DEFAULT_BLOCK, DEFAULT_INDEX_BITS, DEFAULT_SCALES, attach_codec, default_points
 from ..fmc.hooks import ACTIVATIONS
@@ -85,15 +86,7 @@ def _trace(model: nn.Module, sample: torch.Tensor) -> tuple[list[tuple[str, str]
             if act:
                 events.append(("a", n))
         hooks.append(m.register_forward_hook(post))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(sample[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    run_hooked_once(model, sample, hooks)
     return events, shapes
 
 
