@@ -30,15 +30,12 @@ import platform
 import statistics
 import time
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import UserError
-from .recipe import BaselineConfig, DataConfig, ModelConfig, format_error
+from .recipe import BaselineConfig, DataConfig, ModelConfig, read_yaml_recipe, validate_document
 
 DEFAULT_RECIPE = "fmc_default"
 METHODS = ("asc", "minmax", "single_mode")
@@ -80,31 +77,8 @@ class FmcRecipe(BaseModel):
 
 def load_fmc_recipe(path: str | None) -> FmcRecipe:
     """A recipe file, or a built-in `fmc_*` recipe by name (`fmc_default` when none is given)."""
-    name = path or DEFAULT_RECIPE
-    folder = resources.files("chaincomp") / "recipes"
-    builtin = {p.name[:-5]: p for p in folder.iterdir() if p.name.startswith("fmc_") and p.name.endswith(".yaml")}
-    if not Path(name).exists() and name in builtin:
-        text, source = builtin[name].read_text(), f"<built-in recipe {name}>"
-    else:
-        try:
-            text, source = Path(name).read_text(), name
-        except (OSError, UnicodeDecodeError):
-            raise UserError(f"{name}: recipe file not found or unreadable; give a YAML path or one of: "
-                            f"{', '.join(sorted(builtin))}") from None
-    try:
-        obj = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{source}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-    except RecursionError:
-        raise UserError(f"{source}: nested too deeply to be a recipe") from None
-    if obj is not None and not isinstance(obj, dict):
-        raise UserError(f"{source}: an fmc recipe is a mapping of keys (name, seed, tasks, ...), "
-                        f"not {type(obj).__name__}")
-    try:
-        return FmcRecipe.model_validate(obj or {})
-    except ValidationError as e:
-        raise UserError(format_error(e, source)) from None
+    obj, _, source = read_yaml_recipe(path, DEFAULT_RECIPE, prefix="fmc_")
+    return validate_document(FmcRecipe, obj, source)
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -197,8 +171,6 @@ def agreement(task: str, preds: list, ref: list) -> float:
     """How much coding changed the answers, free of label noise: the share of inputs (classification)
     or pixels (segmentation) whose arg-max class is unchanged, or the PSNR of the super-resolved
     output against the output with uncoded maps (both clamped to [0, 1]; inf if identical)."""
-    import torch
-
     if task in ("classification", "segmentation"):
         same = sum(int((p.argmax(1) == r.argmax(1)).sum()) for p, r in zip(preds, ref))
         return 100.0 * same / sum(r.argmax(1).numel() for r in ref)
