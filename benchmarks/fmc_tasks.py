@@ -27,10 +27,10 @@ def _db(row: dict) -> str:
 
 def summarise(folder: Path) -> list[str]:
     res = json.loads((folder / "fmc.json").read_text())
-    base = {(b["dataset"], b["bits_in"], b["method"]): b for b in res["baselines"]}
+    base = {(b.get("task_index", b["dataset"]), b["bits_in"], b["method"]): b for b in res["baselines"]}
     lines = []
     for r in res["tasks"]:
-        key = (r["dataset"], r["bits_in"])
+        key = (r.get("task_index", r["dataset"]), r["bits_in"])
         mm, sm = base.get((*key, "minmax")), base.get((*key, "single_mode"))
         loss = {m: r["metric_raw"] - r[f"metric_{m}"] for m in ("cbr", "vbr")}
         beats = all(b is None or r[f"metric_{m}"] >= b[f"metric_{m}"] for b in (mm, sm) for m in ("cbr", "vbr"))

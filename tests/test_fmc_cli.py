@@ -58,7 +58,7 @@ def test_report_and_plot_written(run):
     assert (out / "fmc_modes.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name", ["fmc_default", "fmc_cifar10", "fmc_camvid", "fmc_sr"])
+@pytest.mark.parametrize("name", ["fmc_default", "fmc_cifar10", "fmc_camvid", "fmc_sr", "fmc_sr_points"])
 def test_builtin_recipes_validate(name):
     assert load_fmc_recipe(name).tasks
     assert load_fmc_recipe(None).name == "fmc_default"

@@ -247,8 +247,10 @@ def run_fmc(cfg: FmcRecipe, out: str | Path) -> dict:
     t0 = time.perf_counter()
     with RunLock(out):
         tasks, baselines, extras = [], [], []
-        for t in cfg.tasks:
+        for i, t in enumerate(cfg.tasks):
             a, b, e = run_task(t, cfg)
+            for row in a + b:
+                row["task_index"] = i  # a recipe may hold the same dataset twice (other points, codec)
             tasks += a
             baselines += b
             extras.append(e)
