@@ -66,11 +66,15 @@ def test_results_json_and_report(tmp_path, tiny, digits):
     run_chain(r, tmp_path / "run", data=digits)
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["task"] == "classification" and res["metric_name"] == "top1"
-    for k in ("metric", "bitops", "macs", "params", "size_bytes"):
+    for k in ("metric", "bitops", "macs", "params", "size_bytes", "dram_bytes"):
         assert k in res["baseline"]
         assert all(k in s for s in res["stages"])
     assert res["final"]["bitops_reduction"] == pytest.approx(res["baseline"]["bitops"] / res["final"]["bitops"], rel=1e-3)
-    assert (tmp_path / "run" / "report.md").read_text().count("|") > 10
+    assert res["final"]["dram_reduction"] == pytest.approx(res["baseline"]["dram_bytes"] / res["final"]["dram_bytes"],
+                                                           rel=1e-3)
+    assert res["final"]["dram_reduction"] > 1  # fewer channels and bits move fewer bytes
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert report.count("|") > 10 and "DRAM KiB" in report
     assert (tmp_path / "run" / "metric_vs_bitops.png").stat().st_size > 1000
 
 

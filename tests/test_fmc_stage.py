@@ -121,3 +121,19 @@ def test_point_on_a_swapped_layer_is_reattached():
     assert hooks.stats()["0"]["calls"] == 1 and hooks.stats()["1"]["calls"] == 1
     hooks.remove()
     assert not any(hasattr(m, "chaincomp_fmc") for m in net.modules())
+
+
+def test_quantize_transform_keeps_codec_on_a_hooked_conv():
+    """arch.apply_transform (stage and checkpoint rebuild) re-attaches the codec itself: the model
+    stays coded without going through the ledger."""
+    from chaincomp.arch import apply_transform
+    from chaincomp.qmodules import QuantConv2d
+
+    net, x = tiny_net().eval(), torch.rand(2, 1, 8, 8)
+    hooks = FmcHooks(net, {"0": [1, 8, 8]}, {"bits_in": 16, "mode": "cbr"})
+    plan = {"weight_bits": 8, "act_bits": 8, "first_last_bits": None}
+    net = apply_transform(net, {"type": "quantize", "plan": plan}, x)
+    assert isinstance(net[0], QuantConv2d) and hooks.modules["0"] is net[0]
+    with torch.no_grad():
+        net(x)
+    assert hooks.stats()["0"]["calls"] == 1

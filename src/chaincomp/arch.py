@@ -29,6 +29,7 @@ def apply_transform(model: nn.Module, t: dict, sample: torch.Tensor) -> nn.Modul
         return net
     if t["type"] == "quantize":
         apply_quant(model, QuantPlan(**t["plan"]))
+        _resync_fmc(model)
         record(model, t)
         return model
     if t["type"] == "fmc":  # feature-map codec hooks; no weights, so only the transform is saved
@@ -37,6 +38,16 @@ def apply_transform(model: nn.Module, t: dict, sample: torch.Tensor) -> nn.Modul
         record(model, t)
         return model
     raise UserError(f"checkpoint: unknown transform '{t['type']}' (written by another chaincomp version?)")
+
+
+def _resync_fmc(model: nn.Module) -> None:
+    """Layers swapped for quantized or resized ones lose their forward hooks; an fmc point that is
+    such a layer gets its codec back here, so the model itself (not only the ledger) stays coded."""
+    from .stages.fmc import find_hooks
+
+    hooks = find_hooks(model)
+    if hooks is not None:
+        hooks.sync(model)
 
 
 def _resized(m: nn.Module, state: dict[str, torch.Tensor], name: str) -> nn.Module | None:
@@ -67,6 +78,7 @@ def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         if new is not None:
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    _resync_fmc(model)
 
 
 def rebuild(arch: dict, state: dict[str, torch.Tensor], sample: torch.Tensor, where: str = "checkpoint") -> nn.Module:

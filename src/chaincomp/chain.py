@@ -169,18 +169,23 @@ def _line(e: dict, metric: str) -> str:
 
 def build_results(recipe: Recipe, data: TaskData, base: dict, stages: list[dict]) -> dict:
     final = stages[-1] if stages else base
+    # dram_bytes is optional: checkpoints written before it was measured lack it
     keys = ("metric", "bitops", "macs", "params", "size_bytes")
+    opt = ("dram_bytes",)
     return {
         "format": FORMAT, "version": __version__, "recipe": recipe.name, "seed": recipe.seed,
         "task": data.task, "dataset": data.name, "model": recipe.model.name, "metric_name": data.metric_name,
         "chain": recipe.techniques(),
-        "baseline": {k: base[k] for k in keys},
+        "baseline": {k: base[k] for k in (*keys, *opt) if k in base},
         "stages": [{k: s[k] for k in ("name", "technique", *keys, "seconds")} |
-                   {k: s[k] for k in ("exit_histogram", "exit_rule", "notes") if k in s} for s in stages],
+                   {k: s[k] for k in (*opt, "exit_histogram", "exit_rule", "notes") if k in s} for s in stages],
         "final": {"metric": final["metric"], "bitops": final["bitops"],
                   "metric_delta": round(final["metric"] - base["metric"], 4),
                   "bitops_reduction": round(base["bitops"] / max(final["bitops"], 1e-9), 3),
-                  "macs": final["macs"], "params": final["params"], "size_bytes": final["size_bytes"]},
+                  "macs": final["macs"], "params": final["params"], "size_bytes": final["size_bytes"]}
+                 | ({"dram_bytes": final["dram_bytes"],
+                     "dram_reduction": round(base["dram_bytes"] / max(final["dram_bytes"], 1e-9), 3)}
+                    if "dram_bytes" in final and "dram_bytes" in base else {}),
     }
 
 

@@ -13,18 +13,24 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1000 or (x and abs(x) < 0.01) else f"{x:.2f}"
 
 
+def _dram_kib(entry: dict) -> str:
+    """Modelled DRAM traffic per inference (ledger.py); '-' for runs measured before it existed."""
+    return _fmt(entry["dram_bytes"] / 1024) if "dram_bytes" in entry else "-"
+
+
 def run_rows(results: dict) -> list[list[str]]:
     base = results["baseline"]
     rows = [["baseline", "-", _fmt(base["metric"]), _fmt(base["bitops"]), "1.0x", _fmt(base["macs"]),
-             str(base["params"]), _fmt(base["size_bytes"] / 1024)]]
+             str(base["params"]), _fmt(base["size_bytes"] / 1024), _dram_kib(base)]]
     for s in results["stages"]:
         rows.append([s["name"], s["technique"], _fmt(s["metric"]), _fmt(s["bitops"]),
                      f"{base['bitops'] / max(s['bitops'], 1e-9):.1f}x", _fmt(s["macs"]), str(s["params"]),
-                     _fmt(s["size_bytes"] / 1024)])
+                     _fmt(s["size_bytes"] / 1024), _dram_kib(s)])
     return rows
 
 
-HEADERS = ["stage", "technique", "metric", "BitOps", "BitOps reduction", "MACs", "params", "size KiB"]
+HEADERS = ["stage", "technique", "metric", "BitOps", "BitOps reduction", "MACs", "params", "size KiB",
+           "DRAM KiB"]
 
 
 def print_run_table(results: dict) -> None:
@@ -36,7 +42,8 @@ def print_run_table(results: dict) -> None:
     console.print(t)
     f = results["final"]
     console.print(f"final: {results['metric_name']} {f['metric']:.2f} ({f['metric_delta']:+.2f}), "
-                  f"BitOps reduction {f['bitops_reduction']:.1f}x")
+                  f"BitOps reduction {f['bitops_reduction']:.1f}x"
+                  + (f", DRAM traffic reduction {f['dram_reduction']:.1f}x (modelled)" if "dram_reduction" in f else ""))
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -85,6 +92,8 @@ def write_run_report(out: Path, results: dict) -> None:
 Final: {results['metric_name']} {f['metric']:.2f} ({f['metric_delta']:+.2f} points against the baseline),
 {f['bitops_reduction']:.1f}x fewer BitOps. BitOps = MACs x weight bits x activation bits, counted on the
 model after each stage (for exits: the mean over the test set of what ran, exit heads included).
+DRAM KiB is the modelled traffic of one inference: weights, and every conv/linear layer's input and
+output at their stored bits; maps coded by an fmc stage at the length of their real streams.
 
 ![metric against BitOps](metric_vs_bitops.png)
 """
