@@ -1,8 +1,10 @@
 """Knowledge distillation: a smaller student learns from the current model (Hinton et al. 2015).
 
 loss = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * task loss.
-The student keeps what earlier stages did that is not architecture: if the teacher has exits the
-student gets exits at the same blocks; if the teacher is quantized the student trains at its bits.
+The student keeps what earlier stages did: if the teacher has exits the student gets exits at the
+same blocks; if the teacher is quantized the student trains at its bits; if the teacher's channels
+were pruned (same zoo architecture), the student loses the same share of channels per layer, so
+P -> D keeps the saving of P instead of starting again from the unpruned architecture.
 
 Recipe:
     - technique: distill
@@ -62,7 +64,46 @@ def build_student(teacher: nn.Module, spec: StudentSpec, sample: torch.Tensor) -
             n_t, n_s = len(teacher.blocks), len(student.blocks)
             t = {**t, "points": sorted({round(p * (n_s - 1) / max(1, n_t - 1)) for p in teacher.exit_points})}
         student = apply_transform(student, t, sample)
+    if name == arch["model"]["name"]:
+        kept = pruned_shares(teacher, build_model(name, **base, width=teacher_width))
+        if kept:
+            prune_like(student, kept, sample)
     return student
+
+
+def _weighted(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def pruned_shares(teacher: nn.Module, unpruned: nn.Module) -> dict[str, float]:
+    """Per conv/linear layer name, the share of output channels the teacher kept against the same
+    zoo model unpruned; empty when nothing was pruned."""
+    ref = _weighted(unpruned)
+    shares = {}
+    for n, m in _weighted(teacher).items():
+        r = ref.get(n)  # an exit network keeps the zoo names (blocks.*, head.*); exit heads have none
+        if r is not None and r.weight.shape[0] > m.weight.shape[0]:
+            shares[n] = m.weight.shape[0] / r.weight.shape[0]
+    return shares
+
+
+def prune_like(student: nn.Module, kept: dict[str, float], sample: torch.Tensor) -> None:
+    """Remove the same share of channels from the (freshly initialised) student, layer by layer,
+    through Torch-Pruning so residual and exit couplings stay consistent. Which channels go does
+    not matter: the student has not been trained yet."""
+    import torch_pruning as tp
+
+    from .prune import output_layers, sum_outputs
+
+    layers = _weighted(student)
+    ratios = {layers[n]: 1 - k for n, k in kept.items() if n in layers}
+    if not ratios:
+        return
+    student.eval()
+    tp.pruner.MetaPruner(student, sample[:2] if sample.shape[0] > 1 else sample,
+                         importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.0,
+                         pruning_ratio_dict=ratios, ignored_layers=output_layers(student),
+                         output_transform=sum_outputs).step()
 
 
 class Distill(Stage):
