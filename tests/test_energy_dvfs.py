@@ -96,6 +96,14 @@ def test_predictive_rechooses_after_misprediction():
     assert sw.latency_s == pytest.approx(0.76)
 
 
+def test_reserved_time_counts_as_spent_when_choosing():
+    # before seg 0: 2e8 cycles with 0.5 s held back -> only C fits in 0.7 s; before seg 1 nothing
+    # is reserved: 1e8 cycles at t = 0.25 -> B (A would end at 1.25 s)
+    r = simulate_inference(P, SEG, "predictive", 1.2, exit_after=1, reserve_s=[0.5, 0.0])
+    assert r.freqs_mhz == [400, 200] and r.latency_s == pytest.approx(0.75) and r.met_deadline
+    assert simulate_inference(P, SEG, "predictive", 1.2, exit_after=1, reserve_s=[0.0, 0.0]).freqs_mhz == [200, 200]
+
+
 def test_predictive_impossible_deadline_runs_top_and_reports_miss():
     r = simulate_inference(P, SEG, "predictive", 0.1, exit_after=1)
     assert r.freqs_mhz == [400, 400] and not r.met_deadline and r.idle_energy_j == 0

@@ -78,6 +78,7 @@ def simulate_inference(profile: Profile | Sequence[Point], segments_cycles: Sequ
                        deadline_s: float, *,
                        exit_after: int | None = None,
                        predicted_remaining: Sequence[float | None] | None = None,
+                       reserve_s: Sequence[float] | None = None,
                        switch_latency_s: float = 0.0) -> SimResult:
     """Simulate one inference and return its modelled energy, latency and operating points.
 
@@ -87,6 +88,8 @@ def simulate_inference(profile: Profile | Sequence[Point], segments_cycles: Sequ
     ``predictive``, the predictor's cycles still to run including segment i, known before segment
     i, or None where no prediction is made (the point is kept); omitted, the true remaining cycles
     are used (an oracle predictor). Before the first prediction the top point is used.
+    ``reserve_s[i]``: seconds held back when the point is chosen before segment i, as if already
+    spent (a guarded policy keeps time to finish at the top point if the prediction is wrong).
     ``switch_latency_s`` is added to the time at every change of point.
     """
     schedule = schedule.lower()
@@ -110,7 +113,7 @@ def simulate_inference(profile: Profile | Sequence[Point], segments_cycles: Sequ
     point, used, by_point = top, [], {}
     for i, cyc in enumerate(run):
         if schedule == "predictive" and predicted_remaining[i] is not None:
-            new, _ = choose_point(pts, predicted_remaining[i], t, deadline_s)
+            new, _ = choose_point(pts, predicted_remaining[i], t + (reserve_s[i] if reserve_s else 0.0), deadline_s)
             if new != point and i > 0:
                 t += switch_latency_s
             point = new

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..energy.cost import profile_model
-from ..energy.dvfs import SimResult, choose_point, energy_of, simulate_inference
+from ..energy.dvfs import choose_point, simulate_inference
 from ..energy.ops import modelled_energy_j
 from ..energy.profiles import Profile
 from .model import ExitNetwork
@@ -201,19 +201,13 @@ class PlatformModel:
 
     def _guarded(self, t: Trace, cycles: list[float], pred: list, deadline_s: float):
         """The predictive schedule of `simulate_inference`, with the guard time counted as spent."""
-        pts, guard = self.profile.points(), [0.0] * len(cycles)
+        guard = [0.0] * len(cycles)
         guard[0] = self.guard_s(t.heads[0] if t.heads else len(self.costs.points), first=True)
         for k, nxt in t.predictions:
             if self.costs.points[k] + 1 < len(guard):
                 guard[self.costs.points[k] + 1] = self.guard_s(nxt)
-        now, busy, point, used, by = 0.0, 0.0, pts[-1], [], {}
-        for i, c in enumerate(cycles):
-            if pred[i] is not None:
-                point, _ = choose_point(pts, pred[i], now + guard[i], deadline_s)
-            now, busy = now + c / point.freq_hz, busy + energy_of(point, c)
-            used.append(point)
-        idle = (self.profile.idle_power_w or 0.0) * max(0.0, deadline_s - now)
-        return SimResult("predictive", busy + idle, busy, idle, now, now <= deadline_s * (1 + 1e-9), used, by)
+        return simulate_inference(self.profile, cycles, "predictive", deadline_s, predicted_remaining=pred,
+                                  reserve_s=guard)
 
 
 class Governor:
