@@ -72,7 +72,7 @@ def test_second_writer_refused(tmp_path, capsys):
     with RunLock(out):
         assert main(["run", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "another chaincomp run" in err[0]
+    assert len(err) == 1 and "another chaincomp command" in err[0] and str(out) in err[0]
     assert (out / "keep.txt").read_text() == "first run's file"
 
 

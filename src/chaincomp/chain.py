@@ -155,10 +155,10 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
             progress.log(_line(entry, data.metric_name))
             entries.append(entry)
         results = build_results(recipe, data, base_entry, entries)
-        write_json(out / "results.json", results)
         if write_report:
             from .report import write_run_report
             write_run_report(out, results)
+        write_json(out / "results.json", results)  # last: its presence means the run is complete
         return results
 
 

@@ -22,16 +22,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
+    from .recipe import check_recipe
 
-    recipe, _ = load_recipe(args.recipe)
-    chain = " -> ".join(recipe.techniques()) or "(no stages)"
-    print(f"{args.recipe or 'default'}: valid recipe '{recipe.name}': {recipe.model.name} on {recipe.data.name}, {chain}")
+    print(check_recipe(args.recipe, args.kind))
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line too (argparse would print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(e: BaseException) -> str:
+    """Messages may quote user input (a recipe value, a file name): never let it break the one line."""
+    return " ".join(str(e).split())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chaincomp", description="Compress CNNs with chains of techniques, measured.")
+    from .recipe import KINDS
+
+    p = _Parser(prog="chaincomp", description="Compress CNNs with chains of techniques, measured.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a compression chain (default: digits, D -> P -> Q -> E)")
@@ -40,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.set_defaults(func=_cmd_run)
 
-    c = sub.add_parser("check", help="validate a recipe without running it")
+    c = sub.add_parser("check", help="validate a recipe of any command without running it")
     c.add_argument("recipe", nargs="?", help="recipe YAML, or a built-in name")
+    c.add_argument("--kind", choices=KINDS, help="the command the recipe is for (default: told by its keys: "
+                   "chain -> chain, exits/predictive/energy/runtime -> exit, tasks/throughput -> fmc)")
     c.set_defaults(func=_cmd_check)
 
     for register in _extra_commands():
@@ -68,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"chaincomp: error: {e}", file=sys.stderr)
+        print(f"chaincomp: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except DivergenceError as e:
-        print(f"chaincomp: {e}", file=sys.stderr)
+        print(f"chaincomp: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("chaincomp: interrupted; finished stages are kept, rerun with --resume", file=sys.stderr)

@@ -211,8 +211,9 @@ def beta_grid(val_exits, thresholds, points, start_block: int, n: int) -> list[f
 # ------------------------------------------------------------------------------------ the run
 
 def run_exit(cfg: ExitRecipe, out: str | Path, *, beta: float | None = None, latency_ms: float | None = None,
-             platform: str | None = None) -> dict:
-    """Train, calibrate, run and measure every way; write DIR/exit.json and DIR/exit.md; return the results."""
+             platform: str | None = None, resume: bool = False) -> dict:
+    """Train (or with `resume` reuse the folder's trained network), calibrate, run and measure every way;
+    write DIR/exit.json (last) and DIR/exit.md; return the results."""
     from .data import load_data
     from .energy.controllers import make_controller
     from .energy.meters import detect_meter
@@ -221,7 +222,7 @@ def run_exit(cfg: ExitRecipe, out: str | Path, *, beta: float | None = None, lat
     from .exits.calibrate import GRID
     from .exits.runtime import (CostTable, ExitRuntime, Governor, PlatformModel, run_interleaved, run_split,
                                  traces_from_paths)
-    from .io import locked, save_weights, write_json
+    from .io import locked, write_json
 
     if beta is not None and not beta > 0:
         raise UserError(f"--beta: must be > 0 (got {beta})")
@@ -236,24 +237,23 @@ def run_exit(cfg: ExitRecipe, out: str | Path, *, beta: float | None = None, lat
 
     out = Path(out)
     profile = load_profile(platform or cfg.energy.platform)          # bad profiles fail before training
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    data = load_data(cfg.data, seed=cfg.seed)
-    if data.task != "classification":
-        raise UserError(f"data.name: exits need a classification dataset, not {data.name}")
-    _preflight(cfg, data, profile)
-    timings: dict[str, float] = {}
-    clock = [time.perf_counter()]
+    with locked(out):                   # before loading data: a second writer is refused at once
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        data = load_data(cfg.data, seed=cfg.seed)
+        if data.task != "classification":
+            raise UserError(f"data.name: exits need a classification dataset, not {data.name}")
+        _preflight(cfg, data, profile)
+        timings: dict[str, float] = {}
+        clock = [time.perf_counter()]
 
-    def phase(name: str) -> None:
-        now = time.perf_counter()
-        timings[name] = round(now - clock[0], 2)
-        clock[0] = now
-        progress.log(f"{name}: {timings[name]:.1f} s")
+        def phase(name: str) -> None:
+            now = time.perf_counter()
+            timings[name] = round(now - clock[0], 2)
+            clock[0] = now
+            progress.log(f"{name}: {timings[name]:.1f} s")
 
-    with locked(out):
-        net = train_network(cfg, data)
-        save_weights(out / "exit_model.safetensors", net.state_dict())
+        net = _trained_network(cfg, data, out, resume)
         phase("training")
         n_blocks = len(net.blocks)
         p = cfg.predictive
@@ -378,9 +378,42 @@ def run_exit(cfg: ExitRecipe, out: str | Path, *, beta: float | None = None, lat
         res = _assemble(cfg, data, points, n_blocks, T, chosen, results, sweeps, classic_val, val_macs, deadline,
                         profile, meter, notes, beta, lat_ms, time.perf_counter() - t_start)
         res["timings_s"] = timings
-        write_json(out / "exit.json", res)
         write_report(out, res)
+        write_json(out / "exit.json", res)      # last: exit.json says every file of the run is complete
     return res
+
+
+def train_digest(cfg: ExitRecipe) -> str:
+    """Identity of the training settings: the trained network depends on these and nothing else."""
+    import hashlib
+    import json
+
+    part = cfg.model_dump(mode="json", include={"seed", "data", "model", "baseline", "exits"})
+    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _trained_network(cfg: ExitRecipe, data, out: Path, resume: bool):
+    """Train, or with --resume reuse DIR/exit_model.safetensors when it was trained with the same
+    settings: training is most of the run, and everything after it is recomputed from the network,
+    so a resumed run ends with the uninterrupted run's figures (wall latencies aside).
+
+    Without --resume the folder's earlier results are dropped first (exit.json before anything else),
+    so a run killed midway never leaves a new network beside an old exit.json."""
+    from .io import save_weights, weights_metadata
+
+    path, digest = out / "exit_model.safetensors", train_digest(cfg)
+    reuse = resume and path.exists()
+    if reuse and weights_metadata(path).get("train_digest") != digest:
+        raise UserError(f"{path}: was trained with other settings (seed, data, model, baseline or exits); "
+                        "drop --resume to train again, or use another --out")
+    (out / "exit.json").unlink(missing_ok=True)
+    if reuse:
+        with_weights = cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": str(path)})})
+        progress.log(f"network: reused from {path}")
+        return train_network(with_weights, data)
+    net = train_network(cfg, data)
+    save_weights(path, net.state_dict(), metadata={"train_digest": digest})
+    return net
 
 
 def _preflight(cfg: ExitRecipe, data, profile) -> None:
@@ -574,7 +607,7 @@ def write_report(out: Path, res: dict) -> None:
 def _cmd_exit(args: argparse.Namespace) -> int:
     cfg = load_exit_recipe(args.recipe)
     out = Path(args.out or f"runs/{cfg.name}")
-    res = run_exit(cfg, out, beta=args.beta, latency_ms=args.latency_ms, platform=args.platform)
+    res = run_exit(cfg, out, beta=args.beta, latency_ms=args.latency_ms, platform=args.platform, resume=args.resume)
     from rich.table import Table
 
     t = Table(title=f"{res['model']} on {res['dataset']}: beta {res['beta']:.4g}, platform {res['platform']}")
@@ -600,6 +633,9 @@ def register_cli(sub) -> None:
     r = sub.add_parser("exit", help="Predictive Exit against early exit and the classic network (digits by default)")
     r.add_argument("recipe", nargs="?", help=f"exit recipe YAML or built-in name (default: {DEFAULT_RECIPE})")
     r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    r.add_argument("--resume", action="store_true",
+                   help="reuse the network a killed (or earlier) run in --out trained with the same settings; "
+                        "without it the run starts from scratch")
     r.add_argument("--latency-ms", type=float, help="latency limit per inference on the platform (modelled ms)")
     r.add_argument("--platform", help="platform profile: built-in name or YAML file (default: the recipe's)")
     r.add_argument("--beta", type=float, help="exit rule beta for predictive and max|logit| exit (skips calibration)")

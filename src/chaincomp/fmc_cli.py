@@ -235,8 +235,36 @@ def run_task(t: TaskConfig, cfg: FmcRecipe) -> tuple[list[dict], list[dict], dic
     return rows["asc"], rows["minmax"] + rows["single_mode"], extras
 
 
-def run_fmc(cfg: FmcRecipe, out: str | Path) -> dict:
-    """All tasks of a recipe into DIR/fmc.json and DIR/fmc.md."""
+def task_digest(t: TaskConfig, cfg: FmcRecipe) -> str:
+    """Identity of one task's results: its settings, the seed and the throughput settings."""
+    import hashlib
+    import json
+
+    part = {"seed": cfg.seed, "task": t.model_dump(mode="json"), "throughput": cfg.throughput.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _task(i: int, t: TaskConfig, cfg: FmcRecipe, out: Path, resume: bool) -> tuple[list[dict], list[dict], dict]:
+    """One task, saved to DIR/tasks/NN.json when it ends. With --resume a task saved with the same settings
+    is reused (a task is minutes of training; a killed run loses only the task it was in)."""
+    from . import faults, progress
+    from .io import read_json, write_json
+
+    f, digest = out / "tasks" / f"{i:02d}.json", task_digest(t, cfg)
+    if resume and f.exists():
+        saved = read_json(f)
+        if isinstance(saved, dict) and saved.get("digest") == digest:
+            progress.log(f"task {i} ({t.data.name}): reused from {f}")
+            return saved["asc"], saved["baselines"], saved["extras"]
+    a, b, e = run_task(t, cfg)
+    write_json(f, {"digest": digest, "asc": a, "baselines": b, "extras": e})
+    faults.point("fmc_task_saved")
+    return a, b, e
+
+
+def run_fmc(cfg: FmcRecipe, out: str | Path, resume: bool = False) -> dict:
+    """All tasks of a recipe into DIR/fmc.json and DIR/fmc.md. fmc.json is dropped first and written
+    last, so it exists only when every file beside it belongs to the run that wrote it."""
     import torch
 
     from .io import RunLock, write_json
@@ -246,9 +274,10 @@ def run_fmc(cfg: FmcRecipe, out: str | Path) -> dict:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     with RunLock(out):
+        (out / "fmc.json").unlink(missing_ok=True)
         tasks, baselines, extras = [], [], []
         for i, t in enumerate(cfg.tasks):
-            a, b, e = run_task(t, cfg)
+            a, b, e = _task(i, t, cfg, out, resume)
             for row in a + b:
                 row["task_index"] = i  # a recipe may hold the same dataset twice (other points, codec)
             tasks += a
@@ -260,8 +289,8 @@ def run_fmc(cfg: FmcRecipe, out: str | Path) -> dict:
                            "threads": torch.get_num_threads()},
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "seconds": round(time.perf_counter() - t0, 1)}
-        write_json(out / "fmc.json", res)
         write_report(out, res)
+        write_json(out / "fmc.json", res)
     return res
 
 
@@ -337,7 +366,7 @@ def write_report(out: Path, res: dict) -> None:
 def _cmd_fmc(args: argparse.Namespace) -> int:
     cfg = load_fmc_recipe(args.recipe)
     out = Path(args.out or f"runs/{cfg.name}")
-    res = run_fmc(cfg, out)
+    res = run_fmc(cfg, out, resume=args.resume)
     for r in res["tasks"]:
         print(f"{r['dataset']} {r['model']} {r['bits_in']}-bit: {r['metric_name']} raw {r['metric_raw']:.3f}  "
               f"CBR {r['metric_cbr']:.3f} @ {r['ratio_cbr']:.2f}x  VBR {r['metric_vbr']:.3f} @ {r['ratio_vbr']:.2f}x")
@@ -349,4 +378,7 @@ def register_cli(sub) -> None:
     r = sub.add_parser("fmc", help="feature-map compression (ASC) vs baselines on real tasks (digits + SR by default)")
     r.add_argument("recipe", nargs="?", help=f"fmc recipe YAML or built-in name (default: {DEFAULT_RECIPE})")
     r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    r.add_argument("--resume", action="store_true",
+                   help="reuse the tasks a killed (or earlier) run in --out finished with the same settings; "
+                        "without it every task runs again")
     r.set_defaults(func=_cmd_fmc)

@@ -111,6 +111,18 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored with safetensors weights ({} if none or unreadable): lets a resumed
+    command tell whether the weights in its folder were made with the same settings."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - a damaged file simply does not match
+        return {}
+
+
 def safe_output_path(out_dir: str | Path, relative: str | Path) -> Path:
     """Resolve a path named in a recipe under the output folder; refuse one that escapes it."""
     out = Path(out_dir).resolve()
@@ -139,9 +151,11 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.pread(fd, 20, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise UserError(f"{self.path.parent}: another chaincomp run is writing to this folder; "
-                            "wait for it or choose another --out") from None
+            pid = f"pid {holder}, " if holder.isdigit() else ""
+            raise UserError(f"{self.path.parent}: another chaincomp command is writing to this folder "
+                            f"({pid}lock {self.path}); wait for it to finish or use another output folder") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd

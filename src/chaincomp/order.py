@@ -19,6 +19,7 @@ from graphlib import TopologicalSorter
 from itertools import combinations, permutations
 from pathlib import Path
 
+from . import faults
 from .distributed import (CANONICAL, LETTER, Executor, check_techniques, derived, ensure_baseline, open_study,
                           run_recipe_task, stage_dicts)
 from .errors import UserError
@@ -216,6 +217,7 @@ def run_order_study(recipe: Recipe, out: Path, *, seeds: int = 1, workers: int |
             runs[name] = res
             took = "reused" if res["reused"] else f"{res['seconds']:.0f} s"
             log(f"[{len(runs)}/{total}] {name}: metric {res['metric']:.2f}  BitOps {res['bitops']:.3g}  ({took})")
+            faults.point("chain_done")
         if errors:
             raise errors[0][1]
         summaries = {letters(o): summarize(o, [runs[f"{letters(o)}-s{s}"] for s in seed_list]) for o in plan}
@@ -228,8 +230,8 @@ def run_order_study(recipe: Recipe, out: Path, *, seeds: int = 1, workers: int |
         if perms:
             result["permutations"] = permutation_check(techs, result["order"], summaries, min_tol, rate)
         result["seconds"] = round(time.perf_counter() - t0, 1)
-        write_json(out / "order.json", result)
         write_order_report(out, result)
+        write_json(out / "order.json", result)      # last: order.json means the report beside it is complete
         return result
 
 
@@ -293,6 +295,9 @@ def register_cli(sub) -> None:
     p = sub.add_parser("order", help="measure the order of the recipe's techniques pair by pair, sort topologically")
     p.add_argument("recipe", nargs="?", help="recipe YAML or built-in name (default: digits, D P Q E, scaled budget)")
     p.add_argument("--out", help="output folder (default: runs/<recipe name>-order); a rerun reuses finished chains")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed study in --out (a rerun with the same recipe always continues: "
+                        "finished chains are reused, a chain that was running resumes from its last stage)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per order (default 1)")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
     p.add_argument("--workers", type=int, default=None,

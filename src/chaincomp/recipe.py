@@ -96,7 +96,7 @@ def format_error(e: ValidationError, source: str) -> str:
         if not err["loc"]:  # a whole-recipe rule: its message already names the field
             return f"{source}: {msg}"
     got = err.get("input")
-    got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {str(got)[:40]!s})"
+    got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {' '.join(str(got)[:40].split())})"
     more = f" [+{len(e.errors()) - 1} more]" if len(e.errors()) > 1 else ""
     return f"{source}: {_loc(err['loc'])}: {msg}{got_s}{more}"
 
@@ -158,3 +158,71 @@ def load_recipe(path: str | None) -> tuple[Recipe, str]:
     """A chain recipe from a YAML file, or a built-in one by name (`default` when none is given)."""
     obj, text, source = read_yaml_recipe(path, "default")
     return parse_recipe(obj, source), text
+
+
+# ---- `chaincomp check`: every kind of recipe, validated without running anything ----
+
+KINDS = ("chain", "exit", "fmc", "order", "search")
+# Top-level keys only one kind of recipe has; the keys they share (name, seed, data...) say nothing.
+_MARKS = {"chain": ("chain",), "exit": ("exits", "predictive", "energy", "runtime"), "fmc": ("tasks", "throughput")}
+
+
+def detect_kind(obj: object, source: str) -> str:
+    """Which command a recipe is for, from its top-level keys. A recipe with none of the marking keys
+    is a chain recipe (the default command's); one with keys of two kinds is refused, since
+    validating it against either schema would only report the other kind's keys as typos."""
+    if not isinstance(obj, dict):
+        return "chain"                  # validation then says it is not a mapping
+    found = {k: [m for m in marks if m in obj] for k, marks in _MARKS.items()}
+    found = {k: v for k, v in found.items() if v}
+    if len(found) > 1:
+        (a, ka), (b, kb) = list(found.items())[:2]
+        an = {"chain": "a", "exit": "an", "fmc": "an"}
+        raise UserError(f"{source}: cannot tell which kind of recipe this is: it has keys of {an[a]} {a} recipe "
+                        f"({', '.join(ka)}) and of {an[b]} {b} recipe ({', '.join(kb)}); keep one kind or give --kind")
+    return next(iter(found), "chain")
+
+
+def validate_kind(kind: str, obj: object, source: str) -> BaseModel:
+    """Validate a parsed recipe with the schema of `kind`, plus the checks each command makes before
+    any training (an exit recipe's platform profile, an order/search recipe's techniques)."""
+    if kind in ("chain", "order", "search"):
+        recipe = parse_recipe(obj, source)
+        if kind != "chain":
+            from .distributed import check_techniques
+            check_techniques(recipe, source)
+        return recipe
+    if kind == "exit":
+        from .energy.profiles import load_profile
+        from .exit_cli import ExitRecipe
+        cfg = validate_document(ExitRecipe, obj, source)
+        load_profile(cfg.energy.platform)
+        return cfg
+    if kind == "fmc":
+        from .fmc_cli import FmcRecipe
+        return validate_document(FmcRecipe, obj, source)
+    raise UserError(f"--kind: '{kind}' is not a kind of recipe; use one of {', '.join(KINDS)}")
+
+
+def describe(kind: str, cfg: BaseModel, source: str) -> str:
+    """The one line `chaincomp check` prints for a valid recipe."""
+    if kind == "fmc":
+        what = f"{len(cfg.tasks)} task(s): " + ", ".join(f"{t.model.name} on {t.data.name}" for t in cfg.tasks)
+    elif kind == "exit":
+        what = (f"{cfg.model.name} on {cfg.data.name}, {cfg.exits.head} exits ({cfg.exits.train}), "
+                f"platform {cfg.energy.platform}")
+    else:
+        what = f"{cfg.model.name} on {cfg.data.name}, " + (" -> ".join(cfg.techniques()) or "(no stages)")
+    return f"{source}: valid {kind} recipe '{cfg.name}': {what}"
+
+
+def check_document(obj: object, source: str, kind: str | None = None) -> str:
+    """Validate a parsed recipe of any kind (detected when not given); the line to print, or UserError."""
+    kind = kind or detect_kind(obj, source)
+    return describe(kind, validate_kind(kind, obj, source), source)
+
+
+def check_recipe(path: str | None, kind: str | None = None) -> str:
+    """`chaincomp check`: read a recipe file (or built-in name) and validate it; never trains."""
+    obj, _, source = read_yaml_recipe(path, "default")
+    return check_document(obj, source, kind)

@@ -9,8 +9,10 @@ the same Pareto set and keeps the sampler's hypervolume arithmetic well scaled).
 Resumable: the Optuna study lives in DIR/optuna.journal (JournalStorage, file backend); each
 trial's result is written to DIR/trials/NNNN.json the moment it ends, before it is told to the
 study. On restart, finished trials are kept, trials that were running are dispatched again with
-the parameters they were asked with (their chain folder resumes from its last checkpoint), and
-new trials are asked until the study holds --trials of them.
+the parameters they were asked with (their chain folder resumes from its last checkpoint; one
+killed while drawing them gets the rest drawn as they would have been), and new trials are asked
+until the study holds --trials of them. The sampler is seeded per trial (see _seeded_per_trial),
+so with one trial at a time (--workers 0) a killed and resumed search ends as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import warnings
 from itertools import permutations
 from pathlib import Path
 
+from . import faults
 from .distributed import LETTER, Executor, check_techniques, derived, ensure_baseline, open_study, run_recipe_task, \
     stage_dicts
 from .errors import UserError
@@ -57,6 +60,7 @@ def suggest(trial, techs: list[str], space: dict[str, tuple]) -> dict:
     """Ask every parameter up front (no conditionals), so a re-dispatched trial has all it needs."""
     trial.suggest_categorical("order", ["".join(LETTER[t] for t in p) for p in permutations(techs)])
     for name, (lo, hi, step) in space.items():
+        faults.point("param_drawn")         # each draw is its own journal write: a crash can fall between
         if isinstance(lo, int) and isinstance(step, int):
             trial.suggest_int(name, lo, hi, step=step)
         else:
@@ -98,17 +102,57 @@ def _study(out: Path, seed: int, trials: int, sampler: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if sampler == "nsga2":
-        s = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)))
+        def make(s: int):
+            return optuna.samplers.NSGAIISampler(seed=s, population_size=max(4, min(50, trials // 4)))
     else:
-        s = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                       n_startup_trials=max(4, min(10, trials // 4)))
+        def make(s: int):
+            return optuna.samplers.TPESampler(seed=s, multivariate=True, constant_liar=True,
+                                              n_startup_trials=max(4, min(10, trials // 4)))
     storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
-    return optuna.create_study(study_name="chaincomp-search", storage=storage, sampler=s, load_if_exists=True,
-                               directions=["maximize", "minimize"])
+    return optuna.create_study(study_name="chaincomp-search", storage=storage, sampler=_seeded_per_trial(make, seed),
+                               load_if_exists=True, directions=["maximize", "minimize"])
+
+
+def _seeded_per_trial(make, seed: int):
+    """A sampler whose every draw comes from a fresh `make(s)` with s from (seed, trial number[, parameter]).
+
+    Why: an Optuna sampler draws from one RNG per process, so a search restarted after a crash would
+    draw trial 0's parameters again for its next trial. Here a trial's parameters depend only on the
+    seed, its number and the trials already told, so a killed and resumed search (one trial at a time)
+    asks what the uninterrupted one asked, even for a trial killed halfway through drawing them."""
+    import hashlib
+
+    from optuna.samplers import BaseSampler
+
+    def at(trial, name: str = ""):
+        key = hashlib.sha256(f"{seed}/{trial.number}/{name}".encode()).digest()
+        return make(int.from_bytes(key[:4], "little"))
+
+    class PerTrial(BaseSampler):
+        def infer_relative_search_space(self, study, trial):
+            return at(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, space):
+            return at(trial).sample_relative(study, trial, space)
+
+        def sample_independent(self, study, trial, name, dist):
+            return at(trial, name).sample_independent(study, trial, name, dist)
+
+        def before_trial(self, study, trial):
+            at(trial).before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values):
+            at(trial).after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:   # the seeds are fixed by design
+            pass
+
+    return PerTrial()
 
 
 def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = None, address: str | None = None,
                sampler: str = "tpe", source: str = "recipe") -> dict:
+    import optuna
     from optuna.trial import TrialState
 
     if trials <= 0:
@@ -141,25 +185,26 @@ def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = 
             else:
                 rec |= {"state": "fail", "error": f"{type(err).__name__}: {err}"[:300]}
             write_json(tdir / f"{number:04d}.json", rec)        # on disk before the study hears of it
-            if err is None:
-                study.tell(number, [res["metric"], math.log10(max(res["bitops"], 1.0))], skip_if_finished=True)
-                log(f"trial {number}: {params['order']} metric {res['metric']:.2f} BitOps {res['bitops']:.3g} "
-                    f"({res['seconds']:.0f} s)")
+            faults.point("trial_recorded")
+            tell(rec)
+
+        def tell(rec: dict) -> None:
+            if rec["state"] == "complete":
+                study.tell(rec["number"], [rec["metric"], math.log10(max(rec["bitops"], 1.0))], skip_if_finished=True)
+                log(f"trial {rec['number']}: {rec['order']} metric {rec['metric']:.2f} BitOps {rec['bitops']:.3g} "
+                    f"({rec.get('seconds', 0):.0f} s)")
             else:
-                study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-                log(f"trial {number}: failed ({rec['error']})")
+                study.tell(rec["number"], state=TrialState.FAIL, skip_if_finished=True)
+                log(f"trial {rec['number']}: failed ({rec.get('error')})")
 
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):   # a crash left these
             f = tdir / f"{t.number:04d}.json"
-            if set(t.params) != {"order", *space}:          # died between ask and suggest
-                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            elif f.exists():
-                rec = read_json(f)
-                ok = rec["state"] == "complete"
-                finish(t.number, t.params, {**rec, "seconds": rec.get("seconds", 0)} if ok else None,
-                       None if ok else RuntimeError(rec.get("error", "failed")))
-            else:
-                dispatch(t.number, t.params)
+            if f.exists():                                  # finished, not told: tell it what the file says
+                tell(read_json(f))
+            else:   # parameters missing if it died between ask and suggest: drawn now, as they would have been
+                params = t.params if set(t.params) == {"order", *space} else \
+                    suggest(optuna.trial.Trial(study, t._trial_id), techs, space)
+                dispatch(t.number, params)
         while len(study.trials) < trials or len(ex):
             while len(ex) < ex.slots and len(study.trials) < trials:
                 trial = study.ask()
@@ -172,8 +217,8 @@ def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = 
                   "space": {k: list(v) for k, v in space.items()}, "trials_requested": trials,
                   "pareto": [{k: t[k] for k in ("number", "order", "chain", "metric", "bitops")} for t in pareto(records)],
                   "trials": records, "seconds": round(time.perf_counter() - t0, 1)}
-        write_json(out / "search.json", result)
         write_search_report(out, result)
+        write_json(out / "search.json", result)     # last: search.json means the report beside it is complete
         return result
 
 
@@ -234,6 +279,9 @@ def register_cli(sub) -> None:
     p.add_argument("recipe", nargs="?", help="recipe YAML or built-in name (default: digits, D P Q E, the order "
                    "study's scaled budget)")
     p.add_argument("--out", help="output folder (default: runs/<recipe name>-search); a rerun continues the study")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed study in --out (a rerun with the same recipe always continues: "
+                        "finished trials are kept, running ones are dispatched again with their parameters)")
     p.add_argument("--trials", type=int, default=20, help="trials in the study (default 20)")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
     p.add_argument("--workers", type=int, default=None,
