@@ -30,11 +30,14 @@ def _recipe_file(tmp_path):
     return p
 
 
-def _run(recipe, out, *extra, kill=None):
+def _run(recipe, out, *extra, kill=None, nan=None):
     env = {**os.environ, "CHAINCOMP_QUIET": "1"}
     env.pop("CHAINCOMP_KILL_AT", None)
+    env.pop("CHAINCOMP_NAN_AT", None)
     if kill:
         env["CHAINCOMP_KILL_AT"] = kill
+    if nan:
+        env["CHAINCOMP_NAN_AT"] = nan
     return subprocess.run([sys.executable, "-m", "chaincomp", "run", str(recipe), "--out", str(out), *extra],
                           env=env, capture_output=True, text=True, timeout=600)
 
@@ -60,6 +63,26 @@ def test_killed_and_resumed_run_ends_with_same_ledger(kill, tmp_path, reference)
     p = _run(recipe, out, kill=kill)
     assert p.returncode == -9, f"not killed at {kill}: {p.returncode} {p.stderr[-500:]}"
     assert not (out / "results.json").exists()
+    p = _run(recipe, out, "--resume")
+    assert p.returncode == 0, p.stderr
+    assert _ledger(out) == ledger
+
+
+def test_divergence_through_the_command_line(tmp_path, reference):
+    """A NaN loss in a later stage: exit 1 with one line naming the stage and step, the finished
+    stages kept, nothing of the diverged stage written; a resumed run ends with the normal ledger."""
+    recipe, ledger = reference
+    out = tmp_path / "out"
+    p = _run(recipe, out, nan="loss:14")  # the baseline takes 8 steps, so this is in a later stage
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "diverged" in err[0] and "step" in err[0], err
+    names = [s["name"] for s in ledger[1]]
+    stage = next(n for n in names if f"stage '{n}'" in err[0])
+    ckpts = sorted(f.name for f in (out / "checkpoints").iterdir())
+    assert "00-baseline.json" in ckpts and names.index(stage) > 0  # a later stage, earlier ones kept
+    assert f"{names.index(stage):02d}-{names[names.index(stage) - 1]}.json" in ckpts
+    assert not any(stage in f for f in ckpts) and not (out / "results.json").exists()
     p = _run(recipe, out, "--resume")
     assert p.returncode == 0, p.stderr
     assert _ledger(out) == ledger

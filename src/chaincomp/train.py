@@ -77,9 +77,11 @@ def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | N
                     x, y = data.augment(x, y, gen)
                 outs = as_list(model(x))
                 loss = loss_fn(outs, y, x) if loss_fn else multi_loss(data, outs, y)
+                if faults.nan("loss"):
+                    loss = loss * float("nan")
                 if not torch.isfinite(loss):
                     model.load_state_dict(good)
-                    raise DivergenceError(stage, step, float(loss))
+                    raise DivergenceError(stage, step, float(loss.detach()))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
