@@ -21,7 +21,7 @@ def apply_transform(model: nn.Module, t: dict, sample: torch.Tensor) -> nn.Modul
     """One structural step; the same code runs when a stage applies it and when a checkpoint is rebuilt."""
     if t["type"] == "exits":
         old_exits = set(model.exits.keys()) if isinstance(model, ExitNetwork) else set()
-        net = attach_exits(model, t["points"], t["head"], t["num_classes"], sample)
+        net = attach_exits(model, t["points"], t["head"], t["num_classes"], sample, t.get("options"))
         for k, head in net.exits.items():
             if k not in old_exits:
                 quantize_like(head, model)  # a quantized model keeps its bits in new exit heads

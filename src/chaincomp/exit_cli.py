@@ -132,8 +132,7 @@ def train_network(cfg: ExitRecipe, data):
     holds: a backbone's weights skip the baseline; an exit network's (``DIR/exit_model.safetensors``
     of an earlier run) skip all training, to re-measure on another platform or latency limit."""
     from .data import model_kwargs
-    from .exits.heads import BagOfFeaturesHead, PoolHead
-    from .exits.model import ExitNetwork, block_channels
+    from .arch import apply_transform
     from .io import load_weights
     from .models import build_model
     from .train import FitConfig, fit
@@ -142,10 +141,9 @@ def train_network(cfg: ExitRecipe, data):
     model = build_model(cfg.model.name, width=cfg.model.width, **model_kwargs(data))
     state = load_weights(cfg.model.weights) if cfg.model.weights else None
     whole = state is not None and any(k.startswith("exits.") for k in state)
-    chans = block_channels(model.blocks, data.sample_input())
-    heads = {p: (BagOfFeaturesHead(chans[p], data.num_classes, cfg.exits.codewords) if cfg.exits.head == "bof"
-                 else PoolHead(chans[p], data.num_classes)) for p in range(len(model.blocks) - 1)}
-    net = ExitNetwork(model.blocks, model.head, heads)
+    options = {"codewords": cfg.exits.codewords} if cfg.exits.head == "bof" else {}
+    net = apply_transform(model, {"type": "exits", "points": "all", "head": cfg.exits.head,
+                                  "num_classes": data.num_classes, "options": options}, data.sample_input())
     if state is not None:
         try:
             (net if whole else model).load_state_dict(state)

@@ -39,5 +39,7 @@ class BagOfFeaturesHead(nn.Module):
 HEADS = {"pool": PoolHead, "bof": BagOfFeaturesHead}
 
 
-def make_head(kind: str, cin: int, num_classes: int) -> nn.Module:
-    return HEADS[kind](cin, num_classes)
+def make_head(kind: str, cin: int, num_classes: int, options: dict | None = None) -> nn.Module:
+    """A head of `kind`; `options` are its own settings (bof: `codewords`), recorded in the
+    architecture so a checkpoint rebuilds the same head."""
+    return HEADS[kind](cin, num_classes, **(options or {}))

@@ -49,7 +49,7 @@ def block_channels(blocks: nn.ModuleList, sample: torch.Tensor) -> list[int]:
 
 
 def attach_exits(model: nn.Module, points: list[int] | str, head: str, num_classes: int,
-                 sample: torch.Tensor) -> ExitNetwork:
+                 sample: torch.Tensor, options: dict | None = None) -> ExitNetwork:
     """Wrap a blocks/head model into an ExitNetwork with a fresh exit head after each chosen block."""
     blocks = model.blocks
     n = len(blocks)
@@ -63,7 +63,7 @@ def attach_exits(model: nn.Module, points: list[int] | str, head: str, num_class
         existing = {int(k): v for k, v in model.exits.items()}
     else:
         existing = {}
-    heads = {p: existing.get(p) or make_head(head, chans[p], num_classes) for p in pts}
+    heads = {p: existing.get(p) or make_head(head, chans[p], num_classes, options) for p in pts}
     net = ExitNetwork(blocks, model.head, heads)
     net.chaincomp_arch = getattr(model, "chaincomp_arch", {"model": {}, "transforms": []})
     return net
