@@ -17,7 +17,7 @@ from chaincomp.cli import main
 from chaincomp.data.base import Split, TaskData
 from chaincomp.data.digits import load_digits_data
 from chaincomp.errors import UserError
-from chaincomp.export import Deployed, export_model, export_run, manifest_path
+from chaincomp.export import Deployed, calibration_input, export_model, export_run, manifest_path
 from chaincomp.qmodules import QUANT_TYPES
 from chaincomp.recipe import parse_recipe
 from chaincomp.train import evaluate
@@ -30,6 +30,8 @@ CHAINS = {
     "w8a8": [{"technique": "quantize", "weight_bits": 8, "act_bits": 8, "first_last_bits": None, "mode": "ptq",
               **FAST}],
     "exits": [{"technique": "early_exit", "points": "all", "threshold": 0.13, **FAST, "epochs": 2, "lr": 0.05}],
+    "bof_w4a4": [{"technique": "quantize", "weight_bits": 4, "act_bits": 4, **FAST},
+                 {"technique": "early_exit", "points": "all", "head": "bof", "threshold": 0.13, **FAST}],
     "full": [{"technique": "distill", "student": {"width": 0.5}, **FAST},
              {"technique": "prune", "ratio": 0.3, "steps": 1, **FAST},
              {"technique": "quantize", "weight_bits": 4, "act_bits": 4, **FAST},
@@ -72,7 +74,9 @@ def test_export_matches_pytorch(runs, kind, tmp_path):
     m = export_run(dirs[kind], tmp_path / "m.onnx", data=data, echo=lines.append)
     c = m["check"]
     assert c["passed"] and abs(c["onnx_metric"] - c["torch_metric"]) <= 0.5, c
-    assert c["prediction_agreement"] >= 99.0
+    # Values the int8 graph rounds to 8 bits where PyTorch keeps floats (listed: before a pooled head)
+    # may flip a near tie of the barely trained 'full' fixture (13% top-1); elsewhere predictions agree.
+    assert c["prediction_agreement"] >= (95.0 if m["kernels"].get("calibrated_scales") else 99.0), c
     assert manifest_path(tmp_path / "m.onnx").is_file()
     assert json.loads(manifest_path(tmp_path / "m.onnx").read_text())["stage"] == m["stage"]
     assert any("ONNX Runtime" in line for line in lines)
@@ -102,22 +106,30 @@ def _initializers(folder: Path, files: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["w4a4", "w8a8", "full"])
+@pytest.mark.parametrize("kind", ["w4a4", "w8a8", "full", "bof_w4a4"])
 def test_integer_kernels_hold_exact_codes(runs, kind, tmp_path):
     data, dirs = runs
     m = export_run(dirs[kind], tmp_path / "q.onnx", data=data, echo=lambda s: None)
+    model = load_run(dirs[kind], data=data).model
+    layers = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, QUANT_TYPES)]
+    convs = [n for n, mod in layers if isinstance(mod, nn.Conv2d)]
     ops = m["integer_ops"]
-    assert ops.get("ConvInteger", 0) + ops.get("QLinearConv", 0) > 0, m["ort_ops"]
+    # every quantized conv runs as QLinearConv (exit heads included; their average pools too), none on
+    # the slow ConvInteger, and no float value between integer layers
+    assert "ConvInteger" not in ops and ops["QLinearConv"] >= len(convs), m["ort_ops"]
+    assert all(m["layers"][n]["op"] == "QLinearConv" for n in convs) and m["kernels"]["qlinear_layers"] == len(convs)
+    for f in m["files"]:  # a float value appears only to requantize codes, or for the tanh of a BoF head
+        nodes = onnx.load(str(tmp_path / f)).graph.node
+        for dq in [n for n in nodes if n.op_type == "DequantizeLinear"]:
+            assert {n.op_type for n in nodes if dq.output[0] in n.input} <= {"QuantizeLinear", "Tanh"}, f
+    if kind in ("w4a4", "w8a8"):  # a plain chain of layers: the only QuantizeLinear is the input's
+        assert "DequantizeLinear" not in m["ort_ops"] and m["ort_ops"]["QuantizeLinear"] == 1, m["ort_ops"]
     assert ops.get("MatMulInteger", 0) + ops.get("MatMulIntegerToFloat", 0) > 0, m["ort_ops"]
-    if kind != "full":  # a plain chain of conv layers: all but the one before the pooled head fuse
-        assert ops.get("QLinearConv", 0) >= 2, m["ort_ops"]
     assert m["kernels"]["kernel_bits"] == 8
     if kind != "w8a8":
         assert "below 8 bits" in m["kernels"]["note"] and "W4A4" in m["kernels"]["recipe_bits"]
-    model = load_run(dirs[kind], data=data).model
-    layers = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, QUANT_TYPES)]
     assert layers and len(layers) == len(m["layers"])
-    unfused = export_model(model, data.sample_input(), tmp_path / "u.onnx", kernels="exact")
+    unfused = export_model(model, calibration_input(data), tmp_path / "u.onnx", kernels="exact")
     for desc in (m, unfused):
         inits = _initializers(tmp_path, desc["files"])
         for name, mod in layers:
@@ -157,7 +169,7 @@ class Counting:
 def test_exit_runner_follows_the_rule(runs, kind, tmp_path):
     data, dirs = runs
     run = load_run(dirs[kind], data=data)
-    desc = export_model(run.model, data.sample_input(), tmp_path / "e.onnx")
+    desc = export_model(run.model, calibration_input(data), tmp_path / "e.onnx")
     assert desc["kind"] == "exits" and len(desc["files"]) == len(run.model.exit_points) + 1
     dep = Deployed(tmp_path, desc)
     x, y = data.test.x, data.test.y
@@ -177,6 +189,85 @@ def test_exit_runner_follows_the_rule(runs, kind, tmp_path):
         assert all(r == 0 for r in rows[int(k[0]) + 1:]) and all(r == 1 for r in rows[:int(k[0]) + 1])
         for s in dep.runner.sessions:
             s.rows = 0
+
+
+def _activation_codes(model: nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Input codes of every quantized conv as PyTorch computes them (uint8: code + zero point)."""
+    from chaincomp.qmodules import act_range
+
+    codes, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and isinstance(m, QUANT_TYPES):
+            def pre(mod, inp, name=name):
+                lo, hi = act_range(mod.act_bits, bool(mod.act_signed))
+                q = torch.clamp(torch.round(inp[0] / mod.act_scale), lo, hi) + (128 if mod.act_signed else 0)
+                codes[name] = q.numpy().astype(np.uint8)
+            hooks.append(m.register_forward_pre_hook(pre))
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return codes
+
+
+def _onnx_codes(folder: Path, files: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """Input codes of every QLinearConv of the exported segments, run in turn as the driver does."""
+    import onnxruntime as ort
+
+    got, feats = {}, x
+    for f in files:
+        model = onnx.load(str(folder / f))
+        convs = {n.input[0]: n.name.split("/")[0] for n in model.graph.node if n.op_type == "QLinearConv"}
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UINT8, None) for t in convs)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        res = sess.run(None, {"input": feats})
+        got |= {convs[o.name]: r for o, r in zip(sess.get_outputs(), res) if o.name in convs}
+        feats = res[0]
+    return got
+
+
+@pytest.mark.parametrize("kind", ["w4a4", "full"])
+def test_int8_activations_are_the_models_codes(runs, kind, tmp_path):
+    """Between layers the int8 graph carries the codes the fake-quantized model computes, exit segments
+    included (they hand codes to the next). Not all: QLinearConv takes its bias as int32 at scale
+    s_x*s_w, so where a 4-bit layer's s_x*s_w is coarse next to the output step a few codes near a
+    rounding edge move by one (as in any integer runtime); never by more."""
+    data, dirs = runs
+    model = load_run(dirs[kind], data=data).model
+    desc = export_model(model, calibration_input(data), tmp_path / "a.onnx")
+    x = data.test.x[:128]
+    ref, got = _activation_codes(model, x), _onnx_codes(tmp_path, desc["files"], x.numpy())
+    assert set(ref) <= set(got)  # (the others: average pools run as depthwise QLinearConv)
+    for name in ref:
+        same = (ref[name] == got[name]).mean()
+        assert same >= 0.95 and np.abs(ref[name].astype(int) - got[name]).max() <= 1, (name, same)
+    if kind == "full":
+        assert all(s["input_codes"]["dtype"] == "uint8" for s in desc["segments"][1:])
+
+
+def test_fmc_hooks_are_stripped_and_said(runs, tmp_path):
+    data, dirs = runs
+    weights = dirs["plain"] / "checkpoints" / "00-baseline.safetensors"
+    run_dir = make_run(tmp_path, "plain", data, weights, chain=[{"technique": "fmc", "mode": "cbr"}])
+    lines = []
+    m = export_run(run_dir, tmp_path / "f.onnx", data=data, echo=lines.append)
+    assert m["stripped"]["fmc"] and "feature-map codec" in m["stripped"]["note"]
+    assert sum("feature-map codec hooks" in line for line in lines) == 1
+    assert m["check"]["passed"] and m["check"]["prediction_agreement"] == 100.0
+    from chaincomp.stages.fmc import find_hooks
+
+    assert find_hooks(load_run(run_dir, data=data).model) is not None  # the run itself keeps its codec
+
+
+def test_export_into_the_run_folder_takes_its_lock(runs, tmp_path, capsys):
+    from chaincomp.io import RunLock
+
+    _, dirs = runs
+    with RunLock(dirs["plain"]):
+        assert main(["export", str(dirs["plain"])]) == 2  # default RUN_DIR/export: same lock as run/bench
+        assert "another chaincomp command" in _err(capsys)
+        assert main(["export", str(dirs["plain"]), "--out", str(tmp_path / "o.onnx")]) == 0  # elsewhere: free
+    assert main(["export", str(dirs["plain"])]) == 0 and (dirs["plain"] / "export" / "model.manifest.json").is_file()
 
 
 def test_cli_export_and_stage(runs, tmp_path, capsys):

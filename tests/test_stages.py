@@ -29,6 +29,21 @@ def test_prune_really_removes_channels(tmp_path, tiny, digits):
     assert model.head[-1].out_features == 10  # the classifier is never pruned
 
 
+def test_prune_round_to_keeps_channel_multiples(tmp_path, tiny, digits):
+    counts = {}
+    for name, round_to in (("free", None), ("r8", 8)):
+        chain = [{"technique": "prune", "ratio": 0.4, "steps": 2, "epochs": 1, "round_to": round_to}]
+        run(tmp_path, tiny, digits, chain, name=name, model={"name": "resnet20", "width": 0.5})
+        model = load(tmp_path, digits, name)
+        counts[name] = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    from chaincomp.chain import load_run
+
+    base = load_run(tmp_path / "r8", "baseline", data=digits).model
+    before = [m.out_channels for m in base.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert any(c % 8 for c in counts["free"])  # without it, channel counts fall anywhere
+    assert all(c % 8 == 0 for c in counts["r8"]) and sum(counts["r8"]) < 0.8 * sum(before)  # and still pruned
+
+
 def test_distill_builds_narrower_student(tmp_path, tiny, digits):
     res = run(tmp_path, tiny, digits, [{"technique": "distill", "student": {"width": 0.5}, "epochs": 1}])
     assert res["stages"][0]["params"] < res["baseline"]["params"] / 2.5

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .export import Deployed, INTEGER_OPS, cores, export_model, optimized_ops, ort_metric
+from .export import Deployed, INTEGER_OPS, calibration_input, cores, export_model, optimized_ops, ort_metric, strip_fmc
 
 MAX_BATCH = 4096
 DEFAULT_BATCHES = (1, 64)
@@ -132,14 +132,14 @@ def _counted_bitops(run) -> tuple[float, float]:
 def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo) -> dict[str, dict]:
     from .energy.cost import profile_model
 
-    sample = run.data.sample_input()
+    sample = calibration_input(run.data)
     base_bitops, stage_bitops = _counted_bitops(run)
+    stripped = strip_fmc(run.model)
+    if stripped:
+        echo(f"note: {stripped['note']}")
     models = {"baseline": {"desc": export_model(run.baseline, sample, folder / "baseline.onnx"), "bitops": base_bitops},
               "compressed": {"desc": export_model(run.model, sample, folder / "compressed.onnx"),
-                             "bitops": stage_bitops}}
-    if models["compressed"]["desc"]["layers"]:  # what the integer-only rule costs: FP32 where QLinearConv can't go
-        models["compressed_mixed"] = {"desc": export_model(run.model, sample, folder / "compressed_mixed.onnx",
-                                                           "mixed"), "bitops": stage_bitops}
+                             "bitops": stage_bitops, "stripped": stripped}}
     if peers:
         try:
             ort_int8_peer(folder / "baseline.onnx", folder / "ort_int8.onnx", run.data)
@@ -186,7 +186,7 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
                       "metric": round(ort_metric(d, run.data), 4),
                       "bitops": m["bitops"], "bitops_reduction": round(models["baseline"]["bitops"] / m["bitops"], 3),
                       "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS}, "ort_ops": ops,
-                      **{k: m[k] for k in ("info", "bitops_note") if k in m}}
+                      **{k: m[k] for k in ("info", "bitops_note", "stripped") if m.get(k)}}
         if m["desc"].get("kernels"):
             info[name]["kernels"] = m["desc"]["kernels"]
     rows = []
@@ -233,8 +233,7 @@ def _loadavg() -> tuple[float, ...]:
 
 
 LABELS = {"baseline": "FP32 baseline", "compressed": "chaincomp (run, int8 kernels)",
-          "compressed_mixed": "chaincomp (run, mixed kernels)", "ort_int8": "ORT static int8 (peer)",
-          "tp_prune": "Torch-Pruning alone (peer)"}
+          "ort_int8": "ORT static int8 (peer)", "tp_prune": "Torch-Pruning alone (peer)"}
 
 
 def table_rows(result: dict) -> list[list[str]]:
@@ -272,6 +271,8 @@ def bench_markdown(result: dict) -> str:
         if "info" in m:
             note = (f"ratio {m['info']['ratio']}, {m['info']['importance']} importance, "
                     f"{m['info']['finetune_epochs']} fine-tuning epoch(s)")
+        if m.get("stripped"):
+            note += f" Note: {m['stripped']['note']}."
         ops = ", ".join(f"{k} x{v}" for k, v in m["integer_ops"].items()) or "none"
         lines.append(f"- {LABELS.get(name, name)}: integer kernels: {ops}. {note}")
     return "\n".join(lines) + "\n"

@@ -37,9 +37,10 @@ def register_cli(sub) -> None:
     e.add_argument("--stage", help="export the model after this stage (default: the last finished one)")
     e.add_argument("--tolerance", type=float, default=0.5,
                    help="largest metric difference ONNX Runtime vs PyTorch on the test set (default 0.5 points)")
-    e.add_argument("--kernels", default="int8", choices=("int8", "exact", "mixed"),
-                   help="quantized layers: int8 = QLinearConv where exact, else ConvInteger (default); exact = "
-                        "ConvInteger everywhere (PyTorch's arithmetic); mixed = QLinearConv where exact, else FP32")
+    e.add_argument("--kernels", default="int8", choices=("int8", "exact"),
+                   help="quantized layers: int8 = 8-bit codes from layer to layer on QLinearConv/QLinearAdd "
+                        "(default, fast); exact = ConvInteger with a float rescale per layer (PyTorch's "
+                        "arithmetic up to float rounding, slow in ORT)")
     e.set_defaults(func=_cmd_export)
 
     b = sub.add_parser("bench", help="latency/throughput in ONNX Runtime: baseline, compressed model and peers")

@@ -6,16 +6,14 @@ The graph is written node by node from the modules (onnx.helper), not traced, be
 layer must keep its exact integer codes. A QuantConv2d is first lowered to
     [Clip(lo*s_a, hi*s_a)] -> QuantizeLinear(s_a; uint8, zp 0 or 128 if signed)
         -> ConvInteger(int8 codes = integer_weight()) -> Cast -> Mul(s_a*s_w*bn) -> Add(bias, bn)
-which is PyTorch's fake-quantized arithmetic up to float rounding (kernels='exact'). ORT's
-ConvInteger is slow, and it only fuses QLinearConv when the output is quantized too, so by default
-(kernels='int8') a peephole pass turns every conv whose output reaches exactly one next quantized
-layer through ReLU/MaxPool/Clip into QLinearConv requantizing straight to that layer's codes: the
-weight scale must then be positive, so codes of channels with a negative BN scale flip sign (the
-manifest lists them) and the bias is rounded to int32. Convs whose float output is needed (before a
-pooled head, a residual add, an exit) stay ConvInteger. kernels='mixed' runs those on FP32 kernels
-instead, to show what the integer-only rule costs. ORT has no kernel below 8 bits: lower bit widths
-are kept exactly in 8-bit containers and the manifest says the kernels are 8-bit.
-A float model whose module has no lowering here goes through torch.onnx (TorchScript) instead.
+which is PyTorch's fake-quantized arithmetic up to float rounding (kernels='exact'). ORT runs
+ConvInteger and the float values between layers slowly, so by default (kernels='int8') Int8Pass
+rewrites that graph so 8-bit codes flow from layer to layer: QLinearConv requantizing straight to
+the codes the next layer uses, QLinearAdd for residual adds, ReLU/MaxPool on codes, one
+DequantizeLinear per float consumer, and codes (channels-last, so ORT's own layout transposes
+cancel) between exit segments. ORT has no kernel below 8 bits: lower bit widths are kept exactly in
+8-bit containers and the manifest says the kernels are 8-bit. A float model whose module has no
+lowering here goes through torch.onnx (TorchScript) instead.
 """
 from __future__ import annotations
 
@@ -60,6 +58,8 @@ class Graph:
         self.nodes, self.arrays, self.n = [], {}, 0
         self.fused: dict[str, list[int]] = {}   # layer -> output channels whose codes were negated
         self.scales: dict[str, str] = {}        # activation codes -> their scale (kept through fusion)
+        self.ranges: dict[str, tuple[float, float]] = {}  # float value -> (min, max) on the export sample
+        self.shapes: dict[str, tuple] = {}
         self.fixed_size = False                 # a lowering valid only for the sample's height and width
 
     def _name(self, hint: str) -> str:
@@ -82,6 +82,13 @@ class Graph:
         out = self._name(f"{hint}/{op_type}")
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
+
+    def note(self, v: Val) -> Val:
+        """Remember the value's range: the int8 pass calibrates the few scales the model lacks on it."""
+        if v.t.is_floating_point() and v.t.numel():
+            self.ranges[v.name] = (float(v.t.min()), float(v.t.max()))
+            self.shapes[v.name] = tuple(v.t.shape)
+        return v
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -199,7 +206,7 @@ def lower_seq(g: Graph, items: list[tuple[str, nn.Module]], v: Val) -> Val:
         name, m = items[i]
         nxt = items[i + 1][1] if i + 1 < len(items) else None
         if isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
-            v, i = lower_conv(g, name, m, v, nxt), i + 2
+            v, i = g.note(lower_conv(g, name, m, v, nxt)), i + 2
         else:
             v, i = lower(g, name, m, v), i + 1
     return v
@@ -211,6 +218,10 @@ def _children(name: str, m: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def lower(g: Graph, name: str, m: nn.Module, v: Val) -> Val:
     """One module; raises Unsupported for a module whose forward this file does not know."""
+    return g.note(_lower(g, name, m, v))
+
+
+def _lower(g: Graph, name: str, m: nn.Module, v: Val) -> Val:
     t = type(m)
     with torch.no_grad():
         if isinstance(m, nn.Sequential) and t.forward is nn.Sequential.forward:
@@ -225,7 +236,7 @@ def lower(g: Graph, name: str, m: nn.Module, v: Val) -> Val:
             y = g.op("Add", [out.name, sc.name], name)
             return Val(g.op("Relu", [y], name), m(v.t))
         if t is BagOfFeaturesHead:
-            s = lower_conv(g, f"{name}.codebook", m.codebook, v)
+            s = g.note(lower_conv(g, f"{name}.codebook", m.codebook, v))
             s = g.op("Tanh", [s.name], name)
             den = g.op("ReduceSum", [g.op("Abs", [s], name), g.init(np.array([1], np.int64), "axes")], name,
                        keepdims=1)
@@ -292,12 +303,13 @@ def segments_of(model: nn.Module) -> list[tuple[Segment, dict]]:
     return segs
 
 
-KERNELS = ("int8", "exact", "mixed")
+KERNELS = ("int8", "exact")
 
 
-def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8") -> tuple[onnx.ModelProto, dict]:
+def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", input_codes: Codes | None = None,
+              next_use: QUse | None = None) -> tuple[onnx.ModelProto, dict]:
     g = Graph()
-    x = Val("input", sample)
+    x = g.note(Val("input", sample))
     if isinstance(module, Segment):
         for n, b in zip(module.names, module.blocks):
             x = lower(g, n, b, x)
@@ -307,18 +319,23 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8") ->
         outs = [("logits", lower(g, "", module, x))]
     for out_name, v in outs:  # name the graph outputs
         g.nodes.append(helper.make_node("Identity", [v.name], [out_name], name=f"out/{out_name}"))
-    if kernels in ("int8", "mixed"):
-        fuse_qlinear(g)
-    if kernels == "mixed":
-        float_rest(g)
+    p = Int8Pass(g, input_codes, next_use) if kernels == "int8" else None
+    calibrated = p.run() if p else []
+    codes = {"input": input_codes is not None, "features": p is not None and p.features is not None}
     # Height and width stay free unless a lowering depends on them (an adaptive pool to k x k).
-    shape = (lambda t: ["batch", *t.shape[1:]]) if g.fixed_size or sample.dim() != 4 else \
+    dims = (lambda t: ["batch", *t.shape[1:]]) if g.fixed_size or sample.dim() != 4 else \
         (lambda t: ["batch", t.shape[1], *(["height", "width"] if t is sample else [None] * (t.dim() - 2))])
-    graph = helper.make_graph(
-        g.nodes, "chaincomp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape(sample))],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape(v.t)) for n, v in outs], g.initializers())
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
-                             producer_name="chaincomp", producer_version=__version__), g.fused
+
+    def value(n: str, t: torch.Tensor):  # segment boundaries carry uint8 codes, channels-last
+        d = dims(t)
+        return helper.make_tensor_value_info(n, TensorProto.UINT8, [d[0], *d[2:], d[1]]) if codes.get(n) else \
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, d)
+    graph = helper.make_graph(g.nodes, "chaincomp", [value("input", sample)], [value(n, v.t) for n, v in outs],
+                              g.initializers())
+    ms = [helper.make_opsetid("com.microsoft", 1)] if any(n.domain == "com.microsoft" for n in g.nodes) else []
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), *ms], ir_version=IR_VERSION,
+                             producer_name="chaincomp", producer_version=__version__), \
+        {"fused": g.fused, "calibrated": calibrated, "features": p.features if p else None}
 
 
 def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str) -> None:
@@ -342,24 +359,26 @@ def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str)
     onnx.save(m, str(path))
 
 
-def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str = "int8") -> tuple[str, dict]:
+def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str = "int8",
+               input_codes: Codes | None = None, next_use: QUse | None = None) -> tuple[str, dict]:
     """Write one piece; returns how ('chaincomp' lowering or 'torch.onnx' for unknown float modules)
-    and the layers fused to QLinearConv (with their negated channels)."""
+    and what the int8 pass did: layers on QLinearConv (with their negated channels), values given a
+    calibrated scale."""
     module.eval()
     try:
-        model, fused = _graph_of(module, sample, kernels)
+        model, done = _graph_of(module, sample, kernels, input_codes, next_use)
     except Unsupported as e:
         if any(isinstance(m, QUANT_TYPES) for m in module.modules()):
             raise UserError(f"export: no integer lowering for module {e}; quantized models must use zoo "
                             "layers (conv, linear, BN, ReLU, pooling)") from None
         _torch_export(module, sample, path, str(e))
-        return "torch.onnx", {}
+        return "torch.onnx", {"fused": {}, "calibrated": [], "features": None}
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     onnx.save(model, str(tmp))
     os.replace(tmp, path)
-    return "chaincomp", fused
+    return "chaincomp", done
 
 
 def quant_layers(model: nn.Module) -> dict[str, dict]:
@@ -374,10 +393,14 @@ def kernel_note(layers: dict[str, dict], kernels: str = "int8") -> dict:
         return {"kind": "fp32", "kernel_bits": 32, "note": "float model: FP32 kernels"}
     pairs = sorted({(v["weight_bits"], v["act_bits"]) for v in layers.values()})
     asked = ", ".join(f"W{w}A{a}" for w, a in pairs)
-    fused = sum(v["op"] == "QLinearConv" for v in layers.values())
-    rest = "FP32 kernels on the dequantized codes (not integer)" if kernels == "mixed" else \
-        "ConvInteger/MatMulInteger (int32 accumulation, float rescale)"
-    ops = f"{fused} of {len(layers)} quantized layers on QLinearConv, the others on {rest}"
+    n = Counter(v["op"] for v in layers.values())
+    fused = n["QLinearConv"]
+    ops = ", ".join(f"{k} {what}" for k, what in ((fused, "conv layers on QLinearConv"),
+                                                   (n["ConvInteger"], "conv layers on ConvInteger"),
+                                                   (n["MatMulInteger"], "linear layers on MatMulInteger")) if k)
+    ops += " (int32 accumulation; ConvInteger/MatMulInteger with a float rescale)"
+    if kernels == "int8":
+        ops += "; 8-bit codes flow between layers (ReLU, MaxPool, residual QLinearAdd, pools on codes)"
     low = any(w < 8 or a < 8 for w, a in pairs)
     bits = (f"recipe bits {asked}; ONNX Runtime has no kernels below 8 bits, so the values are kept exactly "
             "in 8-bit containers and run on 8-bit kernels: bits below 8 bring no extra speed here" if low
@@ -386,139 +409,337 @@ def kernel_note(layers: dict[str, dict], kernels: str = "int8") -> dict:
             "qlinear_layers": fused, "note": f"{bits}. {ops}"}
 
 
-FUSABLE = ("Cast", "Mul", "Add", "Relu", "MaxPool", "Clip", "QuantizeLinear")
+@dataclass
+class Codes:
+    """uint8 codes standing for a float tensor: value = (code - zp) * scale."""
+    name: str
+    scale: float
+    zp: int
+    s_name: str = ""
+    zp_name: str = ""
 
 
-def _follow(g: Graph, conv, steps: tuple = FUSABLE) -> dict | None:
-    """The nodes after a ConvInteger up to the next QuantizeLinear, if they form a fusable chain:
-    Cast, Mul, Add, [Relu], [MaxPool], [Clip], QuantizeLinear, each value used once and by the next."""
-    uses = Counter(i for n in g.nodes for i in n.input)
-    chain, cur = {}, conv
-    for want in steps:
-        out = cur.output[0]
-        nxt = [n for n in g.nodes if out in n.input]
-        if uses[out] != 1 or len(nxt) != 1:
+@dataclass
+class QUse:
+    """A consumer that quantizes a value to codes lo..hi (zero point zp); q is its QuantizeLinear,
+    None for the next segment's first layer (the value leaves this graph as `features`)."""
+    scale: float
+    zp: int
+    lo: int
+    hi: int
+    q: object = None
+
+
+CODE_OPS = ("Relu", "MaxPool", "Flatten")  # act on codes as on values (ReLU: the zero point or a Clip)
+
+
+def input_quant(module: nn.Module) -> QUse | None:
+    """How the first layer of a segment quantizes its input, when that layer is a quantized conv."""
+    blocks = getattr(module, "blocks", None)
+    first = next((m for m in blocks[0].modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None) if blocks else None
+    if not isinstance(first, QUANT_TYPES):
+        return None
+    signed = bool(first.act_signed)
+    lo, hi = act_range(first.act_bits, signed)
+    zp = 128 if signed else 0
+    return QUse(float(first.act_scale), zp, lo + zp, hi + zp)
+
+
+class Int8Pass:
+    """Rewrites the exact graph (ConvInteger + float rescale per layer, float values between layers)
+    so that 8-bit codes flow from layer to layer, as ORT's fast integer kernels need:
+
+    - a quantized conv becomes QLinearConv requantizing straight to codes its consumers can use: the
+      next layer's codes when every consumer quantizes alike (exact: the model's own codes); else
+      codes of the backbone's next layer (the `features` leaving a segment, else the first consumer):
+      its very codes at 8 bits, at 1/k of its scale (k odd, so requantizing to it is still exact)
+      below 8 bits, and the other consumers (an exit head, a projection shortcut) requantize from
+      them; else a scale calibrated on the export sample (a value PyTorch keeps in float before a
+      residual add or a pooled head: listed in the manifest as calibrated_scales);
+    - ReLU, MaxPool and Flatten run on the codes; a residual Add becomes QLinearAdd (com.microsoft,
+      in every ORT build); an average pool a depthwise QLinearConv of ones (ORT's QLinearAveragePool
+      is ~4x slower), a global one QLinearGlobalAveragePool;
+    - a float consumer (tanh of a BoF head, the logits) gets its own DequantizeLinear, and a segment
+      hands its features to the next as codes, so exits never take the backbone out of int8.
+    QLinearConv needs positive weight scales: codes of channels with a negative folded BN scale flip
+    sign (listed), and the bias is rounded to int32 at scale s_x * s_w. Two consumers whose scales
+    differ by less than 0.01 of a code over the whole range share codes. Linear layers keep
+    MatMulInteger with a float rescale (their outputs are logits or tiny)."""
+
+    def __init__(self, g: Graph, input_codes: Codes | None = None, next_use: QUse | None = None):
+        self.g, self.a, self.next_use = g, g.arrays, next_use
+        self.cons: dict[str, list] = {}
+        for n in g.nodes:
+            for i in n.input:
+                self.cons.setdefault(i, []).append(n)
+        self.prod = {o: n for n in g.nodes for o in n.output}
+        self.rep: dict[str, Codes] = {}  # float tensor -> codes that stand for it
+        self.gone: set[str] = set()      # float tensors no longer computed (their codes are)
+        self.alias: dict[str, str] = {}  # code tensor -> the one that replaces it
+        self.deq: dict[str, str] = {}    # float tensor recovered by one DequantizeLinear
+        self.out: list = []
+        self.skip: set[int] = set()
+        self.calibrated: list[str] = []
+        self.features: Codes | None = None  # codes this segment hands on
+        if input_codes:  # codes arrive channels-last (see run)
+            nchw = self.op("Transpose", ["input"], "input", perm=[0, 3, 1, 2])
+            self.rep["input"] = self.named(Codes(nchw, input_codes.scale, input_codes.zp), "input")
+            self.gone.add("input")
+
+    def named(self, c: Codes, hint: str) -> Codes:
+        """Codes with initializers for their scale and zero point."""
+        if not c.s_name:
+            c.s_name, c.zp_name = self.g.f32(c.scale, f"{hint}.scale"), self.g.init(np.array(c.zp, np.uint8),
+                                                                                    f"{hint}.zp")
+        return c
+
+    def op(self, op_type: str, inputs: list[str], hint: str, domain: str | None = None, **attrs) -> str:
+        out = self.g._name(f"{hint}/{op_type}")
+        self.out.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
+        return out
+
+    def fix(self, name: str) -> str:
+        """The name to read a value by: its replacing codes, or its float value (dequantized once)."""
+        if name in self.alias:
+            return self.alias[name]
+        if name not in self.gone:
+            return name
+        if name not in self.deq:
+            r = self.rep[name]
+            self.deq[name] = self.op("DequantizeLinear", [r.name, r.s_name, r.zp_name], name.split("/")[0])
+        return self.deq[name]
+
+    def emit(self, n) -> None:
+        new = onnx.NodeProto()
+        new.CopyFrom(n)
+        new.input[:] = [self.fix(i) for i in n.input]
+        self.out.append(new)
+
+    def qview(self, q) -> tuple[str, QUse]:
+        """(float source, use) of a QuantizeLinear, looking through the Clip before it."""
+        x, s, zp = q.input[0], float(self.a[q.input[1]]), int(self.a[q.input[2]])
+        p = self.prod.get(x)
+        if p is not None and p.op_type == "Clip" and len(self.cons[x]) == 1 and p.input[1] in self.a:
+            lo = max(0, int(np.round(float(self.a[p.input[1]]) / s)) + zp)
+            return p.input[0], QUse(s, zp, lo, min(255, int(np.round(float(self.a[p.input[2]]) / s)) + zp), q)
+        return x, QUse(s, zp, 0, 255, q)
+
+    def uses(self, t: str) -> tuple[list[QUse], list]:
+        """The consumers of t that quantize it (the backbone's first), and the others."""
+        qs, others = [], []
+        for c in self.cons.get(t, []):
+            nxt = self.cons.get(c.output[0], [])
+            if c.op_type == "Clip" and len(nxt) == 1 and nxt[0].op_type == "QuantizeLinear":
+                c = nxt[0]
+            if c.op_type == "QuantizeLinear":
+                qs.append(self.qview(c)[1])
+            elif c.output[0] == "features" and self.next_use:
+                qs.insert(0, self.next_use)
+            else:
+                others.append(c)
+        return qs, others
+
+    def follow(self, y: str) -> str:
+        while len(self.cons.get(y, [])) == 1 and self.cons[y][0].op_type in CODE_OPS:
+            y = self.cons[y][0].output[0]
+        return y
+
+    def choose(self, y: str) -> Codes | None:
+        """Codes for the value y turns into through ReLU/MaxPool/Flatten (see the class doc)."""
+        t = self.follow(y)
+        qs, others = self.uses(t)
+        r = self.g.ranges.get(t)
+        first = qs[0] if qs else None
+        if first and not others and all((u.scale, u.zp, u.lo, u.hi) == (first.scale, first.zp, first.lo, first.hi)
+                                        for u in qs):
+            return self.named(Codes("", first.scale, first.zp, *(first.q.input[1:3] if first.q else ())), t)
+        first = next((u for u in qs if r is None or r[0] >= -(u.zp + 0.5) * u.scale), None)
+        if first:  # k times finer codes around its zero point that still hold every consumer's range;
+            # k odd keeps requantizing to the first one's codes exact (no value lands on a tie)
+            need = [((u.lo - u.zp) * u.scale, (u.hi - u.zp) * u.scale) for u in qs] + ([r] if others and r else [])
+            lo, hi = min(v[0] for v in need), max(v[1] for v in need)
+            room = int(min(255, first.zp * first.scale / -lo if lo < 0 else 255,
+                           (255 - first.zp) * first.scale / hi if hi > 0 else 255))
+            k = max(1, room - (room + 1) % 2)
+            names = first.q.input[1:3] if first.q and k == 1 else ()
+            return self.named(Codes("", first.scale / k, first.zp, *names), t)
+        if r is None:
             return None
-        if nxt[0].op_type != want:
-            if want in ("Cast", "Mul", "Add", "QuantizeLinear"):
+        zp = 0 if r[0] >= 0 else 128
+        self.calibrated.append(t)
+        return self.named(Codes("", max(r[1] / (255 - zp), -r[0] / max(zp, 1), 1e-8), zp), t)
+
+    def codes_of(self, t: str) -> Codes | None:
+        """Codes of t for an integer op (a residual Add), quantizing a float value once if need be."""
+        if t not in self.rep and t not in self.a:
+            c = self.choose(t)  # a float value entering an integer op: quantize it once
+            if c is None:
                 return None
-            continue
-        chain[want], cur = nxt[0], nxt[0]
-    return chain
+            c.name = self.op("QuantizeLinear", [self.fix(t), c.s_name, c.zp_name], t.split("/")[0])
+            self.rep[t] = c
+        return self.rep.get(t)
 
+    def produce(self, y: str, c: Codes, node_out: str) -> None:
+        self.rep[y] = Codes(node_out, c.scale, c.zp, c.s_name, c.zp_name)
+        self.gone.add(y)
 
-def fuse_qlinear(g: Graph) -> int:
-    """Peephole: a quantized conv whose float output only goes, through ReLU/MaxPool/Clip, into the
-    next layer's QuantizeLinear becomes QLinearConv requantizing straight to that layer's codes
-    (then MaxPool/Clip on 8-bit codes: both commute with rounding). ORT's fast integer path needs
-    this; the cost is the bias rounded to int32 at scale s_x*s_w and a positive weight scale, so the
-    codes of channels whose folded BN scale is negative flip sign (listed in `g.fused`)."""
-    for conv in [n for n in g.nodes if n.op_type == "ConvInteger"]:
-        c = _follow(g, conv)
-        if c is None:
-            continue
-        q, a = c["QuantizeLinear"], g.arrays
-        zx, zy = a[conv.input[2]], a[q.input[2]]
-        if zx.dtype != zy.dtype or c["Mul"].input[1] not in a or c["Add"].input[1] not in a:
-            continue  # ORT has QLinearConv u8->u8 and s8->s8 only
-        info, zpv = np.iinfo(zy.dtype), int(zy)
-        lo, hi = (zpv if "Relu" in c else info.min), info.max
-        if "Clip" in c:
-            sy = float(a[q.input[1]])
-            lo = max(lo, int(np.round(float(a[c["Clip"].input[1]]) / sy)) + zpv)
-            hi = min(hi, int(np.round(float(a[c["Clip"].input[2]]) / sy)) + zpv)
-        sx_name = g.scales[conv.input[0]]  # scale of the QuantizeLinear that made this layer's input codes
+    def quantize(self, n) -> None:
+        src, u = self.qview(n)
+        r = self.rep.get(src)
+        if r is None:
+            self.emit(n)
+            rng = self.g.ranges.get(src)
+            if (u.lo, u.hi) == (0, 255) and src not in self.gone and (rng is None or rng[0] >= -(u.zp + .5) * u.scale):
+                # other consumers (an identity shortcut, an exit head) share these codes
+                self.rep[src] = Codes(n.output[0], u.scale, u.zp, n.input[1], n.input[2])
+            return
+        codes, hint = r.name, src.split("/")[0]
+        if not (r.zp == u.zp and abs(r.scale / u.scale - 1) * 255 < 0.01):  # requantize from the shared codes
+            codes = self.op("QuantizeLinear", [self.fix(src), n.input[1], n.input[2]], hint)
+        if (u.lo, u.hi) != (0, 255):
+            lo, hi = self.g.init(np.array(u.lo, np.uint8), "lo"), self.g.init(np.array(u.hi, np.uint8), "hi")
+            codes = self.op("Clip", [codes, lo, hi], hint)
+        self.alias[n.output[0]] = codes
+
+    def conv(self, n) -> bool:
+        chain = [n]
+        for want in ("Cast", "Mul", "Add"):
+            nxt = self.cons.get(chain[-1].output[0], [])
+            if len(nxt) != 1 or nxt[0].op_type != want:
+                return False
+            chain.append(nxt[0])
+        a, y = self.a, chain[-1].output[0]
+        sx_name = self.g.scales[n.input[0]]
         sx = float(a[sx_name])
-        m = a[c["Mul"].input[1]].reshape(-1).astype(np.float64)
-        b = a[c["Add"].input[1]].reshape(-1).astype(np.float64)
+        m = a[chain[2].input[1]].reshape(-1).astype(np.float64)
+        b = a[chain[3].input[1]].reshape(-1).astype(np.float64)
         sign, sw = np.where(m < 0, -1, 1), np.abs(m) / sx
         bias = np.round(b / (sx * np.maximum(sw, 1e-30)))
         if not (sw > 0).all() or np.abs(bias).max() >= 2 ** 31:
-            continue  # a dead channel or a bias beyond int32: keep the float rescale
-        name = conv.input[1]
-        w = (a[name].astype(np.int16) * sign.reshape(-1, 1, 1, 1)).astype(np.int8)
-        g.arrays[name] = w
-        attrs = {at.name: helper.get_attribute_value(at) for at in conv.attribute}
-        layer = name.rsplit(".weight_q", 1)[0]
-        ins = [conv.input[0], sx_name, conv.input[2], name, g.f32(sw, f"{layer}.w_scale"), conv.input[3],
-               q.input[1], q.input[2], g.init(bias.astype(np.int32), f"{layer}.bias_int32")]
-        new = [helper.make_node("QLinearConv", ins, [f"{layer}/QLinearConv"], name=f"{layer}/QLinearConv", **attrs)]
-        if "MaxPool" in c:
-            p = c["MaxPool"]
-            new.append(helper.make_node("MaxPool", [new[-1].output[0]], [f"{layer}/MaxPool8"],
-                                        name=f"{layer}/MaxPool8",
-                                        **{at.name: helper.get_attribute_value(at) for at in p.attribute}))
-        if (lo, hi) != (info.min, info.max):
-            new.append(helper.make_node("Clip", [new[-1].output[0], g.init(np.array(lo, zy.dtype), f"{layer}.lo"),
-                                                 g.init(np.array(hi, zy.dtype), f"{layer}.hi")],
-                                        [f"{layer}/Clip8"], name=f"{layer}/Clip8"))
-        new[-1].output[0] = q.output[0]
-        at = g.nodes.index(conv)
-        gone = {id(conv), *(id(n) for n in c.values())}
-        g.nodes[at:at] = new
-        g.nodes = [n for n in g.nodes if id(n) not in gone]
-        g.fused[layer] = np.flatnonzero(sign < 0).tolist()
-    return len(g.fused)
+            return False  # a dead channel or a bias beyond int32: keep the float rescale
+        c = self.choose(y)
+        if c is None:
+            return False
+        w = n.input[1]
+        a[w] = (a[w].astype(np.int16) * sign.reshape(-1, 1, 1, 1)).astype(np.int8)
+        layer = w.rsplit(".weight_q", 1)[0]
+        attrs = {at.name: helper.get_attribute_value(at) for at in n.attribute}
+        ins = [self.fix(n.input[0]), sx_name, n.input[2], w, self.g.f32(sw, f"{layer}.w_scale"), n.input[3],
+               c.s_name, c.zp_name, self.g.init(bias.astype(np.int32), f"{layer}.bias_int32")]
+        self.produce(y, c, self.op("QLinearConv", ins, layer, **attrs))
+        self.skip |= {id(x) for x in chain}
+        self.g.fused[layer] = np.flatnonzero(sign < 0).tolist()
+        return True
 
-
-def float_rest(g: Graph) -> None:
-    """'mixed' kernels: every ConvInteger/MatMulInteger left after fusion becomes DequantizeLinear of its
-    input codes and a float Conv/MatMul whose weights are the codes times the folded per-channel scale
-    (the same values PyTorch multiplies), so ORT runs them on its FP32 kernels."""
-    for node in [n for n in g.nodes if n.op_type in ("ConvInteger", "MatMulInteger")]:
-        c = _follow(g, node, ("Cast", "Mul", "Add"))
-        a, sx_name = g.arrays, g.scales[node.input[0]]
-        m = a[c["Mul"].input[1]].reshape(-1).astype(np.float64) / float(a[sx_name])
-        q, b = a[node.input[1]].astype(np.float64), c["Add"].input[1]
-        layer, out = node.input[1].rsplit(".weight_q", 1)[0], c["Add"].output[0]
-        x = f"{layer}/DequantizeLinear"
-        new = [helper.make_node("DequantizeLinear", [node.input[0], sx_name, node.input[2]], [x], name=x)]
-        if node.op_type == "ConvInteger":
-            attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute}
-            ins = [x, g.f32(q * m.reshape(-1, 1, 1, 1), f"{layer}.weight"), g.f32(a[b].reshape(-1), f"{layer}.bias")]
-            new.append(helper.make_node("Conv", ins, [out], name=f"{layer}/Conv", **attrs))
+    def on_codes(self, n) -> bool:
+        """ReLU/MaxPool/Flatten/pools/Add on a value that only exists as codes; False: run it in float."""
+        x, y, hint = n.input[0], n.output[0], n.name.rsplit("/", 1)[0]
+        if n.op_type == "Add":
+            if len(n.input) != 2 or not ({x, n.input[1]} & self.gone) or n.input[1] in self.a:
+                return False
+            c = self.choose(y)
+            ca, cb = self.codes_of(x), self.codes_of(n.input[1])
+            if c is None or ca is None or cb is None:
+                return False
+            ins = [ca.name, ca.s_name, ca.zp_name, cb.name, cb.s_name, cb.zp_name, c.s_name, c.zp_name]
+            self.produce(y, c, self.op("QLinearAdd", ins, hint, domain="com.microsoft"))
+            return True
+        if x not in self.gone:
+            return False
+        r = self.rep[x]
+        attrs = {at.name: helper.get_attribute_value(at) for at in n.attribute}
+        if n.op_type == "Relu":
+            out = r.name if r.zp == 0 else self.op("Clip", [r.name, r.zp_name, self.g.init(np.array(255, np.uint8),
+                                                                                          "hi")], hint)
+            self.produce(y, r, out)
+        elif n.op_type in ("MaxPool", "Flatten"):
+            self.produce(y, r, self.op(n.op_type, [r.name], hint, **attrs))
+        elif n.op_type in ("GlobalAveragePool", "AveragePool"):
+            c = self.choose(y)
+            if c is None:
+                return False
+            ins = [r.name, r.s_name, r.zp_name, c.s_name, c.zp_name]
+            ch = self.g.shapes.get(x, (0, 0))[1]
+            if n.op_type == "GlobalAveragePool":
+                self.produce(y, c, self.op("QLinearGlobalAveragePool", ins, hint, "com.microsoft", channels_last=0))
+            elif any(attrs.get("pads", [0])) or attrs.get("ceil_mode") or not ch:
+                self.produce(y, c, self.op("QLinearAveragePool", ins, hint, "com.microsoft", **attrs))
+            else:  # as a depthwise QLinearConv of ones at scale 1/k: ~4x faster in ORT, channels-last too
+                kh, kw = attrs["kernel_shape"]
+                w = [self.g.init(np.ones((ch, 1, kh, kw), np.int8), f"{hint}.ones"),
+                     self.g.f32(np.full(ch, 1 / (kh * kw)), f"{hint}.w_scale"),
+                     self.g.init(np.zeros(ch, np.int8), f"{hint}.w_zp")]
+                self.produce(y, c, self.op("QLinearConv", [*ins[:3], *w, *ins[3:]], hint, kernel_shape=[kh, kw],
+                                           strides=attrs.get("strides", [1, 1]), group=ch))
         else:
-            w = g.f32(q * m.reshape(1, -1), f"{layer}.weight")
-            new += [helper.make_node("MatMul", [x, w], [f"{layer}/MatMul"], name=f"{layer}/MatMul"),
-                    helper.make_node("Add", [f"{layer}/MatMul", b], [out], name=f"{layer}/Add")]
-        at = g.nodes.index(node)
-        gone = {id(node), *(id(n) for n in c.values())}
-        g.nodes[at:at] = new
-        g.nodes = [n for n in g.nodes if id(n) not in gone]
+            return False
+        return True
+
+    def run(self) -> list[str]:
+        for n in self.g.nodes:
+            if id(n) in self.skip:
+                continue
+            if n.op_type == "Clip" and n.input[0] in self.rep and all(
+                    c.op_type == "QuantizeLinear" for c in self.cons.get(n.output[0], [])):
+                continue  # the QuantizeLinear after it clips the codes
+            if n.op_type == "QuantizeLinear":
+                self.quantize(n)
+            elif n.output[0] == "features" and self.next_use and n.input[0] in self.gone:
+                # The next segment takes the codes channels-last: ORT runs integer convs channels-last,
+                # so the Transposes at both ends of the boundary cancel against its own.
+                self.features = self.rep[n.input[0]]
+                self.out.append(helper.make_node("Transpose", [self.features.name], ["features"], name="out/features",
+                                                 perm=[0, 2, 3, 1]))
+            elif not ((n.op_type == "ConvInteger" and self.conv(n)) or
+                      (n.op_type in (*CODE_OPS, "Add", "GlobalAveragePool", "AveragePool") and self.on_codes(n))):
+                self.emit(n)
+        self.g.nodes = self.out
+        return self.calibrated
+
+
+def calibration_input(data, n: int = 256) -> torch.Tensor:
+    """The export sample: the first `n` training inputs (one when the split is not stacked). Besides
+    fixing shapes, it calibrates the few int8 scales the model itself does not have."""
+    return next(data.train.batches(n))[0]
 
 
 def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kernels: str = "int8") -> dict:
     """Write the model (or its segments) next to `path`; returns the manifest part that describes it.
 
-    kernels: 'int8' QLinearConv where exact, else ConvInteger/MatMulInteger with a float rescale;
-    'exact' ConvInteger/MatMulInteger everywhere (same arithmetic as PyTorch up to float rounding);
-    'mixed' QLinearConv where exact, else float kernels on the dequantized codes (for comparison:
-    ORT's ConvInteger is much slower than its float and QLinearConv kernels)."""
+    sample: real inputs (calibration_input), not zeros: the int8 pass takes the range of values the
+    model does not quantize itself (before a residual add or a pooled head) from it.
+    kernels: 'int8' 8-bit codes between layers, QLinearConv/QLinearAdd (see Int8Pass); 'exact'
+    ConvInteger/MatMulInteger with a float rescale per layer, float values between layers: PyTorch's
+    arithmetic up to float rounding, but slow in ORT."""
     if kernels not in KERNELS:
         raise UserError(f"--kernels: '{kernels}'; choose one of {', '.join(KERNELS)}")
     path = Path(path)
     segs = segments_of(model)
-    files, pieces, fused = [], [], {}
+    files, pieces, fused, calibrated, codes = [], [], {}, [], None
     for k, (seg, info) in enumerate(segs):
         f = path if len(segs) == 1 else path.with_name(f"{path.stem}.seg{k}{path.suffix or '.onnx'}")
-        how, done = write_onnx(seg, sample, f, kernels)
-        fused |= done
         with torch.no_grad():
-            seg.eval()
-            out = seg(sample)
-            sample = out[0] if isinstance(out, tuple) else sample
+            out = seg.eval()(sample)
+        four_d = isinstance(out, tuple) and out[0].dim() == 4
+        nxt = input_quant(segs[k + 1][0]) if k + 1 < len(segs) and four_d else None
+        how, done = write_onnx(seg, sample, f, kernels, codes, nxt)
+        if codes:
+            info["input_codes"] = {"dtype": "uint8", "layout": "NHWC", "scale": codes.scale, "zero_point": codes.zp}
+        codes = done["features"]
+        fused |= done["fused"]
+        calibrated += [c.split("/")[0] for c in done["calibrated"]]
+        sample = out[0] if isinstance(out, tuple) else sample
         files.append(f.name)
         pieces.append({"file": f.name, "writer": how, **info})
     layers = quant_layers(model)
     for name, neg in fused.items():
         layers[name] |= {"op": "QLinearConv", "negated_channels": neg}
-    if kernels == "mixed":
-        for v in layers.values():
-            v["op"] = v["op"] if v["op"] == "QLinearConv" else "float"
     is_exit = isinstance(model, ExitNetwork)
+    kern = kernel_note(layers, kernels)
+    if layers and kernels == "int8":
+        kern["calibrated_scales"] = calibrated  # values PyTorch keeps in float, rounded to 8 bits here
     return {"kind": "exits" if is_exit else ("quantized" if layers else "plain"), "files": files, "segments": pieces,
-            "exit_rule": dict(model.exit_rule) if is_exit else None, "layers": layers,
-            "kernels": kernel_note(layers, kernels)}
+            "exit_rule": dict(model.exit_rule) if is_exit else None, "layers": layers, "kernels": kern}
 
 
 # ---------------------------------------------------------------- running what was exported
@@ -686,26 +907,57 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.manifest.json")
 
 
+def strip_fmc(model: nn.Module) -> dict | None:
+    """Remove feature-map codec hooks (fmc stage) from a loaded model. The codec models the DRAM traffic
+    of a layer-by-layer accelerator: ORT on a CPU keeps maps in caches and has no such operator, and
+    an exported graph silently without it would not be the run's model. So it is removed on purpose
+    and said so (manifest `stripped`, one printed line); the check then compares with PyTorch
+    without the codec too."""
+    from .stages.fmc import find_hooks
+
+    hooks = find_hooks(model)
+    if hooks is None:
+        return None
+    points = list(hooks.points)
+    hooks.remove()
+    return {"fmc": points, "note": f"feature-map codec hooks at {len(points)} point(s) removed: ONNX Runtime has no "
+                                   "such operator; the export and its check are of the model without them"}
+
+
 def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | None = None, data=None,
                tolerance: float = 0.5, kernels: str = "int8", echo=print) -> dict:
-    """`chaincomp export`: write the model of a run folder, check it in ORT, write the manifest."""
+    """`chaincomp export`: write the model of a run folder, check it in ORT, write the manifest. Writing
+    into the run folder (the default RUN_DIR/export) takes its lock, as `run` and `bench` do."""
+    from contextlib import nullcontext
+
     from .chain import load_run
-    from .io import write_json
+    from .io import RunLock
 
     run = load_run(run_dir, stage, data=data)
     path = Path(out) if out else Path(run_dir) / "export" / "model.onnx"
     if path.suffix != ".onnx":
         raise UserError(f"--out: give a file name ending in .onnx (got {path.name})")
-    desc = export_model(run.model, run.data.sample_input(), path, kernels)
+    inside = path.resolve().is_relative_to(Path(run_dir).resolve())
+    with RunLock(run_dir) if inside else nullcontext():
+        return _export(run, Path(run_dir), path, tolerance, kernels, echo)
+
+
+def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo) -> dict:
+    from .io import write_json
+
+    stripped = strip_fmc(run.model)
+    if stripped:
+        echo(f"note: {stripped['note']}")
+    desc = export_model(run.model, calibration_input(run.data), path, kernels)
     files = [path.parent / f for f in desc["files"]]
     ops = optimized_ops(files)
     deployed = Deployed(path.parent, desc)
     result = check(run.model, run.data, deployed, tolerance)
-    manifest = {"format": 1, "chaincomp": __version__, "run": str(Path(run_dir).resolve()), "stage": run.stage,
+    manifest = {"format": 1, "chaincomp": __version__, "run": str(run_dir.resolve()), "stage": run.stage,
                 "opset": OPSET, "input": {"name": "input", "shape": ["batch", *run.data.sample_input().shape[1:]]},
                 **desc, "ort_ops": ops, "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS},
                 "batch": "dynamic; exit networks run each segment only on the rows still pending (ExitRunner)",
-                "check": result}
+                "stripped": stripped, "check": result}
     write_json(manifest_path(path), manifest)
     k = desc["kernels"]
     echo(f"exported {run.stage} ({desc['kind']}) -> {', '.join(str(f) for f in files)}")
