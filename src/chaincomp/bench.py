@@ -10,6 +10,7 @@ shared machine the spread says how far to trust the median.
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import statistics
 import time
@@ -88,9 +89,11 @@ def ort_int8_peer(fp32: Path, out: Path, data, batches: int = 8, batch_size: int
             return self.items.pop(0) if self.items else None
 
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process goes to the root logger
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    tmp = out.with_name(f".{out.name}.tmp")  # ORT writes in place: a rename keeps a kill from leaving half
+    quantize_static(str(fp32), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
+    os.replace(tmp, out)
     return out
 
 

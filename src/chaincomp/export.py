@@ -31,6 +31,7 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError
+from .io import atomic_write_bytes
 from .exits.model import ExitNetwork
 from .models import classification as zoo
 from .exits.heads import BagOfFeaturesHead
@@ -356,7 +357,7 @@ def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str)
         raise UserError(f"export: ONNX cannot take module {why}: {first}") from None
     m = onnx.load_from_string(buf.getvalue())
     m.ir_version = min(m.ir_version, IR_VERSION)
-    onnx.save(m, str(path))
+    atomic_write_bytes(path, m.SerializeToString())
 
 
 def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str = "int8",
@@ -374,10 +375,7 @@ def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str
         _torch_export(module, sample, path, str(e))
         return "torch.onnx", {"fused": {}, "calibrated": [], "features": None}
     onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, model.SerializeToString())  # temp file, fsync, rename: never half a graph
     return "chaincomp", done
 
 
