@@ -30,6 +30,8 @@ def test_stage_in_chain_codes_maps_and_cuts_dram(chain_run, digits):
     assert find_hooks(base.model) is None and "dram_bytes" in base.entry
     fmc = load_run(out, data=digits).entry
     assert fmc["dram_bytes"] < base.entry["dram_bytes"]
+    assert fmc["fmc_ratio"] > 3 and "fmc_ratio" not in base.entry
+    assert res["stages"][0]["fmc_ratio"] == fmc["fmc_ratio"]
     assert fmc["bitops"] == base.entry["bitops"] and fmc["params"] == base.entry["params"]
     assert abs(fmc["metric"] - base.entry["metric"]) <= 5  # 120 test digits, a 2-epoch model
     assert fmc["notes"]["fmc_points"] == {"blocks.0": [1, 8, 8], "blocks.1": [4, 4, 4], "blocks.2": [4, 4, 4],

@@ -171,7 +171,7 @@ def build_results(recipe: Recipe, data: TaskData, base: dict, stages: list[dict]
     final = stages[-1] if stages else base
     # dram_bytes is optional: checkpoints written before it was measured lack it
     keys = ("metric", "bitops", "macs", "params", "size_bytes")
-    opt = ("dram_bytes",)
+    opt = ("dram_bytes", "fmc_ratio")
     return {
         "format": FORMAT, "version": __version__, "recipe": recipe.name, "seed": recipe.seed,
         "task": data.task, "dataset": data.name, "model": recipe.model.name, "metric_name": data.metric_name,

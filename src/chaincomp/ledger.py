@@ -60,6 +60,8 @@ def measure(model: nn.Module, data: TaskData, split: str = "test") -> dict:
     res = evaluate(model, data, split)
     sample = data.sample_input()
     out = {"metric": round(res.metric, 4), "params": count_params(model), "size_bytes": size_bytes(model)}
+    if fmc is not None:  # raw bytes / stream bytes of the coded maps over the evaluated split (before
+        out["fmc_ratio"] = round(fmc.total()["ratio"], 4)  # the cost profile adds its own sample)
     if isinstance(model, ExitNetwork):
         costs = exit_costs(model, sample)
         idx = res.exit_index
