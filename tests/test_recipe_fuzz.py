@@ -19,7 +19,8 @@ from chaincomp.cli import main
 from chaincomp.errors import UserError
 from chaincomp.recipe import builtin_recipes, check_document, check_recipe
 
-FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
+# derandomize: the same examples every run, so CI is deterministic (a new failure is a code change)
+FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
 
 KEYS = ["name", "seed", "data", "model", "baseline", "chain", "technique", "ratio", "weight_bits", "act_bits",
         "epochs", "lr", "student", "width", "points", "threshold", "path", "steps", "global", "overrides", "x",
@@ -254,3 +255,22 @@ def test_real_command_line(tmp_path, kind, text, needle):
     assert "Traceback" not in p.stderr and p.stdout == ""
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("chaincomp: error:") and needle in lines[0], p.stderr
+
+
+def test_deep_value_from_the_api_is_refused_before_pydantic(monkeypatch):
+    """A deep list as a stage's discriminator made pydantic report its failed repr through
+    sys.unraisablehook (a second message on stderr); the depth check refuses it first."""
+    import sys
+
+    from chaincomp.recipe import parse_recipe
+
+    caught = []
+    monkeypatch.setattr(sys, "unraisablehook", caught.append)
+    obj = copy.deepcopy(BASES["chain"][0])
+    obj["chain"][0]["technique"] = _nested_list(3000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        parse_recipe(obj, "api")
+    assert caught == []
+    obj["chain"][0]["technique"] = _nested_list(20)  # a shallow bad value is an ordinary field error
+    with pytest.raises(UserError, match=r"chain\.0"):
+        parse_recipe(obj, "api")

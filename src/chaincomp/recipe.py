@@ -140,12 +140,31 @@ def read_yaml_recipe(path: str | None, default: str, prefix: str = "") -> tuple[
     return obj, text, source
 
 
+MAX_DEPTH = 32  # recipes nest about 5 deep; the limit keeps pydantic from recursing on a crafted object
+
+
+def too_deep(obj: object, limit: int = MAX_DEPTH) -> bool:
+    """Does `obj` nest lists/dicts more than `limit` levels? Iterative, so it cannot overflow itself.
+    Why: pydantic reports an over-deep value's repr failing through sys.unraisablehook (a second
+    message on stderr) instead of raising, so a deep object from the Python API is refused first."""
+    stack = [(obj, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (dict, list, tuple)):
+            if d >= limit:
+                return True
+            stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return False
+
+
 def validate_document(schema: type[BaseModel], obj: object, source: str) -> BaseModel:
     """Validate a parsed recipe against a schema; every failure is one UserError line."""
     if obj is None:
         obj = {}
     if not isinstance(obj, dict):
         raise UserError(f"{source}: a recipe is a mapping of keys, not {type(obj).__name__}")
+    if too_deep(obj):
+        raise UserError(f"{source}: nested too deeply to be a recipe (more than {MAX_DEPTH} levels)")
     try:
         return schema.model_validate(obj)
     except ValidationError as e:
