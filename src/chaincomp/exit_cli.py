@@ -22,7 +22,6 @@ the ways are measured again (another platform, limit or beta). Definitions: docs
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 import warnings
@@ -477,7 +476,7 @@ def _pct(new: float, ref: float) -> float:
 
 def _assemble(cfg, data, points, n_blocks, T, chosen, results, sweeps, classic_val, val_macs, deadline, profile,
               meter, notes, beta, lat_ms, seconds) -> dict:
-    import platform as _pf
+    from .report import machine_info
 
     strategies = {w: {**results[w], "threshold" if w != "maxlogit" else "beta": chosen[w], "val_macs": val_macs[w]}
                   for w in ("confidence", "entropy", "maxlogit")}
@@ -513,23 +512,13 @@ def _assemble(cfg, data, points, n_blocks, T, chosen, results, sweeps, classic_v
         "test_within_max_drop": {w: results[w]["metric"] >= cl["metric"] - p.max_drop
                                  for w in ("predictive", "confidence", "entropy", "maxlogit")},
         "sweep": sweeps, "warnings": notes,
-        "machine": {"node": _pf.node(), "processor": _pf.processor() or _pf.machine(), "cpus": __import__("os").cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": machine_info(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 1),
     }
     return res
 
 
 # -------------------------------------------------------------------------------------- report
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
 
 WAYS = [("classic", "classic"), ("confidence", "early exit: max softmax"), ("entropy", "early exit: entropy"),
         ("maxlogit", "early exit: max|logit|"), ("predictive", "predictive exit")]
@@ -542,7 +531,8 @@ def write_report(out: Path, res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write_bytes, atomic_write_text
+    from .io import atomic_write_text
+    from .report import save_figure
 
     ways = {"classic": res["classic"], **res["early_exit"]["strategies"], "predictive": res["predictive"]}
     labels = list(res["classic"]["exit_histogram"])
@@ -555,7 +545,7 @@ def write_report(out: Path, res: dict) -> None:
     ax.set_ylabel("test inputs")
     ax.set_title(f"exit layer distribution ({res['model']} on {res['dataset']})")
     ax.legend(fontsize=7)
-    atomic_write_bytes(out / "exit_layers.png", _png(fig))
+    save_figure(fig, out / "exit_layers.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for w, name in WAYS[1:]:
@@ -567,7 +557,7 @@ def write_report(out: Path, res: dict) -> None:
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("accuracy vs computation (sweep of beta / thresholds; * = chosen)")
     ax.legend(fontsize=7)
-    atomic_write_bytes(out / "tradeoff.png", _png(fig))
+    save_figure(fig, out / "tradeoff.png")
 
     lines = [f"# Predictive Exit: {res['model']} on {res['dataset']}", "",
              f"{res['date']}, {res['machine']['processor']} ({res['machine']['cpus']} CPUs), torch "

@@ -24,9 +24,7 @@ Recipe (all keys optional, unknown keys refused):
 from __future__ import annotations
 
 import argparse
-import io
 import math
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -268,6 +266,7 @@ def run_fmc(cfg: FmcRecipe, out: str | Path, resume: bool = False) -> dict:
     import torch
 
     from .io import RunLock, write_json
+    from .report import machine_info
 
     out = Path(out)
     if cfg.threads:
@@ -284,9 +283,7 @@ def run_fmc(cfg: FmcRecipe, out: str | Path, resume: bool = False) -> dict:
             baselines += b
             extras.append(e)
         res = {"recipe": cfg.model_dump(mode="json"), "tasks": tasks, "baselines": baselines, "details": extras,
-               "machine": {"processor": platform.processor() or platform.machine(),
-                           "cpus": __import__("os").cpu_count(), "torch": torch.__version__,
-                           "threads": torch.get_num_threads()},
+               "machine": machine_info(),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "seconds": round(time.perf_counter() - t0, 1)}
         write_report(out, res)
@@ -296,15 +293,6 @@ def run_fmc(cfg: FmcRecipe, out: str | Path, resume: bool = False) -> dict:
 
 # -------------------------------------------------------------------------------------- report
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def write_report(out: Path, res: dict) -> None:
     """fmc.md: quality and ratio per task and method, the histogram of chosen modes, throughput."""
     import matplotlib
@@ -312,7 +300,8 @@ def write_report(out: Path, res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write_bytes, atomic_write_text
+    from .io import atomic_write_text
+    from .report import save_figure
 
     details = res["details"]
     fig, axes = plt.subplots(1, len(details), figsize=(5 * len(details), 3.4), squeeze=False)
@@ -326,7 +315,7 @@ def write_report(out: Path, res: dict) -> None:
         ax.set_ylabel("blocks")
         ax.set_title(f"{d['model']} on {d['dataset']} (ASC, VBR, {h['bits_in']}-bit)", fontsize=8)
     fig.tight_layout()
-    atomic_write_bytes(out / "fmc_modes.png", _png(fig))
+    save_figure(fig, out / "fmc_modes.png")
 
     m = res["machine"]
     lines = ["# Feature-map compression (ASC) on real tasks", "",

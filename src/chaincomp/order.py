@@ -342,7 +342,6 @@ def plot_graph(res: dict, path: Path) -> None:
     ax.axis("off")
     ax.set_title(f"precedence (arrow: goes first); order {res['order_letters']}", fontsize=9)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_orders(res: dict, path: Path) -> None:
@@ -372,7 +371,6 @@ def plot_orders(res: dict, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def _row(o: dict) -> str:

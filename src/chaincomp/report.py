@@ -53,11 +53,26 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def save_figure(fig, path: Path) -> None:
+    """PNG written atomically; the figure is closed (matplotlib keeps open figures alive)."""
     import io
+
+    import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def machine_info() -> dict:
+    """Where a result was measured, for the record beside it."""
+    import os
+    import platform
+
+    import torch
+
+    return {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def plot_metric_vs_bitops(results: dict, path: Path) -> None:
@@ -77,7 +92,6 @@ def plot_metric_vs_bitops(results: dict, path: Path) -> None:
     ax.set_title("metric against BitOps after each stage")
     ax.grid(True, which="both", alpha=0.3)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def write_run_report(out: Path, results: dict) -> None:

@@ -245,7 +245,6 @@ def write_search_report(out: Path, res: dict) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, out / "pareto.png")
-    plt.close(fig)
 
     def degrees(t: dict) -> str:
         return ", ".join(f"{k}={round(v, 6) if isinstance(v, float) else v}" for k, v in t.get("params", {}).items()
