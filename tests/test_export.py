@@ -17,7 +17,8 @@ from chaincomp.cli import main
 from chaincomp.data.base import Split, TaskData
 from chaincomp.data.digits import load_digits_data
 from chaincomp.errors import UserError
-from chaincomp.export import Deployed, calibration_input, export_model, export_run, manifest_path
+from chaincomp.deployed import Deployed
+from chaincomp.export import calibration_input, export_model, export_run, manifest_path
 from chaincomp.qmodules import QUANT_TYPES
 from chaincomp.recipe import parse_recipe
 from chaincomp.train import evaluate

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .export import Deployed, INTEGER_OPS, calibration_input, cores, export_model, optimized_ops, ort_metric, strip_fmc
+from .deployed import Deployed, cores, optimized_ops, ort_metric
+from .export import INTEGER_OPS, calibration_input, export_model, strip_fmc
 
 MAX_BATCH = 4096
 DEFAULT_BATCHES = (1, 64)

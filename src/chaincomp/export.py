@@ -1,6 +1,6 @@
 """Export a run's model to ONNX that ONNX Runtime executes as it is: pruned models as the smaller plain
 graph (BN folded), quantized layers on integer kernels, exit networks as one file per segment plus
-a driver (ExitRunner) that stops at the first exit whose rule fires.
+a driver (deployed.ExitRunner) that stops at the first exit whose rule fires.
 
 The graph is written node by node from the modules (onnx.helper), not traced, because a quantized
 layer must keep its exact integer codes. A QuantConv2d is first lowered to
@@ -17,8 +17,6 @@ lowering here goes through torch.onnx (TorchScript) instead.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +28,12 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from . import __version__
+from .deployed import Deployed, optimized_ops, ort_metric
 from .errors import UserError
-from .io import atomic_write_bytes
-from .exits.model import ExitNetwork
-from .models import classification as zoo
 from .exits.heads import BagOfFeaturesHead
+from .exits.model import ExitNetwork
+from .io import atomic_write_bytes
+from .models import classification as zoo
 from .qmodules import QUANT_TYPES, QuantConv2d, QuantLinear, act_range
 
 OPSET, IR_VERSION = 17, 8
@@ -740,132 +739,6 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
             "exit_rule": dict(model.exit_rule) if is_exit else None, "layers": layers, "kernels": kern}
 
 
-# ---------------------------------------------------------------- running what was exported
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def session(path: str | Path, threads: int | None = None, optimized: str | Path | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or cores()
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if optimized:
-        so.optimized_model_filepath = str(optimized)
-    try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"{path}: ONNX Runtime cannot load it ({first})") from None
-
-
-def optimized_ops(paths: list[Path]) -> dict[str, int]:
-    """Op types of the graphs ONNX Runtime really runs (after its fusions), summed over files."""
-    ops: Counter = Counter()
-    with tempfile.TemporaryDirectory() as d:
-        for i, p in enumerate(paths):
-            opt = Path(d) / f"opt{i}.onnx"
-            session(p, 1, opt)
-            ops.update(n.op_type for n in onnx.load(str(opt)).graph.node)
-    return dict(sorted(ops.items()))
-
-
-def _score(logits: np.ndarray, criterion: str) -> np.ndarray:
-    """Same as exits.rules.score, in numpy so the driver needs no PyTorch."""
-    z = logits.astype(np.float32)
-    if criterion == "maxlogit":
-        return np.abs(z).max(-1)
-    e = np.exp(z - z.max(-1, keepdims=True))
-    p = e / e.sum(-1, keepdims=True)
-    if criterion == "confidence":
-        return p.max(-1)
-    if criterion == "entropy":
-        return (p * np.log(np.maximum(p, 1e-12))).sum(-1)
-    raise ValueError(f"unknown exit criterion '{criterion}'")
-
-
-class ExitRunner:
-    """Runs the exported segments of an exit network in turn until the exit rule fires.
-
-    Batch size 1: the later segments never run for an input that left. Batch > 1: each segment runs
-    only on the rows still pending (a mask), so work shrinks with every exit; rows keep their order.
-    Returns (logits, exit index per row; the final head is index len(segments)-1).
-    """
-
-    def __init__(self, files: list[Path], rule: dict, threads: int | None = None):
-        self.sessions = [session(f, threads) for f in files]
-        self.rule = rule
-
-    def fires(self, logits: np.ndarray, k: int) -> np.ndarray:
-        t = self.rule["threshold"]
-        t = t[k] if isinstance(t, (list, tuple)) else t
-        s = _score(logits, self.rule["criterion"])
-        return (-s <= t) if self.rule["criterion"] == "entropy" else (s >= t)
-
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        last = len(self.sessions) - 1
-        n, out = x.shape[0], None
-        idx = np.full(n, last, np.int64)
-        rows, feats = np.arange(n), x
-        for k, s in enumerate(self.sessions):
-            res = s.run(None, {"input": feats})
-            logits = res[-1]
-            if out is None:
-                out = np.empty((n, *logits.shape[1:]), np.float32)
-            if k == last:
-                out[rows] = logits
-                break
-            fire = self.fires(logits, k)
-            out[rows[fire]], idx[rows[fire]] = logits[fire], k
-            rows, feats = rows[~fire], np.ascontiguousarray(res[0][~fire])
-            if rows.size == 0:
-                break
-        return out, idx
-
-    def all_outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        outs, feats = [], x
-        for s in self.sessions:
-            res = s.run(None, {"input": feats})
-            outs.append(res[-1])
-            feats = res[0]
-        return outs
-
-
-class Deployed:
-    """An exported model ready to run: one session, or an ExitRunner over segments."""
-
-    def __init__(self, folder: Path, manifest: dict, threads: int | None = None):
-        self.manifest = manifest
-        self.files = [folder / f for f in manifest["files"]]
-        if manifest.get("exit_rule"):
-            self.runner = ExitRunner(self.files, manifest["exit_rule"], threads)
-        else:
-            self.sess = session(self.files[0], threads)
-            self.runner = None
-
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.runner:
-            return self.runner(x)
-        return self.sess.run(["logits"], {"input": x})[0], None
-
-    def all_outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.runner.all_outputs(x) if self.runner else [self(x)[0]]
-
-
-def ort_metric(deployed: Deployed, data, batch_size: int = 256) -> float:
-    from .train import metric_of
-
-    preds, ys = [], []
-    for x, y in data.test.batches(batch_size):
-        preds.append(torch.from_numpy(deployed(np.ascontiguousarray(x.numpy(), np.float32))[0]))
-        ys.append(y)
-    return metric_of(data, preds, ys)
-
-
 # ---------------------------------------------------------------- the export command
 
 def check(model: nn.Module, data, deployed: Deployed, tolerance: float = 0.5) -> dict:
@@ -962,7 +835,7 @@ def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo
     echo(f"kernels: {k['note']}")
     echo("ORT optimized graph: " + ", ".join(f"{o} x{n}" for o, n in ops.items()))
     if desc["exit_rule"]:
-        echo(f"exit rule: {desc['exit_rule']} (driver: chaincomp.export.ExitRunner)")
+        echo(f"exit rule: {desc['exit_rule']} (driver: chaincomp.deployed.ExitRunner)")
     extra = "".join(f", {key.replace('_', ' ')} {result[key]:.1f}%" for key in ("prediction_agreement",
                                                                                 "exit_agreement") if key in result)
     echo(f"check on {result['n']} test samples: PyTorch {result['metric_name']} {result['torch_metric']:.2f}, "

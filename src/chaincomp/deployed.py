@@ -1,0 +1,139 @@
+"""Running an exported model in ONNX Runtime: sessions, the exit-aware driver over segment files,
+and the test-split metric. Why apart from export.py: bench and user code need only this to run
+what `chaincomp export` wrote; writing graphs and running them are separate concerns."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from .errors import UserError
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def session(path: str | Path, threads: int | None = None, optimized: str | Path | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or cores()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if optimized:
+        so.optimized_model_filepath = str(optimized)
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path}: ONNX Runtime cannot load it ({first})") from None
+
+
+def optimized_ops(paths: list[Path]) -> dict[str, int]:
+    """Op types of the graphs ONNX Runtime really runs (after its fusions), summed over files."""
+    ops: Counter = Counter()
+    with tempfile.TemporaryDirectory() as d:
+        for i, p in enumerate(paths):
+            opt = Path(d) / f"opt{i}.onnx"
+            session(p, 1, opt)
+            ops.update(n.op_type for n in onnx.load(str(opt)).graph.node)
+    return dict(sorted(ops.items()))
+
+
+def _score(logits: np.ndarray, criterion: str) -> np.ndarray:
+    """Same as exits.rules.score, in numpy so the driver needs no PyTorch."""
+    z = logits.astype(np.float32)
+    if criterion == "maxlogit":
+        return np.abs(z).max(-1)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    p = e / e.sum(-1, keepdims=True)
+    if criterion == "confidence":
+        return p.max(-1)
+    if criterion == "entropy":
+        return (p * np.log(np.maximum(p, 1e-12))).sum(-1)
+    raise ValueError(f"unknown exit criterion '{criterion}'")
+
+
+class ExitRunner:
+    """Runs the exported segments of an exit network in turn until the exit rule fires.
+
+    Batch size 1: the later segments never run for an input that left. Batch > 1: each segment runs
+    only on the rows still pending (a mask), so work shrinks with every exit; rows keep their order.
+    Returns (logits, exit index per row; the final head is index len(segments)-1).
+    """
+
+    def __init__(self, files: list[Path], rule: dict, threads: int | None = None):
+        self.sessions = [session(f, threads) for f in files]
+        self.rule = rule
+
+    def fires(self, logits: np.ndarray, k: int) -> np.ndarray:
+        t = self.rule["threshold"]
+        t = t[k] if isinstance(t, (list, tuple)) else t
+        s = _score(logits, self.rule["criterion"])
+        return (-s <= t) if self.rule["criterion"] == "entropy" else (s >= t)
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        last = len(self.sessions) - 1
+        n, out = x.shape[0], None
+        idx = np.full(n, last, np.int64)
+        rows, feats = np.arange(n), x
+        for k, s in enumerate(self.sessions):
+            res = s.run(None, {"input": feats})
+            logits = res[-1]
+            if out is None:
+                out = np.empty((n, *logits.shape[1:]), np.float32)
+            if k == last:
+                out[rows] = logits
+                break
+            fire = self.fires(logits, k)
+            out[rows[fire]], idx[rows[fire]] = logits[fire], k
+            rows, feats = rows[~fire], np.ascontiguousarray(res[0][~fire])
+            if rows.size == 0:
+                break
+        return out, idx
+
+    def all_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        outs, feats = [], x
+        for s in self.sessions:
+            res = s.run(None, {"input": feats})
+            outs.append(res[-1])
+            feats = res[0]
+        return outs
+
+
+class Deployed:
+    """An exported model ready to run: one session, or an ExitRunner over segments."""
+
+    def __init__(self, folder: Path, manifest: dict, threads: int | None = None):
+        self.manifest = manifest
+        self.files = [folder / f for f in manifest["files"]]
+        if manifest.get("exit_rule"):
+            self.runner = ExitRunner(self.files, manifest["exit_rule"], threads)
+        else:
+            self.sess = session(self.files[0], threads)
+            self.runner = None
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.runner:
+            return self.runner(x)
+        return self.sess.run(["logits"], {"input": x})[0], None
+
+    def all_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.runner.all_outputs(x) if self.runner else [self(x)[0]]
+
+
+def ort_metric(deployed: Deployed, data, batch_size: int = 256) -> float:
+    from .train import metric_of
+
+    preds, ys = [], []
+    for x, y in data.test.batches(batch_size):
+        preds.append(torch.from_numpy(deployed(np.ascontiguousarray(x.numpy(), np.float32))[0]))
+        ys.append(y)
+    return metric_of(data, preds, ys)
