@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from chaincomp.chain import run_chain
+from chaincomp.errors import UserError
 from chaincomp.exits.model import ExitNetwork
 from chaincomp.qmodules import QUANT_TYPES
 from chaincomp.recipe import parse_recipe
@@ -42,6 +43,24 @@ def test_prune_round_to_keeps_channel_multiples(tmp_path, tiny, digits):
     before = [m.out_channels for m in base.modules() if isinstance(m, torch.nn.Conv2d)]
     assert any(c % 8 for c in counts["free"])  # without it, channel counts fall anywhere
     assert all(c % 8 == 0 for c in counts["r8"]) and sum(counts["r8"]) < 0.8 * sum(before)  # and still pruned
+
+
+def test_prune_ignore_keeps_matching_layers_and_what_they_are_coupled_to(tmp_path, tiny, digits):
+    chain = [{"technique": "prune", "ratio": 0.5, "global": False, "steps": 1, "epochs": 1,
+              "ignore": ["blocks.[0-3]*"]}]
+    run(tmp_path, tiny, digits, chain, model={"name": "resnet20", "width": 0.5})
+    model = load(tmp_path, digits)
+    convs = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    stage1 = [c for n, c in convs.items() if n.split(".")[1] in "0123"]
+    assert stage1 and all(c == 8 for c in stage1)         # width 0.5 ResNet-20: stage 1 has 8 channels
+    from chaincomp.chain import load_run
+    base = {n: m.out_channels for n, m in load_run(tmp_path / "r", "baseline", data=digits).model.named_modules()
+            if isinstance(m, torch.nn.Conv2d)}
+    later = [n for n in convs if n.split(".")[1] not in "0123"]
+    assert sum(convs[n] for n in later) < 0.8 * sum(base[n] for n in later)  # the rest is pruned
+    with pytest.raises(UserError, match=r"prune\.ignore: 'nothing\*'"):
+        run(tmp_path, tiny, digits, [{**chain[0], "ignore": ["nothing*"]}], name="bad",
+            model={"name": "resnet20", "width": 0.5})
 
 
 def test_distill_builds_narrower_student(tmp_path, tiny, digits):

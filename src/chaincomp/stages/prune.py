@@ -11,6 +11,7 @@ Recipe:
       steps: 4
       epochs: 8              # total fine-tuning, spread over the steps
       round_to: 8            # optional: keep channel counts multiples of 8
+      ignore: ["blocks.[0-3]*"]   # optional: layer-name globs never pruned (nor what they are coupled to)
 
 `round_to` is for deployment: ONNX Runtime's int8 and float convolutions work on channel blocks
 (8/16 wide), so 9 or 18 channels run no faster than 16 or 24 (see benchmarks/deploy_results.md).
@@ -24,6 +25,7 @@ import torch_pruning as tp
 from pydantic import Field
 from torch import nn
 
+from ..errors import UserError
 from ..train import as_list, multi_loss
 from .base import Context, Stage, StageConfig
 
@@ -37,6 +39,9 @@ class PruneConfig(StageConfig):
     max_layer_ratio: float = Field(0.9, gt=0, le=1, description="no layer loses more than this share")
     round_to: int | None = Field(None, ge=1, le=1024, description="channel counts stay multiples of this "
                                  "(blocked CPU kernels); none: any count")
+    ignore: list[str] = Field(default_factory=list, max_length=256,
+                              description="layer-name globs never pruned, with the channels coupled to them "
+                                          "(e.g. full-resolution layers, where narrow kernels run slower)")
 
     model_config = {**StageConfig.model_config, "populate_by_name": True}
 
@@ -50,6 +55,17 @@ def output_layers(model: nn.Module) -> list[nn.Module]:
         if layers:
             out.append(layers[-1])
     return out
+
+
+def ignored(model: nn.Module, globs: list[str]) -> list[nn.Module]:
+    """Conv/linear layers whose names match a glob; a glob that matches none is a recipe mistake."""
+    from fnmatch import fnmatchcase
+
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    for g in globs:
+        if not any(fnmatchcase(n, g) for n in layers):
+            raise UserError(f"prune.ignore: '{g}' matches no conv/linear layer; e.g. {sorted(layers)[:6]}")
+    return [m for n, m in layers.items() if any(fnmatchcase(n, g) for g in globs)]
 
 
 def importance_of(name: str):
@@ -77,7 +93,7 @@ class Prune(Stage):
         model.eval()
         pruner = tp.pruner.MetaPruner(
             model, example, importance=importance_of(c.importance), global_pruning=c.global_,
-            pruning_ratio=c.ratio, iterative_steps=c.steps, ignored_layers=output_layers(model),
+            pruning_ratio=c.ratio, iterative_steps=c.steps, ignored_layers=output_layers(model) + ignored(model, c.ignore),
             max_pruning_ratio=c.max_layer_ratio, round_to=c.round_to, output_transform=sum_outputs)
         per_step = [c.epochs // c.steps + (1 if i < c.epochs % c.steps else 0) for i in range(c.steps)]
         for i in range(c.steps):
