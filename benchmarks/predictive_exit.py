@@ -20,6 +20,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from chaincomp.exit_cli import ways_table
+
 SUITES = {"digits": "exit_default", "cifar_vgg": "exit_cifar10_vgg", "cifar_resnet": "exit_cifar10_resnet"}
 RESULTS = Path(__file__).with_name("predictive_results.md")
 
@@ -46,14 +48,9 @@ def run(suite: str, out: Path) -> None:
     print(json.dumps(meta))
 
 
-WAYS = [("classic", "classic"), ("confidence", "early exit, max softmax"), ("entropy", "early exit, entropy"),
-        ("maxlogit", "early exit, max|logit| >= beta*T"), ("predictive", "predictive exit")]
-
-
 def section(d: Path) -> list[str]:
     r = json.loads((d / "exit.json").read_text())
     m = json.loads((d / "bench_meta.json").read_text()) if (d / "bench_meta.json").exists() else {}
-    ways = {"classic": r["classic"], **r["early_exit"]["strategies"], "predictive": r["predictive"]}
     p = r["predictive"]
     lines = [f"## {r['model']} on {r['dataset']} ({r['n_test']} test inputs)", "",
              f"- command: `{m.get('command', '?')}` (exit status {m.get('rc', '?')}, {m.get('seconds', '?')} s wall, "
@@ -68,14 +65,7 @@ def section(d: Path) -> list[str]:
              f"give-up {r['give_up']}; T = {[round(t, 3) for t in r['thresholds_T']]}",
              f"- energy: modelled on `{r['platform']}` (points {r['platform_points_mhz']} MHz), latency limit "
              f"{r['latency_limit_ms']:.4g} ms ({r['latency_limit_source']}); "
-             f"measured energy: {r['measured_energy'] or 'no meter on this machine'}", "",
-             "| way | test top-1 | MACs/input | heads/input | energy, DVFS (modelled) | energy, ops (modelled) | "
-             "latency at batch 1 (measured, median) | limit met |", "|---|---|---|---|---|---|---|---|"]
-    for w, name in WAYS:
-        x = ways[w]
-        lines.append(f"| {name} | {x['metric']:.2f} | {x['macs_per_sample'] / 1e6:.4f} M | {x['heads_per_sample']:.2f} | "
-                     f"{x['energy_j'] * 1e6:.2f} uJ | {x['energy_ops_j'] * 1e6:.2f} uJ | {x['latency_ms']:.3f} ms | "
-                     f"{x['deadline_met_pct']:.1f}% |")
+             f"measured energy: {r['measured_energy'] or 'no meter on this machine'}", "", *ways_table(r)]
     pa = p.get("prediction_accuracy")
     lines += ["", f"Early-exit reference: **{r['early_exit']['strategy']}** (the strategy with the least computation on "
               "validation at the same accuracy floor).", "",
@@ -84,7 +74,7 @@ def section(d: Path) -> list[str]:
               f"{r['computation_reduction_vs_early_exit']:.1f}% |",
               f"| energy saving (DVFS, modelled) | {r['energy_saving_vs_classic']:.1f}% | "
               f"{r['energy_saving_vs_early_exit']:.1f}% |", "",
-              f"Against each strategy: " + "; ".join(
+              "Against each strategy: " + "; ".join(
                   f"{w}: {v['computation_reduction']:.1f}% computation, {v['energy_saving']:.1f}% energy"
                   for w, v in r["vs_each_strategy"].items()) + ".",
               f"Test top-1 within 0.5 points of classic: {r['test_within_max_drop']}.",

@@ -5,6 +5,7 @@ import pytest
 
 from chaincomp.cli import main
 from chaincomp.exit_cli import load_exit_recipe
+from conftest import fails_with_one_line
 
 TINY = """
 name: tiny
@@ -83,41 +84,35 @@ def test_builtin_recipes_validate():
     assert load_exit_recipe("exit_cifar10_resnet").model.name == "resnet20"
 
 
-def _fails(capsys, argv, *words):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("chaincomp: error:")
-    for w in words:
-        assert w in err, err
 
 
 @pytest.mark.parametrize("beta", ["0", "-1"])
 def test_beta_must_be_positive(tmp_path, capsys, beta):
-    _fails(capsys, ["exit", "--beta", beta, "--out", str(tmp_path)], "--beta")
+    fails_with_one_line(capsys, ["exit", "--beta", beta, "--out", str(tmp_path)], "--beta")
 
 
 def test_recipe_errors_name_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("predictive: {beta: -2}\n")
-    _fails(capsys, ["exit", str(bad), "--out", str(tmp_path)], "predictive.beta")
+    fails_with_one_line(capsys, ["exit", str(bad), "--out", str(tmp_path)], "predictive.beta")
     bad.write_text("predictive: {rounds: 8, horizon: 3}\n")
-    _fails(capsys, ["exit", str(bad), "--out", str(tmp_path)], "predictive.horizon")
-    _fails(capsys, ["exit", str(tmp_path / "nope.yaml")], "nope.yaml")
+    fails_with_one_line(capsys, ["exit", str(bad), "--out", str(tmp_path)], "predictive.horizon")
+    fails_with_one_line(capsys, ["exit", str(tmp_path / "nope.yaml")], "nope.yaml")
 
 
 def test_bad_platform_profiles(tmp_path, capsys):
     p = tmp_path / "board.yaml"
     p.write_text("name: b\noperating_points:\n  - {freq_mhz: 900, voltage_v: 0.9, power_w: 2}\n"
                  "  - {freq_mhz: 500, voltage_v: 1.0, power_w: 3}\n")
-    _fails(capsys, ["exit", "--platform", str(p), "--out", str(tmp_path)], "freq_mhz")
+    fails_with_one_line(capsys, ["exit", "--platform", str(p), "--out", str(tmp_path)], "freq_mhz")
     p.write_text("name: b\noperating_points: []\n")
-    _fails(capsys, ["exit", "--platform", str(p), "--out", str(tmp_path)], "operating_points")
-    _fails(capsys, ["exit", "--platform", "no_such_board", "--out", str(tmp_path)], "no_such_board")
+    fails_with_one_line(capsys, ["exit", "--platform", str(p), "--out", str(tmp_path)], "operating_points")
+    fails_with_one_line(capsys, ["exit", "--platform", "no_such_board", "--out", str(tmp_path)], "no_such_board")
     p.write_text("name: b\noperating_points:\n  - {freq_mhz: 900, voltage_v: 0.9, power_w: 2}\n")
-    _fails(capsys, ["exit", "--platform", str(p), "--out", str(tmp_path)], "macs_per_cycle")
+    fails_with_one_line(capsys, ["exit", "--platform", str(p), "--out", str(tmp_path)], "macs_per_cycle")
 
 
 def test_start_block_past_the_last_exit(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("predictive: {start_block: 7}\n")
-    _fails(capsys, ["exit", str(bad), "--out", str(tmp_path)], "predictive.start_block")
+    fails_with_one_line(capsys, ["exit", str(bad), "--out", str(tmp_path)], "predictive.start_block")

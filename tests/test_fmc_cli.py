@@ -5,6 +5,7 @@ import pytest
 
 from chaincomp.cli import main
 from chaincomp.fmc_cli import load_fmc_recipe
+from conftest import fails_with_one_line
 
 TINY = """
 name: tiny
@@ -64,12 +65,6 @@ def test_builtin_recipes_validate(name):
     assert load_fmc_recipe(None).name == "fmc_default"
 
 
-def _fails(capsys, argv, *words):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("chaincomp: error:")
-    for w in words:
-        assert w in err, err
 
 
 @pytest.mark.parametrize("text,words", [
@@ -83,12 +78,12 @@ def _fails(capsys, argv, *words):
 def test_bad_recipe_exit_2(tmp_path, capsys, text, words):
     p = tmp_path / "bad.yaml"
     p.write_text(text)
-    _fails(capsys, ["fmc", str(p), "--out", str(tmp_path / "o")], *words)
+    fails_with_one_line(capsys, ["fmc", str(p), "--out", str(tmp_path / "o")], *words)
 
 
 def test_missing_recipe_and_bad_points(tmp_path, capsys):
-    _fails(capsys, ["fmc", str(tmp_path / "nope.yaml")], "not found", "fmc_default")
+    fails_with_one_line(capsys, ["fmc", str(tmp_path / "nope.yaml")], "not found", "fmc_default")
     p = tmp_path / "pts.yaml"
     p.write_text("tasks: [{data: {name: digits, limit_train: 50, limit_test: 20}, model: {width: 0.25}, "
                  "baseline: {epochs: 0}, points: [blocks.99]}]\n")
-    _fails(capsys, ["fmc", str(p), "--out", str(tmp_path / "o")], "blocks.99")
+    fails_with_one_line(capsys, ["fmc", str(p), "--out", str(tmp_path / "o")], "blocks.99")

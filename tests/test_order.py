@@ -10,27 +10,13 @@ from hypothesis import strategies as st
 
 from chaincomp.cli import main
 from chaincomp.order import analyse, decide, find_cycles, respects, topo_order
+from conftest import tiny_study_recipe as tiny_recipe
 
 D, P, Q, E = "distill", "prune", "quantize", "early_exit"
 
 
 def _o(metric, bitops, spread=0.0):
     return {"order": [], "metric": metric, "bitops": bitops, "spread": spread}
-
-
-def tiny_recipe(path, techniques=("prune", "quantize"), **data):
-    stages = {
-        "distill": {"technique": "distill", "student": {"width": 0.5}, "epochs": 1, "batch_size": 64},
-        "prune": {"technique": "prune", "ratio": 0.3, "steps": 1, "epochs": 1, "batch_size": 64},
-        "quantize": {"technique": "quantize", "weight_bits": 4, "act_bits": 8, "calibration": "minmax",
-                     "calibration_batches": 1, "epochs": 1, "batch_size": 64},
-        "early_exit": {"technique": "early_exit", "max_drop": 1.0, "epochs": 1, "batch_size": 64},
-    }
-    obj = {"name": "tiny", "seed": 0, "data": {"name": "digits", "limit_train": 200, **data},
-           "model": {"name": "digits_cnn", "width": 0.5}, "baseline": {"epochs": 2, "batch_size": 32},
-           "chain": [stages[t] for t in techniques]}
-    path.write_text(yaml.safe_dump(obj))
-    return str(path)
 
 
 # ---- the rule ----

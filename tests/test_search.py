@@ -3,28 +3,12 @@ from __future__ import annotations
 
 import json
 
-import yaml
 
 from chaincomp.cli import main
 from chaincomp.distributed import stage_dicts
 from chaincomp.recipe import load_recipe
 from chaincomp.search import _study, chain_from, pareto, space_for, suggest
-
-
-def tiny_recipe(path, techniques):
-    """A recipe that runs in seconds: 200 digits, 1 epoch per stage."""
-    stages = {
-        "distill": {"technique": "distill", "student": {"width": 0.5}, "epochs": 1, "batch_size": 64},
-        "prune": {"technique": "prune", "ratio": 0.3, "steps": 1, "epochs": 1, "batch_size": 64},
-        "quantize": {"technique": "quantize", "weight_bits": 4, "act_bits": 8, "calibration": "minmax",
-                     "calibration_batches": 1, "epochs": 1, "batch_size": 64},
-        "early_exit": {"technique": "early_exit", "max_drop": 1.0, "epochs": 1, "batch_size": 64},
-    }
-    obj = {"name": "tiny", "seed": 0, "data": {"name": "digits", "limit_train": 200},
-           "model": {"name": "digits_cnn", "width": 0.5}, "baseline": {"epochs": 2, "batch_size": 32},
-           "chain": [stages[t] for t in techniques]}
-    path.write_text(yaml.safe_dump(obj))
-    return str(path)
+from conftest import tiny_study_recipe as tiny_recipe
 
 
 def test_space_and_chain_follow_the_recipe(tmp_path):

@@ -35,7 +35,8 @@ from torch import nn
 
 from . import progress
 from .errors import UserError
-from .recipe import BaselineConfig, DataConfig, ModelConfig, read_yaml_recipe, validate_document
+from .recipe import (BaselineConfig, DataConfig, ModelConfig, RecipeName, Seed, Threads, read_yaml_recipe,
+                     validate_document)
 
 DEFAULT_RECIPE = "exit_default"
 
@@ -82,9 +83,9 @@ class RuntimeConfig(BaseModel):
 
 class ExitRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field("exit", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    threads: int | None = Field(None, ge=1, le=1024)
+    name: RecipeName = "exit"
+    seed: Seed = 0
+    threads: Threads = None
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig(name="digits_vgg")
     baseline: BaselineConfig = BaselineConfig(epochs=40, batch_size=64)
@@ -524,6 +525,25 @@ WAYS = [("classic", "classic"), ("confidence", "early exit: max softmax"), ("ent
         ("maxlogit", "early exit: max|logit|"), ("predictive", "predictive exit")]
 
 
+def ways_of(res: dict) -> dict[str, dict]:
+    """exit.json's result of each way of running, by the keys of WAYS."""
+    return {"classic": res["classic"], **res["early_exit"]["strategies"], "predictive": res["predictive"]}
+
+
+def ways_table(res: dict) -> list[str]:
+    """The markdown table of the ways of running (exit.md, and the benchmark record)."""
+    ways = ways_of(res)
+    lines = ["| way | top-1 | MACs | heads/input | energy (DVFS, modelled) | energy (ops, modelled) "
+             "| latency (measured) | limit met |", "|---|---|---|---|---|---|---|---|"]
+    for w, name in WAYS:
+        r = ways[w]
+        cell = name.replace("|", "\\|")  # "max|logit|" would split the markdown cell
+        lines.append(f"| {cell} | {r['metric']:.2f} | {r['macs_per_sample'] / 1e6:.3f} M | {r['heads_per_sample']:.2f} "
+                     f"| {r['energy_j'] * 1e3:.4g} mJ | {r['energy_ops_j'] * 1e6:.4g} uJ | {r['latency_ms']:.3f} ms "
+                     f"| {r['deadline_met_pct']:.1f}% |")
+    return lines
+
+
 def write_report(out: Path, res: dict) -> None:
     """exit.md with two plots: where inputs leave, and accuracy against computation over the sweeps."""
     import matplotlib
@@ -534,7 +554,7 @@ def write_report(out: Path, res: dict) -> None:
     from .io import atomic_write_text
     from .report import save_figure
 
-    ways = {"classic": res["classic"], **res["early_exit"]["strategies"], "predictive": res["predictive"]}
+    ways = ways_of(res)
     labels = list(res["classic"]["exit_histogram"])
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / len(WAYS)
@@ -564,14 +584,7 @@ def write_report(out: Path, res: dict) -> None:
              f"{res['machine']['torch']}; {res['n_test']} test inputs. Definitions: docs/predictive_exit.md.", "",
              f"beta = {res['beta']:.4g} ({res['beta_source']}); R = {res['rounds']}, L0 = block "
              f"{res['start_block']}, give-up: {res['give_up']}. Latency limit {res['latency_limit_ms']:.4g} ms "
-             f"({res['latency_limit_source']}) on platform `{res['platform']}`.", "",
-             "| way | top-1 | MACs | heads/input | energy (DVFS, modelled) | energy (ops, modelled) "
-             "| latency (measured) | limit met |", "|---|---|---|---|---|---|---|---|"]
-    for w, name in WAYS:
-        r = ways[w]
-        lines.append(f"| {name} | {r['metric']:.2f} | {r['macs_per_sample'] / 1e6:.3f} M | {r['heads_per_sample']:.2f} "
-                     f"| {r['energy_j'] * 1e3:.4g} mJ | {r['energy_ops_j'] * 1e6:.4g} uJ | {r['latency_ms']:.3f} ms "
-                     f"| {r['deadline_met_pct']:.1f}% |")
+             f"({res['latency_limit_source']}) on platform `{res['platform']}`.", "", *ways_table(res)]
     op = res["predictive"]["other_policy"]
     lines += ["", f"DVFS policy `{res['predictive']['policy']}`; with `{op['policy']}` instead: predictive energy "
               f"{op['energy_j'] * 1e3:.4g} mJ (modelled), limit met {op['deadline_met_pct']:.1f}%."]
@@ -601,7 +614,7 @@ def _cmd_exit(args: argparse.Namespace) -> int:
     t = Table(title=f"{res['model']} on {res['dataset']}: beta {res['beta']:.4g}, platform {res['platform']}")
     for h in ("way", "top-1", "MACs (M)", "energy mJ (modelled)", "latency ms (measured)"):
         t.add_column(h, justify="left" if h == "way" else "right")
-    ways = {"classic": res["classic"], **res["early_exit"]["strategies"], "predictive": res["predictive"]}
+    ways = ways_of(res)
     for w, name in WAYS:
         r = ways[w]
         t.add_row(name, f"{r['metric']:.2f}", f"{r['macs_per_sample'] / 1e6:.3f}", f"{r['energy_j'] * 1e3:.4g}",

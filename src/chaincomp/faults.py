@@ -10,26 +10,24 @@ from __future__ import annotations
 import os
 import signal
 
-_counts: dict[str, int] = {}
+_counts: dict[tuple[str, str], int] = {}
+
+
+def _reached(var: str, name: str) -> bool:
+    """Count this pass through `name`; true on the n-th one when ${var} is `name:n` (n defaults to 1)."""
+    spec = os.environ.get(var)
+    if not spec:
+        return False
+    key = (var, name)
+    _counts[key] = _counts.get(key, 0) + 1
+    target, _, n = spec.partition(":")
+    return target == name and _counts[key] == int(n or 1)
 
 
 def point(name: str) -> None:
-    spec = os.environ.get("CHAINCOMP_KILL_AT")
-    if not spec:
-        return
-    _counts[name] = _counts.get(name, 0) + 1
-    target, _, n = spec.partition(":")
-    if target == name and _counts[name] == int(n or 1):
+    if _reached("CHAINCOMP_KILL_AT", name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_nan_counts: dict[str, int] = {}
-
-
 def nan(name: str) -> bool:
-    spec = os.environ.get("CHAINCOMP_NAN_AT")
-    if not spec:
-        return False
-    _nan_counts[name] = _nan_counts.get(name, 0) + 1
-    target, _, n = spec.partition(":")
-    return target == name and _nan_counts[name] == int(n or 1)
+    return _reached("CHAINCOMP_NAN_AT", name)

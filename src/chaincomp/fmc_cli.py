@@ -33,7 +33,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .recipe import BaselineConfig, DataConfig, ModelConfig, read_yaml_recipe, validate_document
+from .recipe import (BaselineConfig, DataConfig, ModelConfig, RecipeName, Seed, Threads, read_yaml_recipe,
+                     validate_document)
 
 DEFAULT_RECIPE = "fmc_default"
 METHODS = ("asc", "minmax", "single_mode")
@@ -66,9 +67,9 @@ class ThroughputConfig(BaseModel):
 
 class FmcRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field("fmc", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    threads: int | None = Field(None, ge=1, le=1024)
+    name: RecipeName = "fmc"
+    seed: Seed = 0
+    threads: Threads = None
     tasks: list[TaskConfig] = Field(default_factory=lambda: [TaskConfig()], min_length=1, max_length=16)
     throughput: ThroughputConfig = ThroughputConfig()
 

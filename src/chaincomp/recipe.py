@@ -23,6 +23,12 @@ from .stages.quantize import QuantizeConfig
 
 DATASETS = ("digits", "cifar10", "camvid", "sr", "sr_sample")
 
+# The fields every command's recipe starts with, constrained once. The name becomes a folder name
+# (runs/<name>), so it may hold no path separator or `..` of its own.
+RecipeName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Threads = Annotated[int | None, Field(ge=1, le=1024)]
+
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -56,9 +62,9 @@ StageEntry = Annotated[Union[DistillConfig, PruneConfig, QuantizeConfig, EarlyEx
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field("run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    threads: int | None = Field(None, ge=1, le=1024)
+    name: RecipeName = "run"
+    seed: Seed = 0
+    threads: Threads = None
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     baseline: BaselineConfig = BaselineConfig()

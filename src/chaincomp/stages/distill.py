@@ -100,7 +100,7 @@ def prune_like(student: nn.Module, kept: dict[str, float], sample: torch.Tensor)
     if not ratios:
         return
     student.eval()
-    tp.pruner.MetaPruner(student, sample[:2] if sample.shape[0] > 1 else sample,
+    tp.pruner.MetaPruner(student, sample[:2],
                          importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.0,
                          pruning_ratio_dict=ratios, ignored_layers=output_layers(student),
                          output_transform=sum_outputs).step()
