@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from chaincomp.exit_cli import ways_table
+from chaincomp.exit_cli import auroc_lines, ways_table
 
 SUITES = {"digits": "exit_default", "cifar_vgg": "exit_cifar10_vgg", "cifar_resnet": "exit_cifar10_resnet"}
 RESULTS = Path(__file__).with_name("predictive_results.md")
@@ -84,8 +84,11 @@ def section(d: Path) -> list[str]:
               f"exit {100 * (1 - p['other_policy']['energy_j'] / r['early_exit']['energy_j']):.1f}%, limit met "
               f"{p['other_policy']['deadline_met_pct']:.1f}%.",
               f"Prediction accuracy: {'n/a' if pa is None else f'{pa:.1f}%'} of {p['n_first_predictions']} first "
-              f"predictions, {p['prediction_accuracy_all'] or 0:.1f}% of all {p['n_predictions']}.", "",
-              "Beta sweep (predictive exit; the chosen beta in bold):", "",
+              f"predictions, {p['prediction_accuracy_all'] or 0:.1f}% of all {p['n_predictions']}.", ""]
+    if r.get("criteria_auroc"):
+        lines += ["How well each exit criterion ranks an exit's right answers above its wrong ones (test AUROC, "
+                  "0.5 = chance):", "", *auroc_lines(r), ""]
+    lines += ["Beta sweep (predictive exit; the chosen beta in bold):", "",
               "| beta | val top-1 | val MACs | test top-1 | test MACs |", "|---|---|---|---|---|"]
     for s in r["sweep"]["predictive"]:
         b = f"**{s['setting']:.4g}**" if abs(s["setting"] - r["beta"]) < 1e-9 else f"{s['setting']:.4g}"

@@ -52,12 +52,17 @@ def test_exit_json_has_every_figure(run):
     assert r["predictive"]["controller"]["dry_run"] is True
     assert set(r["predictive"]["controller"]["mhz_histogram"]) == {"2035.2"}
     assert r["predictive"]["deadline_met_pct"] == 0.0
+    ca = r["criteria_auroc"]    # one AUROC per criterion and exit, each a probability or None
+    assert set(ca["per_exit"]) == {"confidence", "entropy", "maxlogit"} and ca["exit_blocks"] == r["exit_points"]
+    for row in ca["per_exit"].values():
+        assert len(row) == 7 and all(v is None or 0.0 <= v <= 1.0 for v in row)
 
 
 def test_report_and_plots_written(run):
     _, out = run
     md = (out / "exit.md").read_text()
     assert "exit_layers.png" in md and "tradeoff.png" in md and "modelled" in md
+    assert "| max\\|logit\\| |" in md and "mean AUROC" in md
     assert (out / "exit_layers.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -102,3 +102,18 @@ def test_start_block_skips_early_exits_for_every_way():
     f = pe.fires_rule(e, (0, 1, 2), "maxlogit", [2.0] * 3, start_block=1)
     ee = pe.simulate_early_exit(f, (0, 1, 2), 1)
     assert ee.exit.tolist() == [1] and ee.heads.tolist() == [[False, True, False]]
+
+
+def test_separability_tells_a_blind_criterion_from_a_good_one():
+    """Wrong answers here carry one large negative logit: max softmax ranks every right answer above every
+    wrong one (AUROC 1), while max|logit| ranks them the other way round (AUROC 0)."""
+    from chaincomp.exits.rules import separability
+
+    right = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]])        # confident, |z| at most 4
+    wrong = torch.tensor([[0.2, 0.1, -9.0], [0.1, 0.3, -8.0]])       # unsure, but |z| up to 9
+    z = torch.cat([right, wrong])
+    y = torch.tensor([0, 1, 2, 2])                                   # the wrong ones answer 0 and 1
+    sep = separability([z, z[:, [1, 0, 2]]], y)
+    assert sep["confidence"][0] == 1.0 and sep["maxlogit"][0] == 0.0
+    assert sep["entropy"][0] == 1.0
+    assert sep["confidence"][1] is None        # the swapped exit gets no answer right: no ranking to judge

@@ -376,6 +376,7 @@ def run_exit(cfg: ExitRecipe, out: str | Path, *, beta: float | None = None, lat
         res = _assemble(cfg, data, points, n_blocks, T, chosen, results, sweeps, classic_val, val_macs, deadline,
                         profile, meter, notes, beta, lat_ms, time.perf_counter() - t_start)
         res["timings_s"] = timings
+        res["criteria_auroc"] = criteria_auroc(te[:-1], yt, points)
         write_report(out, res)
         write_json(out / "exit.json", res)      # last: exit.json says every file of the run is complete
     return res
@@ -469,6 +470,32 @@ def _summarise(way, traces, preds, y_rt, paths, *, outs, y, costs, pm, deadline,
     if measured is not None:
         r["measured_energy_j"], r["measured_energy_kind"], r["meter"] = measured, "measured", meter.source
     return r
+
+
+def criteria_auroc(exit_outs: list[torch.Tensor], y: torch.Tensor, points: list[int]) -> dict:
+    """How well each exit criterion tells right answers from wrong ones, exit by exit (test split)."""
+    from .exits.rules import separability
+
+    per_exit = separability(exit_outs, y)
+    mean = {c: (sum(v for v in row if v is not None) / max(1, sum(v is not None for v in row)))
+            for c, row in per_exit.items()}
+    return {"split": "test", "exit_blocks": list(points), "per_exit": per_exit, "mean": mean,
+            "definition": "AUROC of the criterion's score for 'the exit's answer is right' "
+                          "(0.5 = chance, 1 = perfect ranking); the ceiling on what a threshold on it can save"}
+
+
+def auroc_lines(res: dict) -> list[str]:
+    """A markdown table of criteria_auroc (exit.md, and the benchmark record)."""
+    ca = res.get("criteria_auroc")
+    if not ca:
+        return []
+    names = {"confidence": "max softmax", "entropy": "entropy", "maxlogit": "max\\|logit\\|"}
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    lines = ["| criterion | mean AUROC | per exit (block " + ", ".join(map(str, ca["exit_blocks"])) + ") |",
+             "|---|---|---|"]
+    for c, row in ca["per_exit"].items():
+        lines.append(f"| {names.get(c, c)} | {ca['mean'][c]:.3f} | {' '.join(fmt(v) for v in row)} |")
+    return lines
 
 
 def _pct(new: float, ref: float) -> float:
@@ -597,6 +624,9 @@ def write_report(out: Path, res: dict) -> None:
               f"Prediction accuracy (first prediction of each input): "
               f"{'n/a' if pa is None else f'{pa:.1f}%'} over {res['predictive']['n_first_predictions']} inputs; "
               f"over all predictions: {res['predictive']['prediction_accuracy_all'] or 0:.1f}%.", "",
+              "How well each criterion ranks an exit's right answers above its wrong ones (AUROC on the test "
+              "set; 0.5 = chance): the ceiling on what a threshold on it can save at equal accuracy.", "",
+              *auroc_lines(res), "",
               "![exit layers](exit_layers.png)", "", "![tradeoff](tradeoff.png)", ""]
     if res["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in res["warnings"]] + [""]

@@ -40,3 +40,26 @@ def choose_exits(outs: list[torch.Tensor], criterion: str, threshold: float | li
 def gather_outputs(outs: list[torch.Tensor], chosen: torch.Tensor) -> torch.Tensor:
     stacked = torch.stack(outs, 0)  # (E+1, N, ...)
     return stacked[chosen, torch.arange(chosen.shape[0])]
+
+
+def separability(outs: list[torch.Tensor], y: torch.Tensor,
+                 criteria: tuple[str, ...] = ("confidence", "entropy", "maxlogit")) -> dict[str, list[float | None]]:
+    """Per criterion and exit, the AUROC of the criterion's score for "this exit's answer is right".
+
+    Why: a threshold on a score can only let an input leave early without losing accuracy when the score
+    ranks the inputs the exit gets right above those it gets wrong; 0.5 is chance, 1.0 a perfect ranking.
+    It is the ceiling on what any beta or threshold can save at equal accuracy, so it tells a poor exit
+    criterion apart from a poor prediction engine. Scaling a score per exit (max|z| / T_k) does not change
+    its AUROC. None where an exit is right on every input or on none.
+    """
+    from sklearn.metrics import roc_auc_score  # the reference implementation, ties handled
+
+    out: dict[str, list[float | None]] = {}
+    for c in criteria:
+        row: list[float | None] = []
+        for z in outs:
+            right = (z.argmax(-1) == y).numpy()
+            row.append(None if right.all() or not right.any()
+                       else float(roc_auc_score(right, score(z.double(), c).numpy())))
+        out[c] = row
+    return out

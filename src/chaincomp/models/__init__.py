@@ -9,8 +9,7 @@ from ..errors import UserError
 from . import classification as _cls
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
-    "resnet20": _cls.resnet20,
-    "resnet56": _cls.resnet56,
+    **{f"resnet{d}": _cls.cifar_resnet(d) for d in (8, 14, 20, 32, 44, 56, 110)},
     "resnet34": _cls.resnet34,
     "vgg11": _cls.vgg_by_name("vgg11"),
     "vgg19": _cls.vgg_by_name("vgg19"),

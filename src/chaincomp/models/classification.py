@@ -78,12 +78,21 @@ def resnet(depth_per_stage: list[int], widths: list[int], *, in_channels: int = 
     return Sequential(blocks, ClassifierHead(cin, num_classes))
 
 
-def resnet20(**kw) -> Sequential:
-    return resnet([3, 3, 3], [16, 32, 64], **kw)
+def cifar_resnet(depth: int):
+    """He et al.'s CIFAR ResNet-(6n+2): n basic blocks in each of three stages of 16, 32, 64 channels.
+    The shallow ones (8, 14) are the students a deep teacher is distilled into for deployment."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2 >= 8, got {depth}")
+    n = (depth - 2) // 6
+
+    def build(**kw) -> Sequential:
+        return resnet([n, n, n], [16, 32, 64], **kw)
+
+    build.__name__ = f"resnet{depth}"
+    build.__doc__ = f"CIFAR ResNet-{depth}: {n} basic blocks per stage, 16/32/64 channels."
+    return build
 
 
-def resnet56(**kw) -> Sequential:
-    return resnet([9, 9, 9], [16, 32, 64], **kw)
 
 
 def resnet34(**kw) -> Sequential:
