@@ -113,6 +113,27 @@ def test_existing_run_needs_resume(tmp_path, capsys, digits):
     assert (tmp_path / "out" / "results.json").read_bytes() == before
 
 
+def test_resume_with_later_stages_edited_keeps_the_earlier_ones(tmp_path, digits):
+    """Editing a later stage and resuming reuses the baseline and every unchanged stage before the edit,
+    reruns the rest, and ends with the ledger of a fresh run of the edited recipe."""
+    from chaincomp.chain import load_run, run_chain
+    from chaincomp.recipe import parse_recipe
+    prune = {"technique": "prune", "ratio": 0.3, "steps": 1, "epochs": 1, "batch_size": 64}
+    quant = {"technique": "quantize", "weight_bits": 4, "act_bits": 4, "epochs": 1, "batch_size": 64}
+    first = run_chain(parse_recipe(tiny_recipe([prune, quant])), tmp_path / "out", data=digits, write_report=False)
+    ckpts = tmp_path / "out" / "checkpoints"
+    kept = {f: (ckpts / f).read_bytes() for f in ("00-baseline.json", "01-prune.json", "01-prune.safetensors")}
+    edited = parse_recipe(tiny_recipe([prune, {**quant, "weight_bits": 8, "act_bits": 8}]))
+    again = run_chain(edited, tmp_path / "out", data=digits, resume=True, write_report=False)
+    assert {f: (ckpts / f).read_bytes() for f in kept} == kept             # not retrained, not rewritten
+    assert again["stages"][0] == first["stages"][0]
+    assert again["stages"][1]["bitops"] != first["stages"][1]["bitops"]      # W8A8 now
+    fresh = run_chain(edited, tmp_path / "fresh", data=digits, write_report=False)
+    drop = lambda st: [{k: v for k, v in s.items() if k != "seconds"} for s in st]
+    assert drop(again["stages"]) == drop(fresh["stages"]) and again["final"] == fresh["final"]
+    assert load_run(tmp_path / "out", data=digits).entry["bitops"] == fresh["final"]["bitops"]
+
+
 def test_divergence_restores_last_good_weights(digits):
     from chaincomp.models import build_model
     from chaincomp.train import FitConfig, fit, multi_loss

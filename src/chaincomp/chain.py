@@ -1,9 +1,12 @@
 """The chain runner: baseline, then each stage in order, a checkpoint after each, and the ledger.
 
 Resume semantics: a stage is done when its checkpoint JSON exists (written after its weights,
-both atomically), belongs to the same recipe digest and its weights load. `--resume` rebuilds
-the model from the last done stage and runs the rest; every stage seeds itself from
-(recipe seed, stage index), so a resumed run ends with the same ledger as an uninterrupted one.
+both atomically), carries the digest of the recipe up to that stage (`Recipe.stage_digest`) and
+its weights load. `--resume` rebuilds the model from the last done stage and runs the rest; every
+stage seeds itself from (recipe seed, stage index), so a resumed run ends with the same ledger as an
+uninterrupted one. A recipe whose later stages were edited resumes from the last unchanged stage
+(the usual loop: keep a slow baseline and distillation, retune pruning and quantization); one with
+another baseline, data, model or seed is refused.
 """
 from __future__ import annotations
 
@@ -51,15 +54,25 @@ class Checkpoints:
                            "name": name, "arch": model.chaincomp_arch,
                            "exit_rule": getattr(model, "exit_rule", None), "entry": entry})
 
-    def load(self, index: int, name: str, digest: str, sample: torch.Tensor) -> tuple[nn.Module, dict] | None:
+    def matches(self, index: int, name: str, recipe: Recipe) -> bool:
+        """Whether stage `index` has a checkpoint of this recipe's prefix (the JSON only, no weights read).
+        The whole-recipe digest is accepted too: checkpoints written before stage digests carry it."""
         wpath, jpath = self.paths(index, name)
         if not jpath.exists() or not wpath.exists():
-            return None
+            return False
         meta = read_json(jpath)
         if meta.get("format") != FORMAT:
             raise UserError(f"{jpath}: written by another chaincomp format ({meta.get('format')}); use a new --out")
-        if meta.get("recipe_digest") != digest:
+        return meta.get("recipe_digest") in (recipe.stage_digest(index), recipe.digest())
+
+    def load(self, index: int, name: str, recipe: Recipe, sample: torch.Tensor) -> tuple[nn.Module, dict] | None:
+        if not self.matches(index, name, recipe):
             return None
+        wpath, jpath = self.paths(index, name)
+        meta = read_json(jpath)
+        if meta["recipe_digest"] != recipe.stage_digest(index):    # written before stage digests: restamp it
+            meta["recipe_digest"] = recipe.stage_digest(index)
+            write_json(jpath, meta)
         model = rebuild(meta["arch"], load_weights(wpath), sample, where=str(wpath))
         if meta.get("exit_rule") and isinstance(model, ExitNetwork):
             model.exit_rule = meta["exit_rule"]
@@ -101,10 +114,14 @@ def prepare_out(out: Path, recipe: Recipe, recipe_text: str, resume: bool) -> No
         meta = read_json(run_file)
         if not resume:
             raise UserError(f"{out}: holds an earlier run; pass --resume to continue it, or choose another --out")
-        if meta.get("recipe_digest") != recipe.digest():
-            raise UserError(f"{out}: was started with another recipe; --resume needs the same recipe "
-                            f"(or choose another --out)")
-        return
+        if meta.get("recipe_digest") == recipe.digest():
+            return
+        if not Checkpoints(out).matches(0, "baseline", recipe):
+            raise UserError(f"{out}: was started with another recipe (its data, model, baseline or seed differ); "
+                            f"--resume keeps earlier stages only when those are the same (or choose another --out)")
+        # only later stages changed: the run continues under the new recipe from its last unchanged stage
+        (out / "results.json").unlink(missing_ok=True)     # no longer describes this folder
+        progress.log(f"{out}: recipe changed after the baseline; unchanged stages are kept, the rest rerun")
     write_json(run_file, {"format": FORMAT, "version": __version__, "recipe_digest": recipe.digest(),
                           "recipe": recipe.name, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
@@ -124,11 +141,10 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
     with RunLock(out):
         prepare_out(out, recipe, recipe_text, resume)
         ckpt = Checkpoints(out)
-        digest = recipe.digest()
         data = data or load_data(recipe.data, recipe.seed)
         sample = data.sample_input()
         t0 = time.perf_counter()
-        loaded = ckpt.load(0, "baseline", digest, sample)
+        loaded = ckpt.load(0, "baseline", recipe, sample)
         if loaded:
             model, base_entry = loaded
             progress.log("baseline: restored from checkpoint")
@@ -136,11 +152,11 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
             model = train_baseline(recipe, data)
             base_entry = {"name": "baseline", "technique": "baseline", **measure(model, data),
                           "seconds": round(time.perf_counter() - t0, 2)}
-            ckpt.save(0, "baseline", model, base_entry, digest)
+            ckpt.save(0, "baseline", model, base_entry, recipe.stage_digest(0))
         progress.log(_line(base_entry, data.metric_name))
         entries = []
         for i, (cfg, name) in enumerate(zip(recipe.chain, stage_names(recipe)), start=1):
-            loaded = ckpt.load(i, name, digest, sample)
+            loaded = ckpt.load(i, name, recipe, sample)
             if loaded:
                 model, entry = loaded
                 progress.log(f"{name}: restored from checkpoint")
@@ -151,7 +167,7 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
                 settle_exits(model, data)
                 entry = {"name": name, "technique": cfg.technique, **measure(model, data),
                          "seconds": round(time.perf_counter() - t0, 2), **({"notes": ctx.notes} if ctx.notes else {})}
-                ckpt.save(i, name, model, entry, digest)
+                ckpt.save(i, name, model, entry, recipe.stage_digest(i))
             progress.log(_line(entry, data.metric_name))
             entries.append(entry)
         results = build_results(recipe, data, base_entry, entries)
@@ -219,7 +235,7 @@ def load_run(out: str | Path, stage: str | None = None, data: TaskData | None = 
     sample = data.sample_input()
     ckpt = Checkpoints(out)
     names = ["baseline"] + stage_names(recipe)
-    done = [n for i, n in enumerate(names) if ckpt.paths(i, n)[1].exists()]
+    done = [n for i, n in enumerate(names) if ckpt.matches(i, n, recipe)]
     if not done:
         raise UserError(f"{out}: no finished stage yet; run `chaincomp run --resume --out {out}` first")
     want = stage or done[-1]
@@ -227,6 +243,6 @@ def load_run(out: str | Path, stage: str | None = None, data: TaskData | None = 
         raise UserError(f"--stage: '{want}' is not a stage of this run; choose one of {', '.join(names)}")
     if want not in done:
         raise UserError(f"{out}: stage '{want}' has not finished; run `chaincomp run --resume --out {out}` first")
-    model, entry = ckpt.load(names.index(want), want, recipe.digest(), sample)
-    baseline, _ = ckpt.load(0, "baseline", recipe.digest(), sample)
+    model, entry = ckpt.load(names.index(want), want, recipe, sample)
+    baseline, _ = ckpt.load(0, "baseline", recipe, sample)
     return LoadedRun(out, recipe, data, model, baseline, entry, want)

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a compression chain (default: digits, D -> P -> Q -> E)")
     r.add_argument("recipe", nargs="?", help="recipe YAML, or a built-in name (default: default)")
     r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
-    r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out; with later stages of the recipe edited, keep the "
+                        "unchanged earlier stages and rerun from the first edited one")
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser("check", help="validate a recipe of any command without running it")

@@ -82,6 +82,14 @@ class Recipe(BaseModel):
         """Identity of the recipe for resume: same digest, same run."""
         return hashlib.sha256(json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()[:16]
 
+    def stage_digest(self, index: int) -> str:
+        """Identity of what stage `index` (0 = baseline) depends on: everything but the name and the stages
+        after it. Checkpoints carry it, so a resumed run with only later stages changed keeps the earlier ones."""
+        dump = self.model_dump(mode="json", by_alias=True)
+        dump.pop("name", None)
+        dump["chain"] = dump["chain"][:index]
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+
     def techniques(self) -> list[str]:
         return [s.technique for s in self.chain]
 
