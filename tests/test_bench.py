@@ -54,9 +54,29 @@ def test_bench_writes_figures(run):
     assert m["ort_int8"]["integer_ops"], m["ort_int8"]["ort_ops"]
     assert m["tp_prune"]["info"]["finetune_epochs"] == 0 and m["tp_prune"]["info"]["ratio"] == 0.4
     assert not m["baseline"]["integer_ops"]
+    assert saved["thread_spinning"] is False
     md = (out / "bench.md").read_text()
+    assert "(spinning off)" in md
     assert "BitOps reduction (counted)" in md and "speed-up b=8" in md and "Torch-Pruning" in md
     assert any("bench.json" in line for line in lines)
+
+
+def test_session_spinning_switch(tmp_path):
+    """Bench's sessions must not busy-wait between their turns; a lone deployed session may."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from chaincomp.deployed import session
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["y"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx_file = tmp_path / "relu.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8              # what this ONNX Runtime reads
+    onnx.save(model, str(onnx_file))
+    key = "session.intra_op.allow_spinning"
+    assert session(onnx_file, 2, spinning=False).get_session_options().get_session_config_entry(key) == "0"
+    assert session(onnx_file, 2).get_session_options().get_session_config_entry(key) == "1"
 
 
 def test_inputs_and_stats(run):

@@ -5,7 +5,9 @@ the run's FP32 baseline, the compressed model, and two peers built from the same
 ONNX Runtime's own static int8 quantization and Torch-Pruning alone at the recipe's ratio — so
 each ratio compares figures taken under the same machine load. Calls are interleaved round-robin
 (the starting model rotates) after a warm-up, and each figure is a median with its IQR: on a
-shared machine the spread says how far to trust the median.
+shared machine the spread says how far to trust the median. Interleaving needs ORT's thread spinning
+off in every session: otherwise, with more than one thread, the idle sessions' spinning pool threads
+take the cores from the one being timed (deployed.session).
 """
 from __future__ import annotations
 
@@ -183,7 +185,7 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
     info: dict[str, dict] = {}
     runners = {}
     for name, m in models.items():
-        d = Deployed(folder, m["desc"], threads)
+        d = Deployed(folder, m["desc"], threads, spinning=False)
         runners[name] = d
         ops = optimized_ops(d.files)
         info[name] = {"files": m["desc"]["files"], "kind": m["desc"]["kind"],
@@ -209,7 +211,7 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
               "recipe": run.recipe.name, "dataset": run.data.name, "model": run.recipe.model.name,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "metric_name": run.data.metric_name,
               "machine": f"{cpu_name()}, {platform.machine()} {platform.system()}",
-              "cores": cores(), "threads": threads, "load_avg": [round(x, 2) for x in _loadavg()],
+              "cores": cores(), "threads": threads, "thread_spinning": False, "load_avg": [round(x, 2) for x in _loadavg()],
               "onnxruntime": ort.__version__, "runs": runs, "warmup": warmup, "models": info, "batches": rows}
     write_json(run.out / "bench.json", result)
     atomic_write_text(run.out / "bench.md", bench_markdown(result))
@@ -263,7 +265,9 @@ def bench_markdown(result: dict) -> str:
     lines = [f"# Deployment benchmark: {Path(result['run']).name} (stage {result['stage']})", "",
              f"Recipe {result.get('recipe')}: {result.get('model')} on {result.get('dataset')}.",
              f"{result['date']}, {result['machine']}, {result['cores']} cores, ONNX Runtime {result['onnxruntime']} "
-             f"CPU, {result['threads']} intra-op threads, {result['runs']} runs after {result['warmup']} warm-up, "
+             f"CPU, {result['threads']} intra-op threads"
+             f"{' (spinning off)' if result.get('thread_spinning') is False else ''}, {result['runs']} runs after "
+             f"{result['warmup']} warm-up, "
              f"load average {result['load_avg']}.", "",
              "| " + " | ".join(h) + " |", "|" + "---|" * len(h)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(result)]
