@@ -211,7 +211,8 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
               "recipe": run.recipe.name, "dataset": run.data.name, "model": run.recipe.model.name,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "metric_name": run.data.metric_name,
               "machine": f"{cpu_name()}, {platform.machine()} {platform.system()}",
-              "cores": cores(), "threads": threads, "thread_spinning": False, "load_avg": [round(x, 2) for x in _loadavg()],
+              "cores": cores(), "threads": threads, "thread_spinning": False,
+              "load_avg": [round(x, 2) for x in _loadavg()],
               "onnxruntime": ort.__version__, "runs": runs, "warmup": warmup, "models": info, "batches": rows}
     write_json(run.out / "bench.json", result)
     atomic_write_text(run.out / "bench.md", bench_markdown(result))

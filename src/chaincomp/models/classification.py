@@ -93,8 +93,6 @@ def cifar_resnet(depth: int):
     return build
 
 
-
-
 def resnet34(**kw) -> Sequential:
     """ResNet-34 layout (3-4-6-3 blocks, 64..512 channels) with a CIFAR stem, as used by the papers."""
     return resnet([3, 4, 6, 3], [64, 128, 256, 512], **kw)
