@@ -134,6 +134,22 @@ def test_resume_with_later_stages_edited_keeps_the_earlier_ones(tmp_path, digits
     assert load_run(tmp_path / "out", data=digits).entry["bitops"] == fresh["final"]["bitops"]
 
 
+def test_checkpoints_from_before_stage_digests_resume_and_are_restamped(tmp_path, digits):
+    """A run folder written when checkpoints carried the whole-recipe digest still resumes with the same
+    recipe, without retraining, and its checkpoints then carry stage digests."""
+    from chaincomp.chain import run_chain
+    from chaincomp.recipe import parse_recipe
+    r = parse_recipe(tiny_recipe([{"technique": "prune", "ratio": 0.3, "steps": 1, "epochs": 1, "batch_size": 64}]))
+    first = run_chain(r, tmp_path / "out", data=digits, write_report=False)
+    jsons = sorted((tmp_path / "out" / "checkpoints").glob("*.json"))
+    for j in jsons:                                   # as an older chaincomp wrote them
+        meta = json.loads(j.read_text())
+        j.write_text(json.dumps({**meta, "recipe_digest": r.digest()}))
+    again = run_chain(r, tmp_path / "out", data=digits, resume=True, write_report=False)
+    assert again["stages"] == first["stages"]         # same seconds: restored, not retrained
+    assert [json.loads(j.read_text())["recipe_digest"] for j in jsons] == [r.stage_digest(0), r.stage_digest(1)]
+
+
 def test_divergence_restores_last_good_weights(digits):
     from chaincomp.models import build_model
     from chaincomp.train import FitConfig, fit, multi_loss
