@@ -153,22 +153,25 @@ def test_mutated_chain_recipes(obj):
     assert _check(obj, "chain") in (0, 2)
 
 
+def _valid_or_refused(obj, kind: str) -> None:
+    """A mutated exit/fmc recipe is refused (status 2), or valid with every number finite."""
+    from chaincomp.exit_cli import ExitRecipe
+    from chaincomp.fmc_cli import FmcRecipe
+    if _check(obj, kind) == 0:
+        schema = {"exit": ExitRecipe, "fmc": FmcRecipe}[kind]
+        assert _finite(schema.model_validate({} if obj is None else obj).model_dump())
+
+
 @settings(FUZZ, max_examples=1500)
 @given(mutated(BASES["exit"]))
 def test_mutated_exit_recipes(obj):
-    code = _check(obj, "exit")
-    if code == 0:
-        from chaincomp.exit_cli import ExitRecipe
-        assert _finite(ExitRecipe.model_validate({} if obj is None else obj).model_dump())
+    _valid_or_refused(obj, "exit")
 
 
 @settings(FUZZ, max_examples=1500)
 @given(mutated(BASES["fmc"]))
 def test_mutated_fmc_recipes(obj):
-    code = _check(obj, "fmc")
-    if code == 0:
-        from chaincomp.fmc_cli import FmcRecipe
-        assert _finite(FmcRecipe.model_validate({} if obj is None else obj).model_dump())
+    _valid_or_refused(obj, "fmc")
 
 
 @settings(FUZZ, max_examples=300)

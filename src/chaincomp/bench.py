@@ -26,6 +26,8 @@ from .deployed import Deployed, cores, optimized_ops, ort_metric
 from .export import INTEGER_OPS, calibration_input, export_model, strip_fmc
 
 MAX_BATCH = 4096
+# Interleaved sessions must not spin-wait (deployed.session says why); bench.json records it.
+SPINNING = False
 DEFAULT_BATCHES = (1, 64)
 
 
@@ -185,7 +187,7 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
     info: dict[str, dict] = {}
     runners = {}
     for name, m in models.items():
-        d = Deployed(folder, m["desc"], threads, spinning=False)
+        d = Deployed(folder, m["desc"], threads, spinning=SPINNING)
         runners[name] = d
         ops = optimized_ops(d.files)
         info[name] = {"files": m["desc"]["files"], "kind": m["desc"]["kind"],
@@ -211,7 +213,7 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
               "recipe": run.recipe.name, "dataset": run.data.name, "model": run.recipe.model.name,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "metric_name": run.data.metric_name,
               "machine": f"{cpu_name()}, {platform.machine()} {platform.system()}",
-              "cores": cores(), "threads": threads, "thread_spinning": False,
+              "cores": cores(), "threads": threads, "thread_spinning": SPINNING,
               "load_avg": [round(x, 2) for x in _loadavg()],
               "onnxruntime": ort.__version__, "runs": runs, "warmup": warmup, "models": info, "batches": rows}
     write_json(run.out / "bench.json", result)

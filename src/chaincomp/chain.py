@@ -54,22 +54,26 @@ class Checkpoints:
                            "name": name, "arch": model.chaincomp_arch,
                            "exit_rule": getattr(model, "exit_rule", None), "entry": entry})
 
-    def matches(self, index: int, name: str, recipe: Recipe) -> bool:
-        """Whether stage `index` has a checkpoint of this recipe's prefix (the JSON only, no weights read).
-        The whole-recipe digest is accepted too: checkpoints written before stage digests carry it."""
+    def _meta(self, index: int, name: str, recipe: Recipe) -> dict | None:
+        """The checkpoint JSON of stage `index` if it belongs to this recipe's prefix, else None. The
+        whole-recipe digest is accepted too: checkpoints written before stage digests carry it."""
         wpath, jpath = self.paths(index, name)
         if not jpath.exists() or not wpath.exists():
-            return False
+            return None
         meta = read_json(jpath)
         if meta.get("format") != FORMAT:
             raise UserError(f"{jpath}: written by another chaincomp format ({meta.get('format')}); use a new --out")
-        return meta.get("recipe_digest") in (recipe.stage_digest(index), recipe.digest())
+        return meta if meta.get("recipe_digest") in (recipe.stage_digest(index), recipe.digest()) else None
+
+    def matches(self, index: int, name: str, recipe: Recipe) -> bool:
+        """Whether stage `index` has a checkpoint of this recipe's prefix (the JSON only, no weights read)."""
+        return self._meta(index, name, recipe) is not None
 
     def load(self, index: int, name: str, recipe: Recipe, sample: torch.Tensor) -> tuple[nn.Module, dict] | None:
-        if not self.matches(index, name, recipe):
+        meta = self._meta(index, name, recipe)
+        if meta is None:
             return None
         wpath, jpath = self.paths(index, name)
-        meta = read_json(jpath)
         if meta["recipe_digest"] != recipe.stage_digest(index):    # written before stage digests: restamp it
             meta["recipe_digest"] = recipe.stage_digest(index)
             write_json(jpath, meta)

@@ -477,8 +477,8 @@ def criteria_auroc(exit_outs: list[torch.Tensor], y: torch.Tensor, points: list[
     from .exits.rules import separability
 
     per_exit = separability(exit_outs, y)
-    mean = {c: (sum(v for v in row if v is not None) / max(1, sum(v is not None for v in row)))
-            for c, row in per_exit.items()}
+    known = {c: [v for v in row if v is not None] for c, row in per_exit.items()}
+    mean = {c: sum(vs) / len(vs) if vs else 0.0 for c, vs in known.items()}
     return {"split": "test", "exit_blocks": list(points), "per_exit": per_exit, "mean": mean,
             "definition": "AUROC of the criterion's score for 'the exit's answer is right' "
                           "(0.5 = chance, 1 = perfect ranking); the ceiling on what a threshold on it can save"}
@@ -489,7 +489,7 @@ def auroc_lines(res: dict) -> list[str]:
     ca = res.get("criteria_auroc")
     if not ca:
         return []
-    names = {"confidence": "max softmax", "entropy": "entropy", "maxlogit": "max\\|logit\\|"}
+    names = {w: label.removeprefix("early exit: ").replace("|", "\\|") for w, label in WAYS}
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     lines = ["| criterion | mean AUROC | per exit (block " + ", ".join(map(str, ca["exit_blocks"])) + ") |",
              "|---|---|---|"]

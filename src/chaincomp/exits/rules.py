@@ -54,12 +54,10 @@ def separability(outs: list[torch.Tensor], y: torch.Tensor,
     """
     from sklearn.metrics import roc_auc_score  # the reference implementation, ties handled
 
-    out: dict[str, list[float | None]] = {}
-    for c in criteria:
-        row: list[float | None] = []
-        for z in outs:
-            right = (z.argmax(-1) == y).numpy()
-            row.append(None if right.all() or not right.any()
-                       else float(roc_auc_score(right, score(z.double(), c).numpy())))
-        out[c] = row
+    out: dict[str, list[float | None]] = {c: [] for c in criteria}
+    for z in outs:
+        right = (z.argmax(-1) == y).numpy()
+        one_class = right.all() or not right.any()
+        for c in criteria:
+            out[c].append(None if one_class else float(roc_auc_score(right, score(z.double(), c).numpy())))
     return out
