@@ -19,7 +19,7 @@ from pathlib import Path
 def machine() -> str:
     import torch
 
-    from chaincomp.bench import cpu_name
+    from chaincomp.deploy.bench import cpu_name
     cpu = cpu_name()
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 

@@ -1,7 +1,7 @@
 """The int8 export before and after Int8Pass, timed in one process: the FP32 baseline, the export of
 git revision REV (default 357020e, before the pass: ConvInteger wherever a conv output is shared or
 feeds an add/pool, and its 'mixed' variant with FP32 kernels there) and the current export, calls
-interleaved round-robin (chaincomp.bench.time_models). Prints a markdown table; nothing is written.
+interleaved round-robin (chaincomp.deploy.bench.time_models). Prints a markdown table; nothing is written.
 
     python benchmarks/deploy_before_after.py RUN_DIR [--stage S] [--runs 100] [--threads 1] [--rev 357020e]
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-import chaincomp.export as new
-from chaincomp.bench import _loadavg, cpu_name, inputs_for, time_models
+import chaincomp.deploy.export as new
+from chaincomp.deploy.bench import _loadavg, cpu_name, inputs_for, time_models
 from chaincomp.chain import load_run
 
 

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from chaincomp.bench import bench_markdown, bench_run, cpu_name
-from chaincomp.export import export_run
+from chaincomp.deploy.bench import bench_markdown, bench_run, cpu_name
+from chaincomp.deploy.export import export_run
 
 RESULTS = Path(__file__).with_name("deploy_results.md")
 HEADER = """# Deployment results

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from chaincomp.bench import _loadavg, cpu_name
+from chaincomp.deploy.bench import _loadavg, cpu_name
 
 
 def conv_model(c: int, hw: int, int8: bool) -> bytes:

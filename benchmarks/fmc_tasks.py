@@ -60,7 +60,7 @@ def main() -> None:
     args = p.parse_args()
     folders = [Path(d) for d in args.summarise] if args.summarise else []
     if not args.summarise:
-        from chaincomp.fmc_cli import load_fmc_recipe, run_fmc
+        from chaincomp.studies.feature_maps import load_fmc_recipe, run_fmc
         for name in args.recipes:
             cfg = load_fmc_recipe(name)
             t0 = time.perf_counter()

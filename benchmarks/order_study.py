@@ -59,8 +59,8 @@ def speedup(recipe: str | None, workers: list[int], out: Path) -> None:
     base = out / "base"
     rec = [recipe] if recipe else []
     # Train the baseline once (a study of the first pair only would also run chains; stop before).
-    from chaincomp.distributed import ensure_baseline
-    from chaincomp.order import study_recipe
+    from chaincomp.studies.common import ensure_baseline
+    from chaincomp.studies.order import study_recipe
 
     r, _ = study_recipe(recipe)
     base.mkdir(parents=True)

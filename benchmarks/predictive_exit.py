@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from chaincomp.exit_cli import auroc_lines, ways_table
+from chaincomp.studies.predictive_exit import auroc_lines, ways_table
 
 SUITES = {"digits": "exit_default", "cifar_vgg": "exit_cifar10_vgg", "cifar_resnet": "exit_cifar10_resnet"}
 RESULTS = Path(__file__).with_name("predictive_results.md")
@@ -31,7 +31,7 @@ def _load() -> str:
 
 
 def _cpu() -> str:
-    from chaincomp.bench import cpu_name
+    from chaincomp.deploy.bench import cpu_name
     return cpu_name()
 
 

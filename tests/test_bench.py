@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from chaincomp.bench import bench_run, inputs_for, stats
+from chaincomp.deploy.bench import bench_run, inputs_for, stats
 from chaincomp.chain import run_chain
 from chaincomp.cli import main
 from chaincomp.data.base import Split
@@ -66,7 +66,7 @@ def test_session_spinning_switch(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from chaincomp.deployed import session
+    from chaincomp.deploy.runtime import session
     graph = helper.make_graph([helper.make_node("Relu", ["input"], ["y"])], "g",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])

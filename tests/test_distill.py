@@ -6,7 +6,7 @@ from torch import nn
 
 from chaincomp.models import build_model
 from chaincomp.stages.distill import StudentSpec, build_student, pruned_shares
-from chaincomp.stages.prune import output_layers, sum_outputs
+from chaincomp.pruning import output_layers, sum_outputs
 
 
 def _pruned(name: str, ratio: float, **kw) -> nn.Module:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from chaincomp.cli import main
-from chaincomp.exit_cli import load_exit_recipe
+from chaincomp.studies.predictive_exit import load_exit_recipe
 from conftest import fails_with_one_line
 
 TINY = """

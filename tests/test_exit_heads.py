@@ -1,7 +1,7 @@
 """Exit heads are rebuilt from the recorded architecture with their own options (BoF codewords)."""
 import torch
 
-from chaincomp.arch import apply_transform, rebuild
+from chaincomp.stages import rebuild, replay as apply_transform
 from chaincomp.exits.heads import BagOfFeaturesHead
 from chaincomp.models import build_model
 

@@ -17,8 +17,8 @@ from chaincomp.cli import main
 from chaincomp.data.base import Split, TaskData
 from chaincomp.data.digits import load_digits_data
 from chaincomp.errors import UserError
-from chaincomp.deployed import Deployed
-from chaincomp.export import calibration_input, export_model, export_run, manifest_path
+from chaincomp.deploy.runtime import Deployed
+from chaincomp.deploy.export import calibration_input, export_model, export_run, manifest_path
 from chaincomp.qmodules import QUANT_TYPES
 from chaincomp.recipe import parse_recipe
 from chaincomp.train import evaluate
@@ -255,7 +255,7 @@ def test_fmc_hooks_are_stripped_and_said(runs, tmp_path):
     assert m["stripped"]["fmc"] and "feature-map codec" in m["stripped"]["note"]
     assert sum("feature-map codec hooks" in line for line in lines) == 1
     assert m["check"]["passed"] and m["check"]["prediction_agreement"] == 100.0
-    from chaincomp.stages.fmc import find_hooks
+    from chaincomp.fmc.maps import find_hooks
 
     assert find_hooks(load_run(run_dir, data=data).model) is not None  # the run itself keeps its codec
 
@@ -281,7 +281,7 @@ def test_cli_export_and_stage(runs, tmp_path, capsys):
 
 
 def test_cli_export_fails_when_metric_differs(runs, tmp_path, monkeypatch, capsys):
-    import chaincomp.export as ex
+    import chaincomp.deploy.export as ex
 
     _, dirs = runs
     monkeypatch.setattr(ex, "ort_metric", lambda d, data, batch_size=256: -1.0)

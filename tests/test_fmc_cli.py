@@ -4,7 +4,7 @@ import json
 import pytest
 
 from chaincomp.cli import main
-from chaincomp.fmc_cli import load_fmc_recipe
+from chaincomp.studies.feature_maps import load_fmc_recipe
 from conftest import fails_with_one_line
 
 TINY = """

@@ -10,7 +10,8 @@ from chaincomp.fmc import encode
 from chaincomp.ledger import cost_profile
 from chaincomp.models import build_model
 from chaincomp.recipe import parse_recipe
-from chaincomp.stages.fmc import FmcConfig, FmcHooks, find_hooks, fit_block, resolve_points
+from chaincomp.fmc.maps import FmcHooks, find_hooks, fit_block, resolve_points
+from chaincomp.stages.fmc import FmcConfig
 
 FMC = {"technique": "fmc", "mode": "cbr"}
 
@@ -80,7 +81,8 @@ def test_dram_bytes_count_the_streams():
 
 def test_auto_points_and_fit_block():
     net = build_model("resnet20", width=0.25)
-    pts = resolve_points(net, torch.zeros(1, 3, 32, 32), FmcConfig())
+    c = FmcConfig()
+    pts = resolve_points(net, torch.zeros(1, 3, 32, 32), c.points, c.block, c.fit_block)
     assert "blocks.1.relu1" in pts and "blocks.1" in pts and "blocks.1.relu2" not in pts
     assert pts["blocks.0"] == [1, 8, 8] and pts["blocks.9"] == [1, 8, 8]  # 32x32 .. 8x8 maps
     assert fit_block((1, 8, 8), (1, 64, 4, 4)) == [4, 4, 4]
@@ -128,7 +130,7 @@ def test_point_on_a_swapped_layer_is_reattached():
 def test_quantize_transform_keeps_codec_on_a_hooked_conv():
     """arch.apply_transform (stage and checkpoint rebuild) re-attaches the codec itself: the model
     stays coded without going through the ledger."""
-    from chaincomp.arch import apply_transform
+    from chaincomp.stages import replay as apply_transform
     from chaincomp.qmodules import QuantConv2d
 
     net, x = tiny_net().eval(), torch.rand(2, 1, 8, 8)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chaincomp.cli import main
-from chaincomp.order import analyse, decide, find_cycles, respects, topo_order
+from chaincomp.studies.order import analyse, decide, find_cycles, respects, topo_order
 from conftest import tiny_study_recipe as tiny_recipe
 
 D, P, Q, E = "distill", "prune", "quantize", "early_exit"
@@ -50,7 +50,7 @@ def _pairs(table):
 
 
 def test_topological_order_with_ties_breaks_by_canonical_order():
-    from chaincomp.order import edges_of
+    from chaincomp.studies.order import edges_of
 
     edges = edges_of(_pairs({(D, P): D, (D, Q): D, (D, E): D, (P, Q): "tie", (P, E): P, (Q, E): Q}))
     assert (P, Q) not in edges and (Q, P) not in edges
@@ -63,7 +63,7 @@ def test_topological_order_with_ties_breaks_by_canonical_order():
 
 
 def test_cycle_is_reported_with_its_pairs_and_never_hidden():
-    from chaincomp.order import edges_of
+    from chaincomp.studies.order import edges_of
 
     edges = edges_of(_pairs({(D, P): D, (P, Q): P, (D, Q): Q, (D, E): D, (P, E): P, (Q, E): Q}))
     cycles = find_cycles([D, P, Q, E], edges)
@@ -94,7 +94,7 @@ def test_analyse_on_a_hand_made_table():
 def test_any_pairwise_table_gives_an_order_that_is_valid_exactly_when_acyclic(choices):
     from itertools import combinations
 
-    from chaincomp.order import edges_of
+    from chaincomp.studies.order import edges_of
 
     table = {(x, y): {"first": x, "second": y, "tie": "tie"}[c]
              for (x, y), c in zip(combinations([D, P, Q, E], 2), choices)}

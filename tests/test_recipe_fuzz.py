@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from chaincomp.cli import main
 from chaincomp.errors import UserError
-from chaincomp.recipe import builtin_recipes, check_document, check_recipe
+from chaincomp.cli.check import check_document, check_recipe
+from chaincomp.recipe import builtin_recipes
 
 # derandomize: the same examples every run, so CI is deterministic (a new failure is a code change)
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
@@ -155,8 +156,8 @@ def test_mutated_chain_recipes(obj):
 
 def _valid_or_refused(obj, kind: str) -> None:
     """A mutated exit/fmc recipe is refused (status 2), or valid with every number finite."""
-    from chaincomp.exit_cli import ExitRecipe
-    from chaincomp.fmc_cli import FmcRecipe
+    from chaincomp.studies.predictive_exit import ExitRecipe
+    from chaincomp.studies.feature_maps import FmcRecipe
     if _check(obj, kind) == 0:
         schema = {"exit": ExitRecipe, "fmc": FmcRecipe}[kind]
         assert _finite(schema.model_validate({} if obj is None else obj).model_dump())

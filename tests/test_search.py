@@ -5,9 +5,9 @@ import json
 
 
 from chaincomp.cli import main
-from chaincomp.distributed import stage_dicts
+from chaincomp.studies.common import stage_dicts
 from chaincomp.recipe import load_recipe
-from chaincomp.search import _study, chain_from, pareto, space_for, suggest
+from chaincomp.studies.search import _study, chain_from, pareto, space_for, suggest
 from conftest import tiny_study_recipe as tiny_recipe
 
 

@@ -1,14 +1,19 @@
 """How a model is rebuilt from a checkpoint without pickling: a zoo spec, the structural transforms
-applied to it (exits, quantization), then every layer resized to the saved tensors (pruning)."""
+applied to it (exits, quantization, codec hooks: replayed by the stage that recorded them, passed in
+as `replay`), then every layer resized to the saved tensors (pruning)."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .errors import UserError
-from .exits.model import ExitNetwork, attach_exits
+from .fmc.maps import find_hooks
 from .models import build_model
-from .qmodules import QuantConv2d, QuantLinear, QuantPlan, apply_quant, quantize_like
+from .qmodules import QuantConv2d, QuantLinear
+
+Replay = Callable[[nn.Module, dict, torch.Tensor], nn.Module]
 
 
 def record(model: nn.Module, transform: dict) -> None:
@@ -17,34 +22,9 @@ def record(model: nn.Module, transform: dict) -> None:
     model.chaincomp_arch = arch
 
 
-def apply_transform(model: nn.Module, t: dict, sample: torch.Tensor) -> nn.Module:
-    """One structural step; the same code runs when a stage applies it and when a checkpoint is rebuilt."""
-    if t["type"] == "exits":
-        old_exits = set(model.exits.keys()) if isinstance(model, ExitNetwork) else set()
-        net = attach_exits(model, t["points"], t["head"], t["num_classes"], sample, t.get("options"))
-        for k, head in net.exits.items():
-            if k not in old_exits:
-                quantize_like(head, model)  # a quantized model keeps its bits in new exit heads
-        record(net, t)
-        return net
-    if t["type"] == "quantize":
-        apply_quant(model, QuantPlan(**t["plan"]))
-        _resync_fmc(model)
-        record(model, t)
-        return model
-    if t["type"] == "fmc":  # feature-map codec hooks; no weights, so only the transform is saved
-        from .stages.fmc import attach
-        attach(model, t)
-        record(model, t)
-        return model
-    raise UserError(f"checkpoint: unknown transform '{t['type']}' (written by another chaincomp version?)")
-
-
-def _resync_fmc(model: nn.Module) -> None:
+def resync_fmc(model: nn.Module) -> None:
     """Layers swapped for quantized or resized ones lose their forward hooks; an fmc point that is
     such a layer gets its codec back here, so the model itself (not only the ledger) stays coded."""
-    from .stages.fmc import find_hooks
-
     hooks = find_hooks(model)
     if hooks is not None:
         hooks.sync(model)
@@ -78,14 +58,16 @@ def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         if new is not None:
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-    _resync_fmc(model)
+    resync_fmc(model)
 
 
-def rebuild(arch: dict, state: dict[str, torch.Tensor], sample: torch.Tensor, where: str = "checkpoint") -> nn.Module:
+def rebuild(arch: dict, state: dict[str, torch.Tensor], sample: torch.Tensor, replay: Replay,
+            where: str = "checkpoint") -> nn.Module:
+    """The model a checkpoint holds: `replay` applies each recorded transform (`stages.replay`)."""
     try:
         model = build_model(**arch["model"])
         for t in arch["transforms"]:
-            model = apply_transform(model, t, sample)
+            model = replay(model, t, sample)
         resize_to(model, state)
         model.load_state_dict(state, strict=True)
     except UserError:

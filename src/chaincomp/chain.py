@@ -20,18 +20,17 @@ import yaml
 from torch import nn
 
 from . import __version__, faults, progress
-from .arch import load_into, rebuild
+from .arch import load_into
 from .data import load_data, model_kwargs
 from .data.base import TaskData
 from .errors import UserError
-from .exits.calibrate import calibrate_rule
 from .exits.model import ExitNetwork
 from .io import RunLock, atomic_write_text, load_weights, read_json, save_weights, write_json
-from .ledger import exit_costs, measure
+from .ledger import measure
 from .models import build_model
 from .recipe import Recipe
-from .stages import Context, make_stage
-from .train import FitConfig, fit
+from .stages import Context, make_stage, rebuild, settle
+from .train import fit
 
 FORMAT = 1
 
@@ -91,23 +90,13 @@ def stage_names(recipe: Recipe) -> list[str]:
     return names
 
 
-def settle_exits(model: nn.Module, data: TaskData) -> None:
-    """After any stage changes an exit network, recalibrate a calibrated exit rule, so that the
-    threshold keeps meaning 'within max_drop of the final head' whatever came before."""
-    if isinstance(model, ExitNetwork) and "max_drop" in model.exit_rule:
-        costs = [c["bitops"] for c in exit_costs(model, data.sample_input())]
-        model.exit_rule = calibrate_rule(model, data, model.exit_rule["criterion"], model.exit_rule["max_drop"], costs)
-
-
 def train_baseline(recipe: Recipe, data: TaskData) -> nn.Module:
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model.name, width=recipe.model.width, **model_kwargs(data))
     if recipe.model.weights:
         load_into(model, load_weights(recipe.model.weights), f"model.weights ({recipe.model.weights})")
         return model
-    b = recipe.baseline
-    fit(model, data, FitConfig(b.epochs, b.lr, b.batch_size, b.weight_decay, b.optimizer), stage="baseline",
-        seed=recipe.seed)
+    fit(model, data, recipe.baseline.fit_config(), stage="baseline", seed=recipe.seed)
     return model
 
 
@@ -168,7 +157,7 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
                 t0 = time.perf_counter()
                 ctx = Context(data=data, seed=recipe.seed, stage_index=i, stage_name=name)
                 model = make_stage(cfg).apply(model, ctx)
-                settle_exits(model, data)
+                model = settle(model, data)
                 entry = {"name": name, "technique": cfg.technique, **measure(model, data),
                          "seconds": round(time.perf_counter() - t0, 2), **({"notes": ctx.notes} if ctx.notes else {})}
                 ckpt.save(i, name, model, entry, recipe.stage_digest(i))

@@ -6,7 +6,7 @@ fired).
 
 `dram_bytes` is the modelled DRAM traffic of one inference: every conv/linear layer reads its
 weights once and its input and writes its output (activations at their bits, outputs at 32 bits);
-maps coded by an fmc stage count at the length of their real streams (`stages.fmc.FmcHooks.profile`).
+maps coded by an fmc stage count at the length of their real streams (`fmc.maps.FmcHooks.profile`).
 """
 from __future__ import annotations
 

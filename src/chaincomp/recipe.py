@@ -15,13 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
-from .stages.distill import DistillConfig
-from .stages.early_exit import EarlyExitConfig
-from .stages.fmc import FmcConfig
-from .stages.prune import PruneConfig
-from .stages.quantize import QuantizeConfig
-
-DATASETS = ("digits", "cifar10", "camvid", "sr", "sr_sample")
+from .stages import STAGES, configs
+from .train import FitConfig
 
 # The fields every command's recipe starts with, constrained once. The name becomes a folder name
 # (runs/<name>), so it may hold no path separator or `..` of its own.
@@ -55,9 +50,12 @@ class BaselineConfig(BaseModel):
     optimizer: Literal["sgd", "adam"] = "sgd"
     weight_decay: float = Field(5e-4, ge=0, le=1)
 
+    def fit_config(self) -> FitConfig:
+        return FitConfig.of(self)
 
-StageEntry = Annotated[Union[DistillConfig, PruneConfig, QuantizeConfig, EarlyExitConfig, FmcConfig],
-                       Field(discriminator="technique")]
+
+# The chain's entries: every registered stage's config, told apart by `technique`.
+StageEntry = Annotated[Union[configs()], Field(discriminator="technique")]
 
 
 class Recipe(BaseModel):
@@ -95,7 +93,7 @@ class Recipe(BaseModel):
 
 
 def _loc(loc: tuple) -> str:
-    tags = {"distill", "prune", "quantize", "early_exit", "fmc"}
+    tags = set(STAGES)
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in tags)]
     return ".".join(parts) or "recipe"
 
@@ -191,71 +189,3 @@ def load_recipe(path: str | None) -> tuple[Recipe, str]:
     """A chain recipe from a YAML file, or a built-in one by name (`default` when none is given)."""
     obj, text, source = read_yaml_recipe(path, "default")
     return parse_recipe(obj, source), text
-
-
-# ---- `chaincomp check`: every kind of recipe, validated without running anything ----
-
-KINDS = ("chain", "exit", "fmc", "order", "search")
-# Top-level keys only one kind of recipe has; the keys they share (name, seed, data...) say nothing.
-_MARKS = {"chain": ("chain",), "exit": ("exits", "predictive", "energy", "runtime"), "fmc": ("tasks", "throughput")}
-
-
-def detect_kind(obj: object, source: str) -> str:
-    """Which command a recipe is for, from its top-level keys. A recipe with none of the marking keys
-    is a chain recipe (the default command's); one with keys of two kinds is refused, since
-    validating it against either schema would only report the other kind's keys as typos."""
-    if not isinstance(obj, dict):
-        return "chain"                  # validation then says it is not a mapping
-    found = {k: [m for m in marks if m in obj] for k, marks in _MARKS.items()}
-    found = {k: v for k, v in found.items() if v}
-    if len(found) > 1:
-        (a, ka), (b, kb) = list(found.items())[:2]
-        an = {"chain": "a", "exit": "an", "fmc": "an"}
-        raise UserError(f"{source}: cannot tell which kind of recipe this is: it has keys of {an[a]} {a} recipe "
-                        f"({', '.join(ka)}) and of {an[b]} {b} recipe ({', '.join(kb)}); keep one kind or give --kind")
-    return next(iter(found), "chain")
-
-
-def validate_kind(kind: str, obj: object, source: str) -> BaseModel:
-    """Validate a parsed recipe with the schema of `kind`, plus the checks each command makes before
-    any training (an exit recipe's platform profile, an order/search recipe's techniques)."""
-    if kind in ("chain", "order", "search"):
-        recipe = parse_recipe(obj, source)
-        if kind != "chain":
-            from .distributed import check_techniques
-            check_techniques(recipe, source)
-        return recipe
-    if kind == "exit":
-        from .energy.profiles import load_profile
-        from .exit_cli import ExitRecipe
-        cfg = validate_document(ExitRecipe, obj, source)
-        load_profile(cfg.energy.platform)
-        return cfg
-    if kind == "fmc":
-        from .fmc_cli import FmcRecipe
-        return validate_document(FmcRecipe, obj, source)
-    raise UserError(f"--kind: '{kind}' is not a kind of recipe; use one of {', '.join(KINDS)}")
-
-
-def describe(kind: str, cfg: BaseModel, source: str) -> str:
-    """The one line `chaincomp check` prints for a valid recipe."""
-    if kind == "fmc":
-        what = f"{len(cfg.tasks)} task(s): " + ", ".join(f"{t.model.name} on {t.data.name}" for t in cfg.tasks)
-    elif kind == "exit":
-        what = (f"{cfg.model.name} on {cfg.data.name}, {cfg.exits.head} exits ({cfg.exits.train}), "
-                f"platform {cfg.energy.platform}")
-    else:
-        what = f"{cfg.model.name} on {cfg.data.name}, " + (" -> ".join(cfg.techniques()) or "(no stages)")
-    return f"{source}: valid {kind} recipe '{cfg.name}': {what}"
-
-
-def check_document(obj: object, source: str, kind: str | None = None) -> str:
-    """Validate a parsed recipe of any kind (detected when not given); the line to print, or UserError."""
-    kind = kind or detect_kind(obj, source)
-    return describe(kind, validate_kind(kind, obj, source), source)
-
-
-def check_recipe(path: str | None, kind: str | None = None) -> str:
-    """`chaincomp check`: read a recipe file (or built-in name) and validate it; never trains."""
-    obj, _, source = read_yaml_recipe(path, "default")
-    return check_document(obj, source, kind)

@@ -49,6 +49,12 @@ class FitConfig:
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
 
+    @classmethod
+    def of(cls, budget, epochs: int | None = None) -> "FitConfig":
+        """From any recipe section with epochs, lr, batch_size, weight_decay and optimizer fields."""
+        return cls(budget.epochs if epochs is None else epochs, budget.lr, budget.batch_size, budget.weight_decay,
+                   budget.optimizer)
+
 
 def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | None = None, stage: str = "train",
         seed: int = 0, params=None) -> dict:

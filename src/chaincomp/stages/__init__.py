@@ -1,24 +1,19 @@
-"""One module per technique, all with the same contract (`base.Stage`). A stage never imports another."""
+"""One module per technique, all with the same contract (`base.Stage`), each registering itself in
+`registry`. A stage never imports another stage.
+
+Every module of this package (but `base` and `registry`) is imported here, so adding a technique is
+adding one file; see docs/architecture.md for an example.
+"""
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from .base import Context, Stage, StageConfig
-from .distill import Distill
-from .early_exit import EarlyExit
-from .fmc import Fmc
-from .prune import Prune
-from .quantize import Quantize
+from .registry import STAGES, configs, letters, make_stage, rebuild, register, replay, settle
 
-STAGES: dict[str, type[Stage]] = {s.technique: s for s in (Distill, Prune, Quantize, EarlyExit, Fmc)}
-TECHNIQUE_LETTER = {"distill": "D", "prune": "P", "quantize": "Q", "early_exit": "E", "fmc": "F"}
+for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _m.name not in ("base", "registry"):
+        importlib.import_module(f"{__name__}.{_m.name}")
 
-
-def register(stage: type[Stage]) -> None:
-    """Add a technique (used by the feature-map compression stage)."""
-    STAGES[stage.technique] = stage
-
-
-def make_stage(config: StageConfig) -> Stage:
-    return STAGES[config.technique](config)
-
-
-__all__ = ["Context", "Stage", "StageConfig", "STAGES", "make_stage", "register", "TECHNIQUE_LETTER"]
+__all__ = ["Context", "Stage", "StageConfig", "STAGES", "configs", "letters", "make_stage", "rebuild", "register", "replay", "settle"]

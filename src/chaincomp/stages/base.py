@@ -28,8 +28,7 @@ class StageConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0, le=1)
 
     def fit_config(self, epochs: int | None = None) -> FitConfig:
-        return FitConfig(self.epochs if epochs is None else epochs, self.lr, self.batch_size, self.weight_decay,
-                         self.optimizer)
+        return FitConfig.of(self, epochs)
 
 
 @dataclass
@@ -48,8 +47,25 @@ class Context:
 
 
 class Stage(ABC):
-    technique: ClassVar[str]
+    """A technique. Class attributes say how the rest of the system knows it (see `registry`)."""
+
+    technique: ClassVar[str]                  # the recipe's `technique:` value
+    letter: ClassVar[str]                     # one letter in order names (D, P, Q, E...)
     Config: ClassVar[type[StageConfig]]
+    studied: ClassVar[bool] = False           # may the order study and the search reorder it?
+    rank: ClassVar[int] = 100                 # place in the papers' order (ties in the order study)
+    transform: ClassVar[str | None] = None    # the structural transform it records, if any
+
+    @staticmethod
+    def settle(model: nn.Module, data: TaskData) -> nn.Module:
+        """Called after every stage (of any technique): keep what this technique added valid when later
+        stages changed the model (early exit recalibrates its thresholds). Default: nothing."""
+        return model
+
+    @staticmethod
+    def replay(model: nn.Module, t: dict, sample) -> nn.Module:
+        """Re-apply a recorded transform of this stage (checkpoint rebuild, a student like its teacher)."""
+        raise NotImplementedError
 
     def __init__(self, config: StageConfig):
         self.config = config

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..arch import apply_transform
 from ..models import build_model
+from ..pruning import prune_to_shares, weighted_layers
 from ..train import multi_loss, task_loss
 from .base import Context, Stage, StageConfig
+from .registry import register, replay
 
 
 class StudentSpec(BaseModel):
@@ -63,52 +64,33 @@ def build_student(teacher: nn.Module, spec: StudentSpec, sample: torch.Tensor) -
             # Same relative depth when the student has another number of blocks.
             n_t, n_s = len(teacher.blocks), len(student.blocks)
             t = {**t, "points": sorted({round(p * (n_s - 1) / max(1, n_t - 1)) for p in teacher.exit_points})}
-        student = apply_transform(student, t, sample)
+        student = replay(student, t, sample)
     if name == arch["model"]["name"]:
         kept = pruned_shares(teacher, build_model(name, **base, width=teacher_width))
         if kept:
-            prune_like(student, kept, sample)
+            prune_to_shares(student, kept, sample)
     return student
-
-
-def _weighted(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
 def pruned_shares(teacher: nn.Module, unpruned: nn.Module) -> dict[str, float]:
     """Per conv/linear layer name, the share of output channels the teacher kept against the same
     zoo model unpruned; empty when nothing was pruned."""
-    ref = _weighted(unpruned)
+    ref = weighted_layers(unpruned)
     shares = {}
-    for n, m in _weighted(teacher).items():
+    for n, m in weighted_layers(teacher).items():
         r = ref.get(n)  # an exit network keeps the zoo names (blocks.*, head.*); exit heads have none
         if r is not None and r.weight.shape[0] > m.weight.shape[0]:
             shares[n] = m.weight.shape[0] / r.weight.shape[0]
     return shares
 
 
-def prune_like(student: nn.Module, kept: dict[str, float], sample: torch.Tensor) -> None:
-    """Remove the same share of channels from the (freshly initialised) student, layer by layer,
-    through Torch-Pruning so residual and exit couplings stay consistent. Which channels go does
-    not matter: the student has not been trained yet."""
-    import torch_pruning as tp
-
-    from .prune import output_layers, sum_outputs
-
-    layers = _weighted(student)
-    ratios = {layers[n]: 1 - k for n, k in kept.items() if n in layers}
-    if not ratios:
-        return
-    student.eval()
-    tp.pruner.MetaPruner(student, sample[:2],
-                         importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.0,
-                         pruning_ratio_dict=ratios, ignored_layers=output_layers(student),
-                         output_transform=sum_outputs).step()
-
-
+@register
 class Distill(Stage):
     technique = "distill"
+    letter = "D"
     Config = DistillConfig
+    studied = True
+    rank = 0
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         c: DistillConfig = self.config

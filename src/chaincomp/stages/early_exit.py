@@ -18,12 +18,14 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from ..arch import apply_transform
+from ..arch import record
 from ..errors import UserError
 from ..exits.calibrate import calibrate_rule
-from ..exits.model import ExitNetwork
+from ..exits.model import ExitNetwork, attach_exits
 from ..ledger import exit_costs
+from ..qmodules import quantize_like
 from .base import Context, Stage, StageConfig
+from .registry import register
 
 
 class EarlyExitConfig(StageConfig):
@@ -37,9 +39,34 @@ class EarlyExitConfig(StageConfig):
     epochs: int = Field(10, ge=0, le=100_000)
 
 
+@register
 class EarlyExit(Stage):
     technique = "early_exit"
+    letter = "E"
     Config = EarlyExitConfig
+    studied = True
+    rank = 3
+    transform = "exits"
+
+    @staticmethod
+    def settle(model: nn.Module, data) -> nn.Module:
+        """After any stage changes an exit network, recalibrate a calibrated exit rule, so that the
+        threshold keeps meaning 'within max_drop of the final head' whatever came before."""
+        if isinstance(model, ExitNetwork) and "max_drop" in model.exit_rule:
+            costs = [c["bitops"] for c in exit_costs(model, data.sample_input())]
+            model.exit_rule = calibrate_rule(model, data, model.exit_rule["criterion"], model.exit_rule["max_drop"],
+                                             costs)
+        return model
+
+    @staticmethod
+    def replay(model: nn.Module, t: dict, sample) -> nn.Module:
+        old_exits = set(model.exits.keys()) if isinstance(model, ExitNetwork) else set()
+        net = attach_exits(model, t["points"], t["head"], t["num_classes"], sample, t.get("options"))
+        for k, head in net.exits.items():
+            if k not in old_exits:
+                quantize_like(head, model)  # a quantized model keeps its bits in new exit heads
+        record(net, t)
+        return net
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         c: EarlyExitConfig = self.config
@@ -49,7 +76,7 @@ class EarlyExit(Stage):
         if isinstance(c.points, list) and any(p >= len(model.blocks) - 1 or p < -(len(model.blocks)) for p in c.points):
             raise UserError(f"chain.{ctx.stage_index}.points: block indices must be below {len(model.blocks) - 1}")
         t = {"type": "exits", "points": c.points, "head": c.head, "num_classes": data.num_classes}
-        net: ExitNetwork = apply_transform(model, t, data.sample_input())
+        net: ExitNetwork = self.replay(model, t, data.sample_input())
         params = None
         if c.freeze_backbone:
             params = list(net.exits.parameters())

@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch_pruning as tp
 from pydantic import Field
 from torch import nn
 
-from ..errors import UserError
+from ..pruning import make_pruner
 from ..train import as_list, multi_loss
 from .base import Context, Stage, StageConfig
+from .registry import register
 
 
 class PruneConfig(StageConfig):
@@ -46,43 +46,13 @@ class PruneConfig(StageConfig):
     model_config = {**StageConfig.model_config, "populate_by_name": True}
 
 
-def output_layers(model: nn.Module) -> list[nn.Module]:
-    """The last conv/linear of the final head and of every exit head: their outputs are classes."""
-    out = []
-    heads = [model.head] + (list(model.exits.values()) if hasattr(model, "exits") else [])
-    for h in heads:
-        layers = [m for m in h.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        if layers:
-            out.append(layers[-1])
-    return out
-
-
-def ignored(model: nn.Module, globs: list[str]) -> list[nn.Module]:
-    """Conv/linear layers whose names match a glob; a glob that matches none is a recipe mistake."""
-    from fnmatch import fnmatchcase
-
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    for g in globs:
-        if not any(fnmatchcase(n, g) for n in layers):
-            raise UserError(f"prune.ignore: '{g}' matches no conv/linear layer; e.g. {sorted(layers)[:6]}")
-    return [m for n, m in layers.items() if any(fnmatchcase(n, g) for g in globs)]
-
-
-def importance_of(name: str):
-    if name == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if name == "lamp":
-        return tp.importance.LAMPImportance(p=2)
-    return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2)
-
-
-def sum_outputs(out):
-    return sum(o.sum() for o in as_list(out))
-
-
+@register
 class Prune(Stage):
     technique = "prune"
+    letter = "P"
     Config = PruneConfig
+    studied = True
+    rank = 1
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         c: PruneConfig = self.config
@@ -90,11 +60,8 @@ class Prune(Stage):
             return model
         data = ctx.data
         example = data.sample_input(2)
-        model.eval()
-        pruner = tp.pruner.MetaPruner(
-            model, example, importance=importance_of(c.importance), global_pruning=c.global_,
-            pruning_ratio=c.ratio, iterative_steps=c.steps, ignored_layers=output_layers(model) + ignored(model, c.ignore),
-            max_pruning_ratio=c.max_layer_ratio, round_to=c.round_to, output_transform=sum_outputs)
+        pruner = make_pruner(model, example, importance=c.importance, ratio=c.ratio, global_pruning=c.global_,
+                             steps=c.steps, max_layer_ratio=c.max_layer_ratio, round_to=c.round_to, ignore=c.ignore)
         per_step = [c.epochs // c.steps + (1 if i < c.epochs % c.steps else 0) for i in range(c.steps)]
         for i in range(c.steps):
             if c.importance == "taylor":

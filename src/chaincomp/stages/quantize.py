@@ -21,9 +21,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..arch import apply_transform
-from ..qmodules import QuantPlan, calibrate
+from ..arch import record, resync_fmc
+from ..qmodules import QuantPlan, apply_quant, calibrate
 from .base import Context, Stage, StageConfig
+from .registry import register
 
 
 class LayerBits(BaseModel):
@@ -46,15 +47,27 @@ class QuantizeConfig(StageConfig):
     lr: float = Field(0.005, gt=0, le=10)
 
 
+@register
 class Quantize(Stage):
     technique = "quantize"
+    letter = "Q"
     Config = QuantizeConfig
+    studied = True
+    rank = 2
+    transform = "quantize"
+
+    @staticmethod
+    def replay(model: nn.Module, t: dict, sample) -> nn.Module:
+        apply_quant(model, QuantPlan(**t["plan"]))
+        resync_fmc(model)   # layers swapped for quantized ones lost their codec hooks
+        record(model, t)
+        return model
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         c: QuantizeConfig = self.config
         overrides = {k: {f: v for f, v in o.model_dump().items() if v is not None} for k, o in c.overrides.items()}
         plan = QuantPlan(c.weight_bits, c.act_bits, c.first_last_bits, c.per_channel, c.weight_scale, overrides)
-        model = apply_transform(model, {"type": "quantize", "plan": plan.to_dict()}, ctx.data.sample_input())
+        model = self.replay(model, {"type": "quantize", "plan": plan.to_dict()}, ctx.data.sample_input())
         batches = (x for x, _ in islice(ctx.data.train.batches(c.batch_size), c.calibration_batches))
         calibrate(model, batches, c.calibration)
         if c.mode == "qat":

@@ -23,7 +23,6 @@ Recipe (all keys optional, unknown keys refused):
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -33,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .recipe import (BaselineConfig, DataConfig, ModelConfig, RecipeName, Seed, Threads, read_yaml_recipe,
+from ..recipe import (BaselineConfig, DataConfig, ModelConfig, RecipeName, Seed, Threads, read_yaml_recipe,
                      validate_document)
 
 DEFAULT_RECIPE = "fmc_default"
@@ -74,10 +73,15 @@ class FmcRecipe(BaseModel):
     throughput: ThroughputConfig = ThroughputConfig()
 
 
+def validate_fmc_recipe(obj: object, source: str) -> FmcRecipe:
+    """Everything checked before any training; `chaincomp check` and `chaincomp fmc` both call this."""
+    return validate_document(FmcRecipe, obj, source)
+
+
 def load_fmc_recipe(path: str | None) -> FmcRecipe:
     """A recipe file, or a built-in `fmc_*` recipe by name (`fmc_default` when none is given)."""
     obj, _, source = read_yaml_recipe(path, DEFAULT_RECIPE, prefix="fmc_")
-    return validate_document(FmcRecipe, obj, source)
+    return validate_fmc_recipe(obj, source)
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -85,7 +89,7 @@ def load_fmc_recipe(path: str | None) -> FmcRecipe:
 def attach_precision(model, points, bits_in: int) -> list:
     """Hooks that only move the maps to their bits_in form and back (float16, or int8 with the codec's
     per-map scale): the uncoded reference `metric_raw`."""
-    from .fmc import dtypes
+    from ..fmc import dtypes
 
     modules = dict(model.named_modules())
 
@@ -124,7 +128,7 @@ def throughput(model, points, data, cfg: FmcRecipe, codec: dict) -> dict:
     """Encode/decode MB/s of ASC on the task's real float16 maps (median of repeats, one process)."""
     import torch
 
-    from .fmc import decode, encode
+    from ..fmc import decode, encode
 
     modules, maps = dict(model.named_modules()), {}
     hooks = [modules[p].register_forward_hook(lambda _m, _i, o, p=p: maps.__setitem__(p, o.detach().half()))
@@ -159,7 +163,7 @@ AGREE = {"classification": "top-1 agreement with raw maps (%)", "segmentation": 
 
 def _predict(model, data) -> tuple[float, list]:
     """Test metric and the final outputs (kept to compare codings with the uncoded maps)."""
-    from .train import metric_of, outputs_and_targets
+    from ..train import metric_of, outputs_and_targets
 
     outs, ys = outputs_and_targets(model, data.test)
     preds = [o[-1] for o in outs]
@@ -180,19 +184,20 @@ def agreement(task: str, preds: list, ref: list) -> float:
 
 def run_task(t: TaskConfig, cfg: FmcRecipe) -> tuple[list[dict], list[dict], dict]:
     """Train/load, then every (bits_in, method, mode); returns (ASC rows, baseline rows, extras)."""
-    from . import progress
-    from .chain import train_baseline
-    from .data import load_data
-    from .energy.cost import profile_model
-    from .recipe import Recipe
-    from .stages.fmc import FmcConfig, FmcHooks, resolve_points
+    from .. import progress
+    from ..chain import train_baseline
+    from ..data import load_data
+    from ..energy.cost import profile_model
+    from ..recipe import Recipe
+    from ..fmc.maps import FmcHooks, resolve_points
+    from ..stages.fmc import FmcConfig
 
     data = load_data(t.data, cfg.seed)
     model = train_baseline(Recipe(name=cfg.name, seed=cfg.seed, data=t.data, model=t.model, baseline=t.baseline), data)
     sample = data.sample_input()
     c = t.codec
     stage = FmcConfig(points=t.points, block=c.block, fit_block=c.fit_block, index_bits=c.index_bits, scales=c.scales)
-    points = resolve_points(model, sample, stage)
+    points = resolve_points(model, sample, stage.points, stage.block, stage.fit_block)
     fp32, _ = _predict(model, data)
     common = {"task": data.task, "dataset": data.name, "model": t.model.name, "metric_name": data.metric_name,
               "metric_fp32": round(fp32, 4), "dram_bytes_fp32": profile_model(model, sample).total()["dram_bytes"]}
@@ -246,8 +251,8 @@ def task_digest(t: TaskConfig, cfg: FmcRecipe) -> str:
 def _task(i: int, t: TaskConfig, cfg: FmcRecipe, out: Path, resume: bool) -> tuple[list[dict], list[dict], dict]:
     """One task, saved to DIR/tasks/NN.json when it ends. With --resume a task saved with the same settings
     is reused (a task is minutes of training; a killed run loses only the task it was in)."""
-    from . import faults, progress
-    from .io import read_json, write_json
+    from .. import faults, progress
+    from ..io import read_json, write_json
 
     f, digest = out / "tasks" / f"{i:02d}.json", task_digest(t, cfg)
     if resume and f.exists():
@@ -266,8 +271,8 @@ def run_fmc(cfg: FmcRecipe, out: str | Path, resume: bool = False) -> dict:
     last, so it exists only when every file beside it belongs to the run that wrote it."""
     import torch
 
-    from .io import RunLock, write_json
-    from .report import machine_info
+    from ..io import RunLock, write_json
+    from ..report import machine_info
 
     out = Path(out)
     if cfg.threads:
@@ -301,8 +306,8 @@ def write_report(out: Path, res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write_text
-    from .report import save_figure
+    from ..io import atomic_write_text
+    from ..report import save_figure
 
     details = res["details"]
     fig, axes = plt.subplots(1, len(details), figsize=(5 * len(details), 3.4), squeeze=False)
@@ -352,23 +357,3 @@ def write_report(out: Path, res: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- cli
-
-def _cmd_fmc(args: argparse.Namespace) -> int:
-    cfg = load_fmc_recipe(args.recipe)
-    out = Path(args.out or f"runs/{cfg.name}")
-    res = run_fmc(cfg, out, resume=args.resume)
-    for r in res["tasks"]:
-        print(f"{r['dataset']} {r['model']} {r['bits_in']}-bit: {r['metric_name']} raw {r['metric_raw']:.3f}  "
-              f"CBR {r['metric_cbr']:.3f} @ {r['ratio_cbr']:.2f}x  VBR {r['metric_vbr']:.3f} @ {r['ratio_vbr']:.2f}x")
-    print(f"results: {out / 'fmc.json'}  report: {out / 'fmc.md'}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    r = sub.add_parser("fmc", help="feature-map compression (ASC) vs baselines on real tasks (digits + SR by default)")
-    r.add_argument("recipe", nargs="?", help=f"fmc recipe YAML or built-in name (default: {DEFAULT_RECIPE})")
-    r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
-    r.add_argument("--resume", action="store_true",
-                   help="reuse the tasks a killed (or earlier) run in --out finished with the same settings; "
-                        "without it every task runs again")
-    r.set_defaults(func=_cmd_fmc)

@@ -16,7 +16,6 @@ so with one trial at a time (--workers 0) a killed and resumed search ends as an
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import time
@@ -24,13 +23,13 @@ import warnings
 from itertools import permutations
 from pathlib import Path
 
-from . import faults
-from .distributed import LETTER, Executor, check_techniques, derived, ensure_baseline, open_study, run_recipe_task, \
+from .. import faults
+from .common import LETTER, Executor, check_techniques, derived, ensure_baseline, open_study, run_recipe_task, \
     stage_dicts
-from .errors import UserError
-from .io import RunLock, read_json, write_json
-from .progress import log
-from .recipe import Recipe
+from ..errors import UserError
+from ..io import RunLock, read_json, write_json
+from ..progress import log
+from ..recipe import Recipe
 
 TECH_OF = {v: k for k, v in LETTER.items()}
 
@@ -227,8 +226,8 @@ def write_search_report(out: Path, res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write_text
-    from .report import markdown_table, save_figure
+    from ..io import atomic_write_text
+    from ..report import markdown_table, save_figure
 
     done = [t for t in res["trials"] if t["state"] == "complete"]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -258,33 +257,3 @@ def write_search_report(out: Path, res: dict) -> None:
                       f"{res['seconds']:.0f} s this session.\n\n"
                       + markdown_table(["trial", "order", "metric", "BitOps", "degrees"], rows)
                       + "\n\n![Pareto front](pareto.png)\n")
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
-    from .order import study_recipe
-
-    recipe, source = study_recipe(args.recipe)
-    out = Path(args.out or f"runs/{recipe.name}-search")
-    res = run_search(recipe, out, trials=args.trials, workers=args.workers, address=args.address,
-                     sampler=args.sampler, source=source)
-    for t in res["pareto"]:
-        log(f"front: {t['order']} metric {t['metric']:.2f} BitOps {t['bitops']:.3g} (trial {t['number']})")
-    log(f"results: {out / 'search.json'}  report: {out / 'search.md'}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("search", help="multi-objective search over order and degree (metric up, BitOps down)")
-    p.add_argument("recipe", nargs="?", help="recipe YAML or built-in name (default: digits, D P Q E, the order "
-                   "study's scaled budget)")
-    p.add_argument("--out", help="output folder (default: runs/<recipe name>-search); a rerun continues the study")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a killed study in --out (a rerun with the same recipe always continues: "
-                        "finished trials are kept, running ones are dispatched again with their parameters)")
-    p.add_argument("--trials", type=int, default=20, help="trials in the study (default 20)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="trials in parallel (default: CPU count); 0 runs them one by one without Ray")
-    p.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe",
-                   help="Optuna multi-objective sampler (default tpe: better on small budgets)")
-    p.set_defaults(func=_cmd_search)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .deployed import Deployed, cores, optimized_ops, ort_metric
+from ..errors import UserError
+from .runtime import Deployed, cores, optimized_ops, ort_metric
 from .export import INTEGER_OPS, calibration_input, export_model, strip_fmc
 
 MAX_BATCH = 4096
@@ -105,21 +105,17 @@ def ort_int8_peer(fp32: Path, out: Path, data, batches: int = 8, batch_size: int
 def prune_peer(baseline: torch.nn.Module, run, epochs: int) -> tuple[torch.nn.Module, dict]:
     """Torch-Pruning alone on the baseline: the recipe's (first) prune settings in one step, or ratio
     0.5 with L2 importance when the recipe has no prune stage; then `epochs` epochs of fine-tuning."""
-    import torch_pruning as tp
-
-    from .stages.prune import PruneConfig, importance_of, sum_outputs, output_layers
-    from .train import FitConfig, fit
+    from ..pruning import make_pruner
+    from ..stages.prune import PruneConfig
+    from ..train import fit
 
     cfg = next((s for s in run.recipe.chain if s.technique == "prune"), None) or PruneConfig(ratio=0.5, importance="l2")
     model = copy.deepcopy(baseline).eval()
     importance = "l2" if cfg.importance == "taylor" else cfg.importance  # no gradients for a one-shot peer
-    pruner = tp.pruner.MetaPruner(model, run.data.sample_input(2), importance=importance_of(importance),
-                                  global_pruning=cfg.global_, pruning_ratio=cfg.ratio, iterative_steps=1,
-                                  ignored_layers=output_layers(model), max_pruning_ratio=cfg.max_layer_ratio,
-                                  round_to=cfg.round_to, output_transform=sum_outputs)
-    pruner.step()
+    make_pruner(model, run.data.sample_input(2), importance=importance, ratio=cfg.ratio, global_pruning=cfg.global_,
+                max_layer_ratio=cfg.max_layer_ratio, round_to=cfg.round_to).step()
     if epochs:
-        fit(model, run.data, FitConfig(epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.optimizer),
+        fit(model, run.data, cfg.fit_config(epochs),
             stage="peer torch-pruning", seed=run.recipe.seed)
     model.eval()
     return model, {"ratio": cfg.ratio, "importance": importance, "global": cfg.global_,
@@ -128,7 +124,7 @@ def prune_peer(baseline: torch.nn.Module, run, epochs: int) -> tuple[torch.nn.Mo
 
 def _counted_bitops(run) -> tuple[float, float]:
     """(baseline, stage) BitOps per sample as the ledger counted them (results.json when present)."""
-    from .io import read_json
+    from ..io import read_json
 
     res = run.out / "results.json"
     base = read_json(res)["baseline"]["bitops"] if res.is_file() else None
@@ -138,7 +134,7 @@ def _counted_bitops(run) -> tuple[float, float]:
 
 
 def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo) -> dict[str, dict]:
-    from .energy.cost import profile_model
+    from ..energy.cost import profile_model
 
     sample = calibration_input(run.data)
     base_bitops, stage_bitops = _counted_bitops(run)
@@ -165,8 +161,8 @@ def bench_run(run_dir: str | Path, batches: list[int] | None = None, runs: int =
               threads: int | None = None, peers: bool = True, peer_epochs: int = 1, stage: str | None = None,
               data=None, echo=print) -> dict:
     """Export, run and time every model; writes RUN_DIR/bench.json and RUN_DIR/bench.md."""
-    from .chain import load_run
-    from .io import RunLock
+    from ..chain import load_run
+    from ..io import RunLock
 
     batches = validate(list(batches or DEFAULT_BATCHES), runs, warmup, threads)
     run = load_run(run_dir, stage, data=data)
@@ -178,8 +174,8 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
            echo) -> dict:
     import onnxruntime as ort
 
-    from . import __version__
-    from .io import atomic_write_text, write_json
+    from .. import __version__
+    from ..io import atomic_write_text, write_json
 
     folder = run.out / "bench"
     threads = threads or cores()
@@ -292,7 +288,7 @@ def bench_markdown(result: dict) -> str:
 def print_bench(result: dict) -> None:
     from rich.table import Table
 
-    from .progress import console
+    from ..progress import console
 
     t = Table(title=f"bench: {Path(result['run']).name} ({result['stage']}), ORT {result['onnxruntime']}, "
                     f"{result['threads']} threads")

@@ -11,7 +11,6 @@ the topological answer against brute force.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -19,13 +18,13 @@ from graphlib import TopologicalSorter
 from itertools import combinations, permutations
 from pathlib import Path
 
-from . import faults
-from .distributed import (CANONICAL, LETTER, Executor, check_techniques, derived, ensure_baseline, open_study,
+from .. import faults
+from .common import (CANONICAL, LETTER, Executor, check_techniques, derived, ensure_baseline, open_study,
                           run_recipe_task, stage_dicts)
-from .errors import UserError
-from .io import RunLock, write_json
-from .progress import log
-from .recipe import Recipe, load_recipe
+from ..errors import UserError
+from ..io import RunLock, write_json
+from ..progress import log
+from ..recipe import Recipe, load_recipe
 
 SAME_BITOPS = 0.05      # two orders within 5% BitOps are compared on the metric alone
 MIN_TOL = 0.3           # points: the smallest difference that counts (one seed has no spread)
@@ -271,43 +270,8 @@ def study_recipe(name: str | None) -> tuple[Recipe, str]:
     obj["baseline"]["epochs"] = STUDY_EPOCHS["baseline"]
     for s in obj["chain"]:
         s["epochs"] = STUDY_EPOCHS[s["technique"]]
-    from .recipe import parse_recipe
+    from ..recipe import parse_recipe
     return parse_recipe(obj, "<built-in order study>"), "<built-in order study>"
-
-
-def _cmd_order(args: argparse.Namespace) -> int:
-    recipe, source = study_recipe(args.recipe)
-    out = Path(args.out or f"runs/{recipe.name}-order")
-    res = run_order_study(recipe, out, seeds=args.seeds, workers=args.workers, address=args.address,
-                          insertion=args.insertion, perms=args.permutations, min_tol=args.tolerance,
-                          rate=args.points_per_decade, source=source)
-    for p in res["pairs"]:
-        a, b = p["orders"]
-        log(f"{letters(a['order'])} {a['metric']:.2f}/{a['bitops']:.3g} vs {letters(b['order'])} "
-            f"{b['metric']:.2f}/{b['bitops']:.3g}: {p['winner']} ({p['rule']})")
-    cyc = "; ".join("->".join(c["cycle"]) for c in res["cycles"]) or "none"
-    log(f"order: {' -> '.join(res['order'])} ({res['order_letters']}); cycles: {cyc}; {res['seconds']:.0f} s")
-    log(f"results: {out / 'order.json'}  report: {out / 'order.md'}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("order", help="measure the order of the recipe's techniques pair by pair, sort topologically")
-    p.add_argument("recipe", nargs="?", help="recipe YAML or built-in name (default: digits, D P Q E, scaled budget)")
-    p.add_argument("--out", help="output folder (default: runs/<recipe name>-order); a rerun reuses finished chains")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a killed study in --out (a rerun with the same recipe always continues: "
-                        "finished chains are reused, a chain that was running resumes from its last stage)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per order (default 1)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="parallel chains (default: CPU count); 0 runs them one by one without Ray")
-    p.add_argument("--insertion", action="store_true", help="also check that a third technique between a pair keeps its order")
-    p.add_argument("--permutations", action="store_true", help="also run every full order (brute force check)")
-    p.add_argument("--tolerance", type=float, default=MIN_TOL, help=f"minimum tie tolerance in points (default {MIN_TOL})")
-    p.add_argument("--points-per-decade", type=float, default=POINTS_PER_DECADE,
-                   help="trade-off rate: metric points one decade of BitOps is worth (default 1)")
-    p.set_defaults(func=_cmd_order)
 
 
 # ---- report: order.md with the precedence graph and metric against BitOps per order ----
@@ -318,7 +282,7 @@ def plot_graph(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import save_figure
+    from ..report import save_figure
 
     nodes = res["techniques"]
     pos = {t: (math.cos(math.pi / 2 - 2 * math.pi * i / len(nodes)), math.sin(math.pi / 2 - 2 * math.pi * i / len(nodes)))
@@ -350,7 +314,7 @@ def plot_orders(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import save_figure
+    from ..report import save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, p in enumerate(res["pairs"]):
@@ -378,8 +342,8 @@ def _row(o: dict) -> str:
 
 
 def write_order_report(out: Path, res: dict) -> None:
-    from .io import atomic_write_text
-    from .report import markdown_table
+    from ..io import atomic_write_text
+    from ..report import markdown_table
 
     plot_graph(res, out / "precedence.png")
     plot_orders(res, out / "orders.png")

@@ -1,14 +1,14 @@
-"""Command line of deployment: `chaincomp export` and `chaincomp bench` (registered by cli.py)."""
+"""`chaincomp export`: a run's model to ONNX, checked in ONNX Runtime. Parsing and printing only; the work is in deploy/export.py."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from ..deploy.export import export_run
 
     if not 0 <= args.tolerance <= 100:
         raise UserError(f"--tolerance: {args.tolerance}; give metric points in 0..100")
@@ -22,15 +22,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_run
-
-    bench_run(args.run_dir, args.batch, args.runs, args.warmup, args.threads, peers=not args.no_peers,
-              peer_epochs=args.peer_epochs, stage=args.stage)
-    return 0
-
-
-def register_cli(sub) -> None:
+def register(sub) -> None:
     e = sub.add_parser("export", help="export a run's model to ONNX (integer kernels, exit segments), checked in ORT")
     e.add_argument("run_dir", help="folder of a finished `chaincomp run`")
     e.add_argument("--out", help="ONNX file (default RUN_DIR/export/model.onnx; segments and manifest beside it)")
@@ -42,15 +34,3 @@ def register_cli(sub) -> None:
                         "(default, fast); exact = ConvInteger with a float rescale per layer (PyTorch's "
                         "arithmetic up to float rounding, slow in ORT)")
     e.set_defaults(func=_cmd_export)
-
-    b = sub.add_parser("bench", help="latency/throughput in ONNX Runtime: baseline, compressed model and peers")
-    b.add_argument("run_dir", help="folder of a finished `chaincomp run`")
-    b.add_argument("--stage", help="bench the model after this stage (default: the last finished one)")
-    b.add_argument("--batch", type=int, action="append", help="batch size; repeat for several (default 1 and 64)")
-    b.add_argument("--runs", type=int, default=30, help="timed runs per model and batch size (default 30)")
-    b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    b.add_argument("--threads", type=int, help="ORT intra-op threads (default: the cores this process may use)")
-    b.add_argument("--peer-epochs", type=int, default=1, choices=range(0, 101), metavar="N",
-                   help="fine-tuning epochs of the Torch-Pruning peer (default 1; 0: none)")
-    b.add_argument("--no-peers", action="store_true", help="skip ORT static int8 and Torch-Pruning peers")
-    b.set_defaults(func=_cmd_bench)

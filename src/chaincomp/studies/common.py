@@ -17,12 +17,13 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from .errors import UserError
-from .io import read_json, save_weights, write_json
-from .recipe import Recipe, parse_recipe
+from ..errors import UserError
+from ..io import read_json, save_weights, write_json
+from ..recipe import Recipe, parse_recipe
+from ..stages.registry import canonical_order, letters
 
-LETTER = {"distill": "D", "prune": "P", "quantize": "Q", "early_exit": "E"}
-CANONICAL = ("distill", "prune", "quantize", "early_exit")   # the paper's order; breaks ties
+LETTER = letters(studied_only=True)   # technique -> letter, for the techniques a study may reorder
+CANONICAL = canonical_order()          # the paper's order (D -> P -> Q -> E); breaks ties
 
 
 def check_techniques(recipe: Recipe, source: str) -> list[str]:
@@ -35,8 +36,15 @@ def check_techniques(recipe: Recipe, source: str) -> list[str]:
         raise UserError(f"{source}: technique '{twice[0]}' is named twice in the chain; keep one entry per technique")
     other = [t for t in techs if t not in LETTER]
     if other:
-        raise UserError(f"{source}: technique '{other[0]}' cannot be ordered; use distill, prune, quantize, early_exit")
+        raise UserError(f"{source}: technique '{other[0]}' cannot be ordered; use {', '.join(CANONICAL)}")
     return techs
+
+
+def validate_study_recipe(obj: object, source: str) -> Recipe:
+    """What the order study and the search check before any training (and `chaincomp check` with them)."""
+    recipe = parse_recipe(obj, source)
+    check_techniques(recipe, source)
+    return recipe
 
 
 def derived(recipe: Recipe, stages: list[dict], *, seed: int, weights: Path, name: str) -> Recipe:
@@ -66,15 +74,15 @@ def open_study(out: Path, kind: str, recipe: Recipe) -> None:
 
 def ensure_baseline(recipe: Recipe, out: Path) -> Path:
     """Train the baseline once (or reuse DIR/baseline.safetensors) so every chain shares its weights."""
-    from .chain import train_baseline
-    from .data import load_data
-    from .progress import log
+    from ..chain import train_baseline
+    from ..data import load_data
+    from ..progress import log
 
     path = out / "baseline.safetensors"
     if path.exists():
         return path
     if recipe.model.weights:
-        from .io import load_weights
+        from ..io import load_weights
         save_weights(path, load_weights(recipe.model.weights))
         return path
     t0 = time.perf_counter()
@@ -88,7 +96,7 @@ def run_recipe_task(recipe_obj: dict, out: str, data_seed: int, threads: int | N
                     blob: bytes | None = None) -> dict:
     """One chain, in a worker or in-process. Data comes from the base seed (one split for all runs,
     so a shared baseline is never tested on its own training images). Returns the compact result."""
-    from . import progress
+    from .. import progress
 
     was_quiet, progress.quiet = progress.quiet, True
     try:
@@ -100,9 +108,9 @@ def run_recipe_task(recipe_obj: dict, out: str, data_seed: int, threads: int | N
 def _run_recipe(recipe_obj: dict, out: str, data_seed: int, threads: int | None, blob: bytes | None) -> dict:
     import torch
 
-    from .chain import run_chain
-    from .data import load_data
-    from .io import atomic_write_bytes
+    from ..chain import run_chain
+    from ..data import load_data
+    from ..io import atomic_write_bytes
 
     if threads:
         torch.set_num_threads(threads)

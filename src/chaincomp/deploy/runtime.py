@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def cores() -> int:
@@ -136,7 +136,7 @@ class Deployed:
 
 
 def ort_metric(deployed: Deployed, data, batch_size: int = 256) -> float:
-    from .train import metric_of
+    from ..train import metric_of
 
     preds, ys = [], []
     for x, y in data.test.batches(batch_size):

@@ -1,0 +1,81 @@
+"""The command line: `chaincomp COMMAND ...`, one module per command in this package.
+
+Each module holds argument parsing and printing only, and a `register(subparsers)` function; the work
+is done by the runner, the studies and deploy. User mistakes end as one line on stderr and exit
+status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import DivergenceError, UserError
+
+# The commands, in the order `--help` lists them: (module in this package, command names it registers).
+COMMANDS = (("run", ("run",)), ("check", ("check",)), ("order", ("order",)), ("search", ("search",)),
+            ("exit", ("exit",)), ("fmc", ("fmc",)), ("export", ("export",)), ("bench", ("bench",)))
+
+
+class CommandUnavailable(Exception):
+    """A command whose module failed to import: said by name when it is used, never silently missing."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line too (argparse would print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(e: BaseException | str) -> str:
+    """Messages may quote user input (a recipe value, a file name): never let it break the one line."""
+    return " ".join(str(e).split())
+
+
+def _unavailable(module: str, err: BaseException):
+    def fail(args: argparse.Namespace) -> int:
+        raise CommandUnavailable(f"command '{args.command}' is unavailable: importing chaincomp.cli.{module} failed "
+                                 f"({type(err).__name__}: {err}); reinstall with pip install -e .")
+    return fail
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="chaincomp", description="Compress CNNs with chains of techniques, measured.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for module, names in COMMANDS:
+        try:
+            mod = importlib.import_module(f"{__name__}.{module}")
+        except ImportError as e:     # a broken install: the command stays listed and says why it cannot run
+            for name in names:
+                # takes any arguments (no option prefix), so the error below is what the user sees
+                q = sub.add_parser(name, help=f"(unavailable: {type(e).__name__})", add_help=False,
+                                   prefix_chars="\0")
+                q.add_argument("rest", nargs="*")
+                q.set_defaults(func=_unavailable(module, e))
+            continue
+        mod.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"chaincomp: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except CommandUnavailable as e:
+        print(f"chaincomp: error: {one_line(e)}", file=sys.stderr)
+        return 1
+    except DivergenceError as e:
+        print(f"chaincomp: {one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chaincomp: interrupted; finished stages are kept, rerun with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""`chaincomp fmc`: feature-map compression (ASC) against baselines on real tasks. Argument parsing and printing only; the work is in studies/feature_maps.py."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..studies.feature_maps import DEFAULT_RECIPE, load_fmc_recipe, run_fmc
+
+
+def _cmd_fmc(args: argparse.Namespace) -> int:
+    cfg = load_fmc_recipe(args.recipe)
+    out = Path(args.out or f"runs/{cfg.name}")
+    res = run_fmc(cfg, out, resume=args.resume)
+    for r in res["tasks"]:
+        print(f"{r['dataset']} {r['model']} {r['bits_in']}-bit: {r['metric_name']} raw {r['metric_raw']:.3f}  "
+              f"CBR {r['metric_cbr']:.3f} @ {r['ratio_cbr']:.2f}x  VBR {r['metric_vbr']:.3f} @ {r['ratio_vbr']:.2f}x")
+    print(f"results: {out / 'fmc.json'}  report: {out / 'fmc.md'}")
+    return 0
+
+
+def register(sub) -> None:
+    r = sub.add_parser("fmc", help="feature-map compression (ASC) vs baselines on real tasks (digits + SR by default)")
+    r.add_argument("recipe", nargs="?", help=f"fmc recipe YAML or built-in name (default: {DEFAULT_RECIPE})")
+    r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    r.add_argument("--resume", action="store_true",
+                   help="reuse the tasks a killed (or earlier) run in --out finished with the same settings; "
+                        "without it every task runs again")
+    r.set_defaults(func=_cmd_fmc)

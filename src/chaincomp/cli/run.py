@@ -1,0 +1,28 @@
+"""`chaincomp run`: a compression chain from a recipe. Argument parsing and printing only; the work is in chain.py."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ..chain import run_chain
+    from ..recipe import load_recipe
+    from ..report import print_run_table
+
+    recipe, text = load_recipe(args.recipe)
+    out = Path(args.out or f"runs/{recipe.name}")
+    results = run_chain(recipe, out, resume=args.resume, recipe_text=text)
+    print_run_table(results)
+    print(f"results: {out / 'results.json'}  report: {out / 'report.md'}")
+    return 0
+
+
+def register(sub) -> None:
+    r = sub.add_parser("run", help="run a compression chain (default: digits, D -> P -> Q -> E)")
+    r.add_argument("recipe", nargs="?", help="recipe YAML, or a built-in name (default: default)")
+    r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out; with later stages of the recipe edited, keep the "
+                        "unchanged earlier stages and rerun from the first edited one")
+    r.set_defaults(func=_cmd_run)

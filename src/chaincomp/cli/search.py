@@ -1,0 +1,37 @@
+"""`chaincomp search`: multi-objective search over order and degree. Argument parsing and printing only; the work is in studies/search.py."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..progress import log
+from ..studies.order import study_recipe
+from ..studies.search import run_search
+
+def _cmd_search(args: argparse.Namespace) -> int:
+
+    recipe, source = study_recipe(args.recipe)
+    out = Path(args.out or f"runs/{recipe.name}-search")
+    res = run_search(recipe, out, trials=args.trials, workers=args.workers, address=args.address,
+                     sampler=args.sampler, source=source)
+    for t in res["pareto"]:
+        log(f"front: {t['order']} metric {t['metric']:.2f} BitOps {t['bitops']:.3g} (trial {t['number']})")
+    log(f"results: {out / 'search.json'}  report: {out / 'search.md'}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="multi-objective search over order and degree (metric up, BitOps down)")
+    p.add_argument("recipe", nargs="?", help="recipe YAML or built-in name (default: digits, D P Q E, the order "
+                   "study's scaled budget)")
+    p.add_argument("--out", help="output folder (default: runs/<recipe name>-search); a rerun continues the study")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed study in --out (a rerun with the same recipe always continues: "
+                        "finished trials are kept, running ones are dispatched again with their parameters)")
+    p.add_argument("--trials", type=int, default=20, help="trials in the study (default 20)")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="trials in parallel (default: CPU count); 0 runs them one by one without Ray")
+    p.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe",
+                   help="Optuna multi-objective sampler (default tpe: better on small budgets)")
+    p.set_defaults(func=_cmd_search)

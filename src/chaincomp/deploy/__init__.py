@@ -1,0 +1,1 @@
+"""Deployment: export to ONNX (lowering, the int8 pass), running what was exported, and measured speed."""

@@ -1,0 +1,325 @@
+"""Export a run's model to ONNX that ONNX Runtime executes as it is: pruned models as the smaller plain
+graph (BN folded), quantized layers on integer kernels, exit networks as one file per segment plus
+a driver (deployed.ExitRunner) that stops at the first exit whose rule fires.
+
+Lowering is in `lowering.py` (node by node, so quantized layers keep their exact integer codes), the
+int8 rewrite in `int8.py`; this module orchestrates, writes the files and checks them in ORT. A QuantConv2d is first lowered to
+    [Clip(lo*s_a, hi*s_a)] -> QuantizeLinear(s_a; uint8, zp 0 or 128 if signed)
+        -> ConvInteger(int8 codes = integer_weight()) -> Cast -> Mul(s_a*s_w*bn) -> Add(bias, bn)
+which is PyTorch's fake-quantized arithmetic up to float rounding (kernels='exact'). ORT runs
+ConvInteger and the float values between layers slowly, so by default (kernels='int8') Int8Pass
+rewrites that graph so 8-bit codes flow from layer to layer: QLinearConv requantizing straight to
+the codes the next layer uses, QLinearAdd for residual adds, ReLU/MaxPool on codes, one
+DequantizeLinear per float consumer, and codes (channels-last, so ORT's own layout transposes
+cancel) between exit segments. ORT has no kernel below 8 bits: lower bit widths are kept exactly in
+8-bit containers and the manifest says the kernels are 8-bit. A float model whose module has no
+lowering here goes through torch.onnx (TorchScript) instead.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from .. import __version__
+from ..errors import UserError
+from ..exits.model import ExitNetwork
+from ..io import atomic_write_bytes
+from ..models import classification as zoo
+from ..qmodules import QUANT_TYPES, QuantConv2d
+from .int8 import Codes, Int8Pass, QUse, input_quant
+from .lowering import INTEGER_OPS, IR_VERSION, OPSET, Graph, Unsupported, Val, lower
+from .runtime import Deployed, optimized_ops, ort_metric
+
+class Segment(nn.Module):
+    """Blocks then one head: a whole plain model, or one stretch of an exit network ending in an exit
+    head (then it also returns the features the next segment starts from)."""
+
+    def __init__(self, items: list[tuple[str, nn.Module]], head: tuple[str, nn.Module], features: bool):
+        super().__init__()
+        self.names = [n for n, _ in items] + [head[0]]
+        self.blocks = nn.ModuleList([m for _, m in items])
+        self.head = head[1]
+        self.features = features
+
+    def forward(self, x: torch.Tensor):
+        for b in self.blocks:
+            x = b(x)
+        return (x, self.head(x)) if self.features else self.head(x)
+
+
+def segments_of(model: nn.Module) -> list[tuple[Segment, dict]]:
+    """The exported pieces of a model: one for a plain model, one per exit (plus the final) otherwise."""
+    if not isinstance(model, ExitNetwork):
+        if hasattr(model, "blocks") and hasattr(model, "head") and type(model).forward is zoo.Sequential.forward:
+            items = [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
+            return [(Segment(items, ("head", model.head), False), {"output": "final"})]
+        return [(model, {"output": "final"})]
+    segs, start = [], 0
+    for p in model.exit_points + [len(model.blocks) - 1]:
+        items = [(f"blocks.{i}", model.blocks[i]) for i in range(start, p + 1)]
+        last = p == len(model.blocks) - 1
+        head = ("head", model.head) if last else (f"exits.{p}", model.exits[str(p)])
+        info = {"blocks": [start, p], "output": "final" if last else f"exit {p}"}
+        segs.append((Segment(items, head, not last), info))
+        start = p + 1
+    return segs
+
+
+KERNELS = ("int8", "exact")
+
+
+def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", input_codes: Codes | None = None,
+              next_use: QUse | None = None) -> tuple[onnx.ModelProto, dict]:
+    g = Graph()
+    x = g.note(Val("input", sample))
+    if isinstance(module, Segment):
+        for n, b in zip(module.names, module.blocks):
+            x = lower(g, n, b, x)
+        outs = [("features", x), ("logits", lower(g, module.names[-1], module.head, x))] if module.features \
+            else [("logits", lower(g, module.names[-1], module.head, x))]
+    else:
+        outs = [("logits", lower(g, "", module, x))]
+    for out_name, v in outs:  # name the graph outputs
+        g.nodes.append(helper.make_node("Identity", [v.name], [out_name], name=f"out/{out_name}"))
+    p = Int8Pass(g, input_codes, next_use) if kernels == "int8" else None
+    calibrated = p.run() if p else []
+    codes = {"input": input_codes is not None, "features": p is not None and p.features is not None}
+    # Height and width stay free unless a lowering depends on them (an adaptive pool to k x k).
+    dims = (lambda t: ["batch", *t.shape[1:]]) if g.fixed_size or sample.dim() != 4 else \
+        (lambda t: ["batch", t.shape[1], *(["height", "width"] if t is sample else [None] * (t.dim() - 2))])
+
+    def value(n: str, t: torch.Tensor):  # segment boundaries carry uint8 codes, channels-last
+        d = dims(t)
+        return helper.make_tensor_value_info(n, TensorProto.UINT8, [d[0], *d[2:], d[1]]) if codes.get(n) else \
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, d)
+    graph = helper.make_graph(g.nodes, "chaincomp", [value("input", sample)], [value(n, v.t) for n, v in outs],
+                              g.initializers())
+    ms = [helper.make_opsetid("com.microsoft", 1)] if any(n.domain == "com.microsoft" for n in g.nodes) else []
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), *ms], ir_version=IR_VERSION,
+                             producer_name="chaincomp", producer_version=__version__), \
+        {"fused": g.fused, "calibrated": calibrated, "features": p.features if p else None}
+
+
+def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str) -> None:
+    """Float modules this file does not lower: trace with torch.onnx; a failure names the operator."""
+    import io
+    import warnings
+
+    features = isinstance(module, Segment) and module.features
+    names = ["features", "logits"] if features else ["logits"]
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (sample,), buf, dynamo=False, opset_version=OPSET, input_names=["input"],
+                              output_names=names, dynamic_axes={n: {0: "batch"} for n in ["input", *names]})
+    except Exception as e:  # noqa: BLE001 - any exporter failure is the model's operator, told in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"export: ONNX cannot take module {why}: {first}") from None
+    m = onnx.load_from_string(buf.getvalue())
+    m.ir_version = min(m.ir_version, IR_VERSION)
+    atomic_write_bytes(path, m.SerializeToString())
+
+
+def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str = "int8",
+               input_codes: Codes | None = None, next_use: QUse | None = None) -> tuple[str, dict]:
+    """Write one piece; returns how ('chaincomp' lowering or 'torch.onnx' for unknown float modules)
+    and what the int8 pass did: layers on QLinearConv (with their negated channels), values given a
+    calibrated scale."""
+    module.eval()
+    try:
+        model, done = _graph_of(module, sample, kernels, input_codes, next_use)
+    except Unsupported as e:
+        if any(isinstance(m, QUANT_TYPES) for m in module.modules()):
+            raise UserError(f"export: no integer lowering for module {e}; quantized models must use zoo "
+                            "layers (conv, linear, BN, ReLU, pooling)") from None
+        _torch_export(module, sample, path, str(e))
+        return "torch.onnx", {"fused": {}, "calibrated": [], "features": None}
+    onnx.checker.check_model(model)
+    atomic_write_bytes(path, model.SerializeToString())  # temp file, fsync, rename: never half a graph
+    return "chaincomp", done
+
+
+def quant_layers(model: nn.Module) -> dict[str, dict]:
+    return {n: {"weight_bits": m.weight_bits, "act_bits": m.act_bits, "act_signed": bool(m.act_signed),
+                "op": "ConvInteger" if isinstance(m, QuantConv2d) else "MatMulInteger"}
+            for n, m in model.named_modules() if isinstance(m, QUANT_TYPES)}
+
+
+def kernel_note(layers: dict[str, dict], kernels: str = "int8") -> dict:
+    """What the recipe asked for versus what the runtime computes with (layers carry their op)."""
+    if not layers:
+        return {"kind": "fp32", "kernel_bits": 32, "note": "float model: FP32 kernels"}
+    pairs = sorted({(v["weight_bits"], v["act_bits"]) for v in layers.values()})
+    asked = ", ".join(f"W{w}A{a}" for w, a in pairs)
+    n = Counter(v["op"] for v in layers.values())
+    fused = n["QLinearConv"]
+    ops = ", ".join(f"{k} {what}" for k, what in ((fused, "conv layers on QLinearConv"),
+                                                   (n["ConvInteger"], "conv layers on ConvInteger"),
+                                                   (n["MatMulInteger"], "linear layers on MatMulInteger")) if k)
+    ops += " (int32 accumulation; ConvInteger/MatMulInteger with a float rescale)"
+    if kernels == "int8":
+        ops += "; 8-bit codes flow between layers (ReLU, MaxPool, residual QLinearAdd, pools on codes)"
+    low = any(w < 8 or a < 8 for w, a in pairs)
+    bits = (f"recipe bits {asked}; ONNX Runtime has no kernels below 8 bits, so the values are kept exactly "
+            "in 8-bit containers and run on 8-bit kernels: bits below 8 bring no extra speed here" if low
+            else f"recipe bits {asked}")
+    return {"kind": "int8", "kernel_bits": 8, "recipe_bits": [f"W{w}A{a}" for w, a in pairs], "mode": kernels,
+            "qlinear_layers": fused, "note": f"{bits}. {ops}"}
+
+
+def calibration_input(data, n: int = 256) -> torch.Tensor:
+    """The export sample: the first `n` training inputs (one when the split is not stacked). Besides
+    fixing shapes, it calibrates the few int8 scales the model itself does not have."""
+    return next(data.train.batches(n))[0]
+
+
+def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kernels: str = "int8") -> dict:
+    """Write the model (or its segments) next to `path`; returns the manifest part that describes it.
+
+    sample: real inputs (calibration_input), not zeros: the int8 pass takes the range of values the
+    model does not quantize itself (before a residual add or a pooled head) from it.
+    kernels: 'int8' 8-bit codes between layers, QLinearConv/QLinearAdd (see Int8Pass); 'exact'
+    ConvInteger/MatMulInteger with a float rescale per layer, float values between layers: PyTorch's
+    arithmetic up to float rounding, but slow in ORT."""
+    if kernels not in KERNELS:
+        raise UserError(f"--kernels: '{kernels}'; choose one of {', '.join(KERNELS)}")
+    path = Path(path)
+    segs = segments_of(model)
+    files, pieces, fused, calibrated, codes = [], [], {}, [], None
+    for k, (seg, info) in enumerate(segs):
+        f = path if len(segs) == 1 else path.with_name(f"{path.stem}.seg{k}{path.suffix or '.onnx'}")
+        with torch.no_grad():
+            out = seg.eval()(sample)
+        four_d = isinstance(out, tuple) and out[0].dim() == 4
+        nxt = input_quant(segs[k + 1][0]) if k + 1 < len(segs) and four_d else None
+        how, done = write_onnx(seg, sample, f, kernels, codes, nxt)
+        if codes:
+            info["input_codes"] = {"dtype": "uint8", "layout": "NHWC", "scale": codes.scale, "zero_point": codes.zp}
+        codes = done["features"]
+        fused |= done["fused"]
+        calibrated += [c.split("/")[0] for c in done["calibrated"]]
+        sample = out[0] if isinstance(out, tuple) else sample
+        files.append(f.name)
+        pieces.append({"file": f.name, "writer": how, **info})
+    layers = quant_layers(model)
+    for name, neg in fused.items():
+        layers[name] |= {"op": "QLinearConv", "negated_channels": neg}
+    is_exit = isinstance(model, ExitNetwork)
+    kern = kernel_note(layers, kernels)
+    if layers and kernels == "int8":
+        kern["calibrated_scales"] = calibrated  # values PyTorch keeps in float, rounded to 8 bits here
+    return {"kind": "exits" if is_exit else ("quantized" if layers else "plain"), "files": files, "segments": pieces,
+            "exit_rule": dict(model.exit_rule) if is_exit else None, "layers": layers, "kernels": kern}
+
+
+# ---------------------------------------------------------------- the export command
+
+def check(model: nn.Module, data, deployed: Deployed, tolerance: float = 0.5) -> dict:
+    """The exported model against PyTorch on the test split: metric of both, largest logit difference
+    over every output, agreement of predictions (and of exit choices); passes within `tolerance`."""
+    from ..train import evaluate, predict
+
+    res = evaluate(model, data, "test")
+    onnx_metric = ort_metric(deployed, data)
+    diff, agree, same_exit, n = 0.0, 0, 0, 0
+    for (x, _), t_outs in zip(data.test.batches(256), predict(model, data.test)):
+        xs = np.ascontiguousarray(x.numpy(), np.float32)
+        for a, b in zip(deployed.all_outputs(xs), t_outs):
+            diff = max(diff, float(np.abs(a - b.numpy()).max()))
+        pred, idx = deployed(xs)
+        if isinstance(model, ExitNetwork):
+            from ..exits.rules import choose_exits, gather_outputs
+            chosen = choose_exits(t_outs, model.exit_rule["criterion"], model.exit_rule["threshold"])
+            ref = gather_outputs(t_outs, chosen)
+            same_exit += int((torch.from_numpy(idx) == chosen).sum())
+        else:
+            ref = t_outs[-1]
+        if data.task == "classification":
+            agree += int((torch.from_numpy(pred).argmax(-1) == ref.argmax(-1)).sum())
+        n += x.shape[0]
+    out = {"split": "test", "n": n, "metric_name": data.metric_name, "torch_metric": round(res.metric, 4),
+           "onnx_metric": round(onnx_metric, 4), "tolerance": tolerance, "max_abs_diff": diff,
+           "passed": abs(res.metric - onnx_metric) <= tolerance}
+    if data.task == "classification":
+        out["prediction_agreement"] = round(100 * agree / max(n, 1), 3)
+    if isinstance(model, ExitNetwork):
+        out["exit_agreement"] = round(100 * same_exit / max(n, 1), 3)
+    return out
+
+
+def manifest_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.manifest.json")
+
+
+def strip_fmc(model: nn.Module) -> dict | None:
+    """Remove feature-map codec hooks (fmc stage) from a loaded model. The codec models the DRAM traffic
+    of a layer-by-layer accelerator: ORT on a CPU keeps maps in caches and has no such operator, and
+    an exported graph silently without it would not be the run's model. So it is removed on purpose
+    and said so (manifest `stripped`, one printed line); the check then compares with PyTorch
+    without the codec too."""
+    from ..fmc.maps import find_hooks
+
+    hooks = find_hooks(model)
+    if hooks is None:
+        return None
+    points = list(hooks.points)
+    hooks.remove()
+    return {"fmc": points, "note": f"feature-map codec hooks at {len(points)} point(s) removed: ONNX Runtime has no "
+                                   "such operator; the export and its check are of the model without them"}
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | None = None, data=None,
+               tolerance: float = 0.5, kernels: str = "int8", echo=print) -> dict:
+    """`chaincomp export`: write the model of a run folder, check it in ORT, write the manifest. Writing
+    into the run folder (the default RUN_DIR/export) takes its lock, as `run` and `bench` do."""
+    from contextlib import nullcontext
+
+    from ..chain import load_run
+    from ..io import RunLock
+
+    run = load_run(run_dir, stage, data=data)
+    path = Path(out) if out else Path(run_dir) / "export" / "model.onnx"
+    if path.suffix != ".onnx":
+        raise UserError(f"--out: give a file name ending in .onnx (got {path.name})")
+    inside = path.resolve().is_relative_to(Path(run_dir).resolve())
+    with RunLock(run_dir) if inside else nullcontext():
+        return _export(run, Path(run_dir), path, tolerance, kernels, echo)
+
+
+def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo) -> dict:
+    from ..io import write_json
+
+    stripped = strip_fmc(run.model)
+    if stripped:
+        echo(f"note: {stripped['note']}")
+    desc = export_model(run.model, calibration_input(run.data), path, kernels)
+    files = [path.parent / f for f in desc["files"]]
+    ops = optimized_ops(files)
+    deployed = Deployed(path.parent, desc)
+    result = check(run.model, run.data, deployed, tolerance)
+    manifest = {"format": 1, "chaincomp": __version__, "run": str(run_dir.resolve()), "stage": run.stage,
+                "opset": OPSET, "input": {"name": "input", "shape": ["batch", *run.data.sample_input().shape[1:]]},
+                **desc, "ort_ops": ops, "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS},
+                "batch": "dynamic; exit networks run each segment only on the rows still pending (ExitRunner)",
+                "stripped": stripped, "check": result}
+    write_json(manifest_path(path), manifest)
+    k = desc["kernels"]
+    echo(f"exported {run.stage} ({desc['kind']}) -> {', '.join(str(f) for f in files)}")
+    echo(f"kernels: {k['note']}")
+    echo("ORT optimized graph: " + ", ".join(f"{o} x{n}" for o, n in ops.items()))
+    if desc["exit_rule"]:
+        echo(f"exit rule: {desc['exit_rule']} (driver: chaincomp.deployed.ExitRunner)")
+    extra = "".join(f", {key.replace('_', ' ')} {result[key]:.1f}%" for key in ("prediction_agreement",
+                                                                                "exit_agreement") if key in result)
+    echo(f"check on {result['n']} test samples: PyTorch {result['metric_name']} {result['torch_metric']:.2f}, "
+         f"ONNX Runtime {result['onnx_metric']:.2f} (tolerance {tolerance}), max-abs output diff "
+         f"{result['max_abs_diff']:.3g}{extra}")
+    echo(f"manifest: {manifest_path(path)}")
+    return manifest

@@ -1,0 +1,78 @@
+"""Channel pruning through Torch-Pruning's dependency graph: the one place MetaPruner is set up.
+
+Torch-Pruning finds the coupled channels (residual adds, concatenations, depthwise groups); this module
+adds what a chain needs around it: which layers must keep their outputs (classifiers), layers the user
+protects by name, and pruning a fresh model to given per-layer shares (a distilled student).
+"""
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .errors import UserError
+from .train import as_list
+
+WEIGHTED = (nn.Conv2d, nn.Linear)
+
+
+def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv and linear layers by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, WEIGHTED)}
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The last conv/linear of the final head and of every exit head: their outputs are classes."""
+    out = []
+    heads = [model.head] + (list(model.exits.values()) if hasattr(model, "exits") else [])
+    for h in heads:
+        layers = [m for m in h.modules() if isinstance(m, WEIGHTED)]
+        if layers:
+            out.append(layers[-1])
+    return out
+
+
+def ignored(model: nn.Module, globs: list[str]) -> list[nn.Module]:
+    """Conv/linear layers whose names match a glob; a glob that matches none is a recipe mistake."""
+    layers = weighted_layers(model)
+    for g in globs:
+        if not any(fnmatchcase(n, g) for n in layers):
+            raise UserError(f"prune.ignore: '{g}' matches no conv/linear layer; e.g. {sorted(layers)[:6]}")
+    return [m for n, m in layers.items() if any(fnmatchcase(n, g) for g in globs)]
+
+
+def importance_of(name: str):
+    """Torch-Pruning's importance criterion for a recipe name (l1 | l2 | taylor | lamp)."""
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2)
+
+
+def sum_outputs(out):
+    """One scalar from any model output (a tensor or an exit network's list) for the dependency trace."""
+    return sum(o.sum() for o in as_list(out))
+
+
+def make_pruner(model: nn.Module, example: torch.Tensor, *, importance: str = "l2", ratio: float = 0.5,
+                global_pruning: bool = True, steps: int = 1, max_layer_ratio: float = 1.0, round_to: int | None = None,
+                ignore: list[str] = (), ratios: dict[nn.Module, float] | None = None) -> tp.pruner.MetaPruner:
+    """A MetaPruner that never prunes the model's outputs; `ratios` prunes given layers by given shares."""
+    model.eval()
+    kw = dict(pruning_ratio_dict=ratios) if ratios else {}
+    return tp.pruner.MetaPruner(
+        model, example, importance=importance_of(importance), global_pruning=global_pruning, pruning_ratio=ratio,
+        iterative_steps=steps, ignored_layers=output_layers(model) + ignored(model, list(ignore)),
+        max_pruning_ratio=max_layer_ratio, round_to=round_to, output_transform=sum_outputs, **kw)
+
+
+def prune_to_shares(model: nn.Module, kept: dict[str, float], example: torch.Tensor) -> None:
+    """Keep `kept[name]` of each named layer's output channels, couplings kept consistent. Which channels go
+    does not matter for a freshly initialised model (a distilled student that must match a pruned teacher)."""
+    layers = weighted_layers(model)
+    ratios = {layers[n]: 1 - k for n, k in kept.items() if n in layers}
+    if ratios:
+        make_pruner(model, example[:2], ratio=0.0, global_pruning=False, ratios=ratios).step()
