@@ -106,7 +106,7 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
                                                       f"(at most {MAX_INT_DIGITS})")
     try:
         value = SafeConstructor.construct_yaml_int(loader, node)
-    except ValueError:
+    except (ValueError, IndexError):      # `!!int ''`, `!!int 0b`
         raise _refuse(loader.source, node.start_mark, "not a number a recipe can hold") from None
     if abs(value) >= _INT_LIMIT:       # e.g. a long hexadecimal or base-60 (1:2:3) number
         raise _refuse(loader.source, node.start_mark, f"a number over {MAX_INT_DIGITS} digits is too large for "
@@ -147,8 +147,11 @@ def load(text: str, source: str) -> object:
         raise UserError(f"{source}: not valid YAML{where}: {problem}") from None
     except RecursionError:   # unreachable with MAX_DEPTH; kept so no input can end in a traceback
         raise UserError(f"{source}: nested too deeply to be a recipe") from None
-    except (ValueError, OverflowError, TypeError) as e:
-        raise UserError(f"{source}: cannot be read as YAML ({type(e).__name__}: {e})") from None
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. `!!int` on an empty value, `!!bool maybe`: PyYAML's
+        # constructors raise IndexError/KeyError/ValueError on such input; it is still the user's text
+        raise UserError(f"{source}: cannot be read as YAML ({type(e).__name__}); check the tags and values") from None
     finally:
         if loader is not None:
             loader.dispose()
