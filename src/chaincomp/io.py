@@ -359,7 +359,7 @@ DAMAGED = "the run folder is damaged (edited, cut short or written by another ve
           "the folder and rerun"
 
 
-def _read_bytes(path: Path, max_bytes: int, what: str, hint: str) -> bytes:
+def _read_bytes(path: Path, max_bytes: int, what: str, hint: str, missing_hint: str = "") -> bytes:
     """The bytes of regular file `path`, at most `max_bytes`; never opens a FIFO or device (a read
     would hang or never end). Every failure is one UserError line."""
     try:
@@ -374,7 +374,7 @@ def _read_bytes(path: Path, max_bytes: int, what: str, hint: str) -> bytes:
                 raise UserError(f"{path}: not a regular file; {hint}")
             data = f.read(max_bytes + 1)
     except FileNotFoundError:
-        raise UserError(f"{path}: file not found; {hint}") from None
+        raise UserError(f"{path}: file not found" + (f"; {missing_hint}" if missing_hint else "")) from None
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot read ({_reason(e)}); {hint}") from None
     if len(data) > max_bytes:
@@ -454,7 +454,8 @@ def read_model_json(path: str | Path, model: type[M], *, hint: str = DAMAGED, al
     type: whatever `model` says). Why: a run folder is input too; a checkpoint JSON that is a list
     must not end in a traceback in the middle of a resume."""
     path = Path(path)
-    obj = _parse_json(path, _read_bytes(path, max_bytes, "JSON file", hint), allow_nan=allow_nan, hint=hint)
+    obj = _parse_json(path, _read_bytes(path, max_bytes, "JSON file", hint, missing_hint=hint), allow_nan=allow_nan,
+                      hint=hint)
     if not isinstance(obj, dict):
         raise UserError(f"{path}: holds a JSON {_json_kind(obj)} where an object {{...}} belongs; {hint}")
     try:
