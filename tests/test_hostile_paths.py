@@ -334,7 +334,10 @@ def test_the_lock_never_writes_through_a_link(tmp_path):
 
 
 @pytest.mark.parametrize("setup,needle", [
-    (lambda o: o.write_text("user"), "is not a folder"),
+    (lambda o: o.write_text("user"), "o: is a file, not a folder"),
+    (lambda o: o.symlink_to("/dev/null"), "o: is a symbolic link, not a folder"),
+    (lambda o: o.symlink_to(o.parent / "missing"), "symbolic link to a folder that does not exist"),
+
     (lambda o: (o.mkdir(), (o / ".lock").mkdir()), ".lock: is a folder"),
     (lambda o: (o.mkdir(), os.mkfifo(o / ".lock")), ".lock: is a FIFO"),
 ])
@@ -343,6 +346,13 @@ def test_runlock_refusals_are_one_line(tmp_path, setup, needle):
     with pytest.raises(UserError) as ei:
         io.RunLock(tmp_path / "o").acquire()
     assert needle in one_line(ei.value)
+
+
+def test_runlock_under_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match=r"o: cannot be created \(.*f is in the way\)"):
+        io.RunLock(tmp_path / "f" / "o").acquire()
+    assert (tmp_path / "f").read_text() == "x"
 
 
 def test_writes_into_unusable_places_are_one_line_and_leave_no_temp(tmp_path):

@@ -685,7 +685,15 @@ class RunLock:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise UserError(f"{folder}: is not a folder (a file is in the way); give --out a folder") from None
+            try:
+                kind = _what_is(os.lstat(folder).st_mode)
+            except OSError:
+                kind = None
+            if kind == "a symbolic link" and not folder.exists():
+                raise UserError(f"{folder}: is a symbolic link to a folder that does not exist; remove the link "
+                                "or give --out another folder") from None
+            blocker = f"is {kind}" if kind else f"cannot be created ({_file_in_the_way(folder)[0]} is in the way)"
+            raise UserError(f"{folder}: {blocker}, not a folder; give --out a folder") from None
         except (OSError, ValueError) as e:
             raise UserError(f"{folder}: cannot create this folder ({_reason(e)}); give --out a folder you can "
                             "write") from None

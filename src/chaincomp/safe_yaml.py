@@ -1,4 +1,5 @@
-"""YAML that cannot hang, surprise or crash the tool: the one loader for recipes.
+"""YAML that cannot hang, surprise or crash the tool: the one loader for recipes (and any other YAML
+the user gives: platform profiles).
 
 PyYAML's `safe_load` runs no code, but it still expands aliases (a few hundred bytes of `&a`/`*a`
 grow exponentially: the "billion laughs"), silently keeps the last of two equal keys, builds ints of
@@ -44,34 +45,34 @@ def _refuse(source: str, mark: yaml.Mark | None, what: str) -> UserError:
 class _Loader(yaml.SafeLoader):
     """SafeLoader that checks each event before composing it (see the module docstring)."""
 
-    def __init__(self, stream: str, source: str):
+    def __init__(self, stream: str, source: str, what: str = "recipe"):
         super().__init__(stream)
-        self.source = source
+        self.source, self.what = source, what
         self.depth = 0
 
     def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
         event = self.peek_event()
         mark = event.start_mark
         if isinstance(event, yaml.AliasEvent):
-            raise _refuse(self.source, mark, f"YAML aliases (*{event.anchor}) are not allowed in a recipe; "
-                                             "write the value out in full")
+            raise _refuse(self.source, mark, f"YAML aliases (*{event.anchor}) are not allowed in a "
+                                             f"{self.what}; write the value out in full")
         if event.anchor is not None:
-            raise _refuse(self.source, mark, f"YAML anchors (&{event.anchor}) are not allowed in a recipe; "
-                                             "remove the anchor")
+            raise _refuse(self.source, mark, f"YAML anchors (&{event.anchor}) are not allowed in a "
+                                             f"{self.what}; remove the anchor")
         tag = getattr(event, "tag", None)
         if tag not in (None, "!") and tag not in ALLOWED_TAGS:
-            raise _refuse(self.source, mark, f"YAML tag {_tag(tag)} is not allowed in a recipe; "
-                                             "write a plain value without a tag")
+            raise _refuse(self.source, mark, f"YAML tag {_tag(tag)} is not allowed in a "
+                                             f"{self.what}; write a plain value without a tag")
         if isinstance(event, yaml.ScalarEvent):
             if len(event.value) > MAX_SCALAR_CHARS:
                 raise _refuse(self.source, mark, f"a value of {len(event.value)} characters is too long for a "
-                                                 f"recipe (at most {MAX_SCALAR_CHARS})")
+                                                 f"{self.what} (at most {MAX_SCALAR_CHARS})")
             return super().compose_node(parent, index)
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise _refuse(self.source, mark, f"nested too deeply (more than {MAX_DEPTH} levels); a recipe nests "
-                                                 "about 5")
+                raise _refuse(self.source, mark, f"nested too deeply (more than {MAX_DEPTH} levels) for a "
+                                                 f"{self.what}")
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -82,7 +83,7 @@ class _Loader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 if key_node.tag == _CORE + "merge":
                     raise _refuse(self.source, key_node.start_mark, "YAML merge keys (<<) are not allowed in a "
-                                                                    "recipe; write the keys out in full")
+                                                                    f"{self.what}; write the keys out in full")
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 try:
@@ -102,15 +103,15 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
     str() of an int over 4,300 digits, so an error message quoting it would itself crash)."""
     digits = sum(c.isdigit() for c in node.value)
     if digits > MAX_INT_DIGITS:
-        raise _refuse(loader.source, node.start_mark, f"a number of {digits} digits is too large for a recipe "
-                                                      f"(at most {MAX_INT_DIGITS})")
+        raise _refuse(loader.source, node.start_mark, f"a number of {digits} digits is too large for a "
+                                                      f"{loader.what} (at most {MAX_INT_DIGITS})")
     try:
         value = SafeConstructor.construct_yaml_int(loader, node)
     except (ValueError, IndexError):      # `!!int ''`, `!!int 0b`
-        raise _refuse(loader.source, node.start_mark, "not a number a recipe can hold") from None
+        raise _refuse(loader.source, node.start_mark, f"not a number a {loader.what} can hold") from None
     if abs(value) >= _INT_LIMIT:       # e.g. a long hexadecimal or base-60 (1:2:3) number
         raise _refuse(loader.source, node.start_mark, f"a number over {MAX_INT_DIGITS} digits is too large for "
-                                                      "a recipe")
+                                                      f"a {loader.what}")
     return value
 
 
@@ -126,14 +127,14 @@ def _short(text: str, n: int = 40) -> str:
     return repr(text if len(text) <= n else text[:n] + "...")
 
 
-def load(text: str, source: str) -> object:
-    """Parse one YAML document (a recipe) with the refusals above; any failure is one UserError line
-    naming `source` and the line. None for an empty document."""
+def load(text: str, source: str, *, what: str = "recipe") -> object:
+    """Parse one YAML document with the refusals above; any failure is one UserError line naming
+    `source` and the line (`what` names the kind of document in messages). None for an empty one."""
     if len(text) > MAX_DOCUMENT_BYTES:    # characters >= bytes/4: a cheap bound before encoding
-        _check_size(len(text.encode("utf-8", "surrogatepass")), source)
+        _check_size(len(text.encode("utf-8", "surrogatepass")), source, what)
     loader = None
     try:
-        loader = _Loader(text, source)   # refuses control characters (NUL, ESC...) at once
+        loader = _Loader(text, source, what)   # refuses control characters (NUL, ESC...) at once
         return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
@@ -146,7 +147,7 @@ def load(text: str, source: str) -> object:
             problem = getattr(e, "problem", None) or str(e)
         raise UserError(f"{source}: not valid YAML{where}: {problem}") from None
     except RecursionError:   # unreachable with MAX_DEPTH; kept so no input can end in a traceback
-        raise UserError(f"{source}: nested too deeply to be a recipe") from None
+        raise UserError(f"{source}: nested too deeply to be a {what}") from None
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - e.g. `!!int` on an empty value, `!!bool maybe`: PyYAML's
@@ -157,36 +158,36 @@ def load(text: str, source: str) -> object:
             loader.dispose()
 
 
-def _check_size(size: int, source: str) -> None:
+def _check_size(size: int, source: str, what: str = "recipe") -> None:
     if size > MAX_DOCUMENT_BYTES:
-        raise UserError(f"{source}: {size} bytes is too long for a recipe (at most {MAX_DOCUMENT_BYTES}); "
+        raise UserError(f"{source}: {size} bytes is too long for a {what} (at most {MAX_DOCUMENT_BYTES}); "
                         "is this the right file?")
 
 
-def read_document(path: str | Path, source: str | None = None) -> str:
-    """The text of a recipe file, read with every failure one UserError line: a name the file system
+def read_document(path: str | Path, source: str | None = None, *, what: str = "recipe") -> str:
+    """The text of a YAML file (a `what`), read with every failure one UserError line: a name the file system
     refuses (too long, NUL), a folder or device or FIFO (never opened: reading /dev/zero or a FIFO
     would hang), a file over MAX_DOCUMENT_BYTES (refused before reading it), or text that is not UTF-8."""
     source = source or str(path)
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
-            raise UserError(f"{source}: not a regular file; give the path of a YAML recipe")
-        _check_size(st.st_size, source)
+            raise UserError(f"{source}: not a regular file; give the path of a YAML {what}")
+        _check_size(st.st_size, source, what)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):   # swapped since the stat
-                raise UserError(f"{source}: not a regular file; give the path of a YAML recipe")
+                raise UserError(f"{source}: not a regular file; give the path of a YAML {what}")
             data = f.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
-        raise UserError(f"{source}: recipe file not found") from None
+        raise UserError(f"{source}: {what} file not found") from None
     except (OSError, ValueError) as e:     # ValueError: a NUL in the path
-        raise UserError(f"{source}: cannot read the recipe ({_reason(e)})") from None
-    _check_size(len(data), source)
+        raise UserError(f"{source}: cannot read the {what} ({_reason(e)})") from None
+    _check_size(len(data), source, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{source}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from None
+        raise UserError(f"{source}: not UTF-8 text (byte {e.start}); save the {what} as UTF-8") from None
 
 
 def _reason(e: BaseException) -> str:
