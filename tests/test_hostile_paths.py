@@ -245,6 +245,15 @@ def test_each_unusable_location_has_its_message(tmp_path, kind, needle):
     assert needle in one_line(ei.value)
 
 
+def test_dotdot_after_a_missing_folder_changes_nothing(tmp_path):
+    """makedirs('a/new/../x') would make 'a/new' on the way: refused before anything is made."""
+    (tmp_path / "a").mkdir()
+    with pytest.raises(UserError, match="'..' after a folder that does not exist"):
+        io.prepare_output(tmp_path / "a" / "new" / ".." / "x")
+    assert os.listdir(tmp_path / "a") == []
+    assert io.prepare_output(tmp_path / "a" / ".." / "b") == tmp_path / "a" / ".." / "b"   # '..' of a real folder
+
+
 def test_dev_null_and_paths_under_files(tmp_path):
     for p, needle in [("/dev/null", "/dev/null: is a device, not a folder"),
                       ("/dev/null/x", "/dev/null is a device"),

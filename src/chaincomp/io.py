@@ -262,6 +262,9 @@ def prepare_output(path: str | Path, kind: Literal["folder", "file"] = "folder",
                         "(it is created if missing)")
     if st is None:
         base = _existing_ancestor(p, what)
+        missing = p.absolute().parts[len(base.parts):]
+        if ".." in missing:     # makedirs would create the folder before the '..' too: refuse, change nothing
+            raise UserError(f"{p}: '..' after a folder that does not exist; give {what} a path without '..'")
         if not create:
             _probe_writable(base, p, what)
             return p

@@ -6,7 +6,9 @@ grow exponentially: the "billion laughs"), silently keeps the last of two equal 
 any length (Python then refuses to print them: a traceback) and recurses once per nesting level.
 This loader sits on `yaml.SafeLoader` and refuses, while composing and before anything is built:
 
-- aliases and anchors (nothing can be referenced, so the work is linear in the document's size);
+- aliases that expand past `MAX_EXPANDED` values or `MAX_DEPTH` levels, or into themselves (a loop),
+  counted on the composed graph before anything is built, so the work stays linear in the
+  document's size (aliases themselves are kept: `yaml.safe_dump` writes them for shared values);
 - a key given twice in one mapping, and merge keys (`<<`);
 - nesting deeper than `MAX_DEPTH`;
 - a scalar longer than `MAX_SCALAR_CHARS`, an integer of more than `MAX_INT_DIGITS` digits;
@@ -31,6 +33,8 @@ MAX_DOCUMENT_BYTES = 64 * 1024   # the built-in recipes are under 2 KiB
 MAX_SCALAR_CHARS = 8192          # room for any path (PATH_MAX is 4096)
 MAX_INT_DIGITS = 4300            # Python's own int<->str limit (sys.get_int_max_str_digits)
 MAX_DEPTH = 32                   # recipes nest about 5 deep (same bound as recipe.MAX_DEPTH)
+MAX_EXPANDED = 10_000            # values once aliases are expanded; a recipe holds about 100
+MAX_EXPANDED_CHARS = 1_000_000   # characters of all scalars once aliases are expanded
 
 _CORE = "tag:yaml.org,2002:"
 ALLOWED_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "seq", "map"))
@@ -49,16 +53,18 @@ class _Loader(yaml.SafeLoader):
         super().__init__(stream)
         self.source, self.what = source, what
         self.depth = 0
+        self.open_anchors: set[str] = set()
+        self.aliased = False
 
     def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
         event = self.peek_event()
         mark = event.start_mark
         if isinstance(event, yaml.AliasEvent):
-            raise _refuse(self.source, mark, f"YAML aliases (*{event.anchor}) are not allowed in a "
-                                             f"{self.what}; write the value out in full")
-        if event.anchor is not None:
-            raise _refuse(self.source, mark, f"YAML anchors (&{event.anchor}) are not allowed in a "
-                                             f"{self.what}; remove the anchor")
+            if event.anchor in self.open_anchors:
+                raise _refuse(self.source, mark, f"YAML alias *{event.anchor} is inside the value it names (a loop); "
+                                                 "write the value out")
+            self.aliased = True
+            return super().compose_node(parent, index)    # the same node again: nothing is copied
         tag = getattr(event, "tag", None)
         if tag not in (None, "!") and tag not in ALLOWED_TAGS:
             raise _refuse(self.source, mark, f"YAML tag {_tag(tag)} is not allowed in a "
@@ -69,6 +75,8 @@ class _Loader(yaml.SafeLoader):
                                                  f"{self.what} (at most {MAX_SCALAR_CHARS})")
             return super().compose_node(parent, index)
         self.depth += 1
+        if event.anchor is not None:
+            self.open_anchors.add(event.anchor)
         try:
             if self.depth > MAX_DEPTH:
                 raise _refuse(self.source, mark, f"nested too deeply (more than {MAX_DEPTH} levels) for a "
@@ -76,6 +84,46 @@ class _Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+            self.open_anchors.discard(event.anchor)
+
+    def get_single_data(self):  # noqa: ANN201 - PyYAML's signature
+        node = self.get_single_node()
+        if node is None:
+            return None
+        if self.aliased:
+            self._check_expansion(node)
+        return self.construct_document(node)
+
+    def _check_expansion(self, root: yaml.Node) -> None:
+        """Refuse aliases that would expand past MAX_EXPANDED values or MAX_DEPTH levels. The composed
+        graph shares nodes (linear in the text); whoever walks the built value (validation, digests)
+        walks the expansion, which a few hundred bytes can make exponential ("billion laughs").
+        Sizes are counted once per node (memoised, iterative), so this check is linear too."""
+        memo: dict[int, tuple[int, int, int]] = {}     # id(node) -> (values, depth, characters)
+        stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if id(node) in memo:
+                continue
+            kids = _children(node)
+            if not ready:
+                stack.append((node, True))
+                stack.extend((k, False) for k in kids if id(k) not in memo)
+                continue
+            if isinstance(node, yaml.ScalarNode):
+                memo[id(node)] = (1, 0, len(node.value))
+                continue
+            size = 1 + sum(memo[id(k)][0] for k in kids)
+            depth = 1 + max((memo[id(k)][1] for k in kids), default=0)
+            chars = sum(memo[id(k)][2] for k in kids)
+            memo[id(node)] = (size, depth, chars)
+            if size > MAX_EXPANDED or chars > MAX_EXPANDED_CHARS:
+                raise _refuse(self.source, node.start_mark,
+                              f"YAML aliases here expand to {size:,} values of {chars:,} characters (at most "
+                              f"{MAX_EXPANDED:,} and {MAX_EXPANDED_CHARS:,}); write the values out or alias less")
+            if depth > MAX_DEPTH:
+                raise _refuse(self.source, node.start_mark, f"nested too deeply (more than {MAX_DEPTH} levels, "
+                                                            f"aliases expanded) for a {self.what}")
 
     def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
         if isinstance(node, yaml.MappingNode):
@@ -96,6 +144,14 @@ class _Loader(yaml.SafeLoader):
                                   "keep one")
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
