@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
 from .stages import STAGES, configs
@@ -20,7 +20,17 @@ from .train import FitConfig
 
 # The fields every command's recipe starts with, constrained once. The name becomes a folder name
 # (runs/<name>), so it may hold no path separator or `..` of its own.
-RecipeName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+def _not_hidden(name: str) -> str:
+    """`.`, `..` and `.x` pass the pattern but are not folder names a run may take: runs/.. is the
+    working directory (a run there replaced the user's results.json) and runs/. is runs/ itself."""
+    if name.startswith("."):
+        raise ValueError(f"'{name}' may not start with '.' ('.' and '..' name existing folders, '.x' is hidden); "
+                         "start the name with a letter, digit, '_' or '-'")
+    return name
+
+
+RecipeName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$"),
+                       AfterValidator(_not_hidden)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Threads = Annotated[int | None, Field(ge=1, le=1024)]
 
@@ -126,30 +136,26 @@ def builtin_recipes(prefix: str = "") -> dict[str, str]:
 def read_yaml_recipe(path: str | None, default: str, prefix: str = "") -> tuple[object, str, str]:
     """(parsed YAML, text, source) of a recipe file, or of a built-in recipe named `prefix*`.
 
-    Every command's recipe goes through here, so every one answers a missing file, bad YAML or
-    absurd nesting with one line naming the file."""
+    Every command's recipe goes through here, so every one answers a missing file, a name the file
+    system refuses (too long, NUL), bad YAML, aliases, duplicate keys, oversized values or absurd
+    nesting with one line naming the file (and the line): see `safe_yaml`."""
+    from . import safe_yaml
+
     name = path or default
     builtins = builtin_recipes(prefix)
-    if not Path(name).exists() and name in builtins:
+    try:
+        exists = Path(name).exists()
+    except (OSError, ValueError) as e:      # a name over 255 bytes, a NUL
+        raise UserError(f"{name}: not a usable recipe path ({getattr(e, 'strerror', None) or type(e).__name__}); "
+                        "give a YAML path or a built-in recipe name") from None
+    if not exists and name in builtins:
         text, source = builtins[name], f"<built-in recipe {name}>"
     else:
-        p = Path(name)
-        if not p.is_file():
+        if not exists:
             raise UserError(f"{name}: recipe file not found; give a YAML path or one of: {', '.join(sorted(builtins))}")
-        try:
-            text = p.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{name}: cannot read the recipe ({type(e).__name__})") from None
-        source = str(p)
-    try:
-        obj = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    except RecursionError:
-        raise UserError(f"{source}: nested too deeply to be a recipe") from None
-    return obj, text, source
+        source = str(Path(name))
+        text = safe_yaml.read_document(name, source)
+    return safe_yaml.load(text, source), text, source
 
 
 MAX_DEPTH = 32  # recipes nest about 5 deep; the limit keeps pydantic from recursing on a crafted object
