@@ -279,7 +279,7 @@ def test_a_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
     def read_only(*a, **k):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(io.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(io.paths.tempfile, "mkstemp", read_only)
     with pytest.raises(UserError, match="ro: cannot write here: Read-only file system"):
         io.prepare_output(tmp_path / "ro")
     with pytest.raises(UserError, match=r"new: cannot write here \(in .*\): Read-only"):
