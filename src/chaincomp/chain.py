@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from . import __version__, faults, progress
@@ -25,7 +26,7 @@ from .data import load_data, model_kwargs
 from .data.base import TaskData
 from .errors import UserError
 from .exits.model import ExitNetwork
-from .io import RunLock, atomic_write_text, load_weights, read_json, save_weights, write_json
+from .io import RunLock, atomic_write_text, load_weights, read_model_json, save_weights, write_json
 from .ledger import measure
 from .models import build_model
 from .recipe import Recipe
@@ -33,6 +34,69 @@ from .stages import Context, make_stage, rebuild, settle
 from .train import fit
 
 FORMAT = 1
+
+
+class _Lenient(BaseModel):
+    """Files a run folder holds, read back: the keys the tool needs are checked, others kept as they are."""
+    model_config = ConfigDict(extra="allow")
+
+
+class RunFile(_Lenient):
+    """DIR/run.json: which recipe the folder belongs to."""
+    format: int
+    recipe_digest: str
+
+
+class Entry(_Lenient):
+    """One stage's measured figures (the ledger entry a checkpoint carries)."""
+    name: str
+    technique: str
+    metric: float
+    bitops: float
+    macs: float
+    params: int
+    size_bytes: float
+    seconds: float
+
+
+class Arch(_Lenient):
+    """How to rebuild the model: the model spec and the structural transforms, in order."""
+    model: dict
+    transforms: list[dict]
+
+
+class CheckpointFile(_Lenient):
+    """DIR/checkpoints/NN-name.json, written after its weights."""
+    format: int
+    recipe_digest: str
+    arch: Arch
+    exit_rule: dict | None = None
+    entry: Entry
+
+
+class Figures(_Lenient):
+    metric: float
+    bitops: float
+
+
+class StageFigures(Figures):
+    name: str
+
+
+class ResultsFile(_Lenient):
+    """DIR/results.json, as the studies and bench read it back."""
+    chain: list[str]
+    baseline: Figures
+    final: Figures
+    stages: list[StageFigures]
+
+
+def read_results(path: Path) -> dict:
+    return read_model_json(path, ResultsFile, allow_nan=True).model_dump()
+
+
+def read_run_file(path: Path) -> dict:
+    return read_model_json(path, RunFile, allow_nan=True).model_dump()
 
 
 @dataclass
@@ -59,7 +123,7 @@ class Checkpoints:
         wpath, jpath = self.paths(index, name)
         if not jpath.exists() or not wpath.exists():
             return None
-        meta = read_json(jpath)
+        meta = read_model_json(jpath, CheckpointFile, allow_nan=True).model_dump()
         if meta.get("format") != FORMAT:
             raise UserError(f"{jpath}: written by another chaincomp format ({meta.get('format')}); use a new --out")
         return meta if meta.get("recipe_digest") in (recipe.stage_digest(index), recipe.digest()) else None
@@ -100,11 +164,11 @@ def train_baseline(recipe: Recipe, data: TaskData) -> nn.Module:
     return model
 
 
-def prepare_out(out: Path, recipe: Recipe, recipe_text: str, resume: bool) -> None:
+def refuse_mixed_runs(out: Path, recipe: Recipe, resume: bool) -> None:
     """Refuse to mix two runs in one folder; never overwrite an earlier run without --resume."""
     run_file = out / "run.json"
     if run_file.exists():
-        meta = read_json(run_file)
+        meta = read_run_file(run_file)
         if not resume:
             raise UserError(f"{out}: holds an earlier run; pass --resume to continue it, or choose another --out")
         if meta.get("recipe_digest") == recipe.digest():
@@ -115,6 +179,14 @@ def prepare_out(out: Path, recipe: Recipe, recipe_text: str, resume: bool) -> No
         # only later stages changed: the run continues under the new recipe from its last unchanged stage
         (out / "results.json").unlink(missing_ok=True)     # no longer describes this folder
         progress.log(f"{out}: recipe changed after the baseline; unchanged stages are kept, the rest rerun")
+
+
+def write_run_files(out: Path, recipe: Recipe, recipe_text: str) -> None:
+    """run.json and the canonical recipe.yaml: written only once the inputs (data, weights) were read, so
+    a refused run leaves nothing that would block its corrected retry."""
+    run_file = out / "run.json"
+    if run_file.exists() and read_run_file(run_file).get("recipe_digest") == recipe.digest():
+        return
     write_json(run_file, {"format": FORMAT, "version": __version__, "recipe_digest": recipe.digest(),
                           "recipe": recipe.name, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
@@ -132,17 +204,21 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     with RunLock(out):
-        prepare_out(out, recipe, recipe_text, resume)
+        refuse_mixed_runs(out, recipe, resume)
         ckpt = Checkpoints(out)
         data = data or load_data(recipe.data, recipe.seed)
         sample = data.sample_input()
+        # a missing or unfitting weights file fails before run.json is written (no blocked retry)
+        given = train_baseline(recipe, data) if recipe.model.weights and not ckpt.matches(0, "baseline", recipe) \
+            else None
+        write_run_files(out, recipe, recipe_text)
         t0 = time.perf_counter()
         loaded = ckpt.load(0, "baseline", recipe, sample)
         if loaded:
             model, base_entry = loaded
             progress.log("baseline: restored from checkpoint")
         else:
-            model = train_baseline(recipe, data)
+            model = given if given is not None else train_baseline(recipe, data)
             base_entry = {"name": "baseline", "technique": "baseline", **measure(model, data),
                           "seconds": round(time.perf_counter() - t0, 2)}
             ckpt.save(0, "baseline", model, base_entry, recipe.stage_digest(0))
@@ -218,7 +294,7 @@ def load_run(out: str | Path, stage: str | None = None, data: TaskData | None = 
     out = Path(out)
     if not (out / "run.json").is_file() or not (out / "recipe.yaml").is_file():
         raise UserError(f"{out}: not a chaincomp run folder (no run.json/recipe.yaml); give the --out of `chaincomp run`")
-    meta = read_json(out / "run.json")
+    meta = read_run_file(out / "run.json")
     if meta.get("format") != FORMAT:
         raise UserError(f"{out}: written by another chaincomp format ({meta.get('format')}); rerun it with this version")
     recipe, _ = load_recipe(str(out / "recipe.yaml"))

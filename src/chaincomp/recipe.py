@@ -11,7 +11,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
@@ -43,6 +42,13 @@ class DataConfig(BaseModel):
     limit_test: int | None = Field(None, ge=1, le=10_000_000)
     val_size: int = Field(5000, ge=1, le=1_000_000)
     scale: int = Field(2, ge=2, le=4)
+
+    @model_validator(mode="after")
+    def _path_is_used(self) -> "DataConfig":
+        if self.path is not None and self.name in ("digits", "sr_sample"):
+            raise ValueError(f"path: dataset '{self.name}' is built in and reads no files; remove path "
+                             "(or name a dataset that reads it: cifar10, camvid, sr)")
+        return self
 
 
 class ModelConfig(BaseModel):

@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-from ..errors import DivergenceError, UserError
+from .. import faults
+from ..errors import DivergenceError, UserError, one_line
 
 # The commands, in the order `--help` lists them: (module in this package, command names it registers).
 COMMANDS = (("run", ("run",)), ("check", ("check",)), ("order", ("order",)), ("search", ("search",)),
@@ -26,11 +27,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
-
-
-def one_line(e: BaseException | str) -> str:
-    """Messages may quote user input (a recipe value, a file name): never let it break the one line."""
-    return " ".join(str(e).split())
 
 
 def _unavailable(module: str, err: BaseException):
@@ -62,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        faults.check_env()          # a garbage fault-injection value is one line, before any work
         return args.func(args)
     except UserError as e:
         print(f"chaincomp: error: {one_line(e)}", file=sys.stderr)

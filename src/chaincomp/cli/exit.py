@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .. import progress
+from ..io import output_dir_for, prepare_output
 from ..studies.predictive_exit import DEFAULT_RECIPE, WAYS, load_exit_recipe, run_exit, ways_of, with_overrides
 
 
 def _cmd_exit(args: argparse.Namespace) -> int:
     cfg = with_overrides(load_exit_recipe(args.recipe), beta=args.beta, latency_ms=args.latency_ms,
                          platform=args.platform)
-    out = Path(args.out or f"runs/{cfg.name}")
+    out = prepare_output(args.out or output_dir_for(cfg.name, "runs"))
     res = run_exit(cfg, out, resume=args.resume)
     from rich.table import Table
 

@@ -9,9 +9,12 @@ from ..errors import UserError
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..deploy.export import export_run
+    from ..io import prepare_output
 
     if not 0 <= args.tolerance <= 100:
         raise UserError(f"--tolerance: {args.tolerance}; give metric points in 0..100")
+    if args.out:
+        prepare_output(args.out, kind="file")     # before anything is built
     manifest = export_run(args.run_dir, args.out, args.stage, tolerance=args.tolerance, kernels=args.kernels)
     c = manifest["check"]
     if not c["passed"]:

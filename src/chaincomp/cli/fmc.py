@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from ..io import output_dir_for, prepare_output
 from ..studies.feature_maps import DEFAULT_RECIPE, load_fmc_recipe, run_fmc
 
 
 def _cmd_fmc(args: argparse.Namespace) -> int:
     cfg = load_fmc_recipe(args.recipe)
-    out = Path(args.out or f"runs/{cfg.name}")
+    out = prepare_output(args.out or output_dir_for(cfg.name, "runs"))
     res = run_fmc(cfg, out, resume=args.resume)
     for r in res["tasks"]:
         print(f"{r['dataset']} {r['model']} {r['bits_in']}-bit: {r['metric_name']} raw {r['metric_raw']:.3f}  "

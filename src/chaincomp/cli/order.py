@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from ..io import output_dir_for, prepare_output
 from ..progress import log
 from ..studies.order import MIN_TOL, POINTS_PER_DECADE, letters, run_order_study, study_recipe
 
 
 def _cmd_order(args: argparse.Namespace) -> int:
     recipe, source = study_recipe(args.recipe)
-    out = Path(args.out or f"runs/{recipe.name}-order")
+    out = prepare_output(args.out or output_dir_for(f"{recipe.name}-order", "runs"))
     res = run_order_study(recipe, out, seeds=args.seeds, workers=args.workers, address=args.address,
                           insertion=args.insertion, perms=args.permutations, min_tol=args.tolerance,
                           rate=args.points_per_decade, source=source)

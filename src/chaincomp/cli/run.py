@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ..chain import run_chain
+    from ..io import output_dir_for, prepare_output
     from ..recipe import load_recipe
     from ..report import print_run_table
 
     recipe, text = load_recipe(args.recipe)
-    out = Path(args.out or f"runs/{recipe.name}")
+    out = prepare_output(args.out or output_dir_for(recipe.name, "runs"))
     results = run_chain(recipe, out, resume=args.resume, recipe_text=text)
     print_run_table(results)
     print(f"results: {out / 'results.json'}  report: {out / 'report.md'}")

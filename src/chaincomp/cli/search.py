@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from ..io import output_dir_for, prepare_output
 from ..progress import log
 from ..studies.order import study_recipe
 from ..studies.search import run_search
@@ -11,7 +11,7 @@ from ..studies.search import run_search
 def _cmd_search(args: argparse.Namespace) -> int:
 
     recipe, source = study_recipe(args.recipe)
-    out = Path(args.out or f"runs/{recipe.name}-search")
+    out = prepare_output(args.out or output_dir_for(f"{recipe.name}-search", "runs"))
     res = run_search(recipe, out, trials=args.trials, workers=args.workers, address=args.address,
                      sampler=args.sampler, source=source)
     for t in res["pareto"]:

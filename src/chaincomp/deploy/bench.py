@@ -124,12 +124,14 @@ def prune_peer(baseline: torch.nn.Module, run, epochs: int) -> tuple[torch.nn.Mo
 
 def _counted_bitops(run) -> tuple[float, float]:
     """(baseline, stage) BitOps per sample as the ledger counted them (results.json when present)."""
-    from ..io import read_json
+    from ..chain import CheckpointFile, read_results
+    from ..io import read_model_json
 
     res = run.out / "results.json"
-    base = read_json(res)["baseline"]["bitops"] if res.is_file() else None
+    base = read_results(res)["baseline"]["bitops"] if res.is_file() else None
     if base is None:
-        base = read_json(run.out / "checkpoints" / "00-baseline.json")["entry"]["bitops"]
+        base = read_model_json(run.out / "checkpoints" / "00-baseline.json", CheckpointFile,
+                               allow_nan=True).entry.bitops
     return float(base), float(run.entry["bitops"])
 
 

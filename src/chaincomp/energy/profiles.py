@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserError
@@ -55,7 +54,7 @@ class Point:
 
 
 class OperatingPoint(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     freq_mhz: float = Field(gt=0)
     voltage_v: float = Field(gt=0)
     power_w: float | None = Field(default=None, gt=0)
@@ -64,7 +63,7 @@ class OperatingPoint(BaseModel):
 class StaticPower(BaseModel):
     """P_static(V) = k_w_per_v * V**exponent."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     k_w_per_v: float = Field(gt=0)
     exponent: float = Field(default=1.0, gt=0)
 
@@ -73,7 +72,7 @@ class StaticPower(BaseModel):
 
 
 class Profile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     name: str = Field(min_length=1)
     device: str = "cpu"
     description: str = ""
@@ -179,14 +178,8 @@ def load_profile(name_or_path: str | Path) -> Profile:
         if not p.exists():
             raise UserError(f"profile {name_or_path!r}: not a file and not a built-in "
                             f"(built-ins: {', '.join(builtin_profiles())})")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{p}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: cannot read ({type(e).__name__})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{p}: not valid YAML{where}") from None
+    from .. import safe_yaml        # aliases, duplicate keys and oversized values refused as in recipes
+
+    data = safe_yaml.load(safe_yaml.read_document(p, str(p), what="platform profile"), str(p),
+                          what="platform profile")
     return profile_from_dict(data, str(p))

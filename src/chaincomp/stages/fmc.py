@@ -27,9 +27,9 @@ Recipe:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from ..arch import record
@@ -38,12 +38,24 @@ from ..fmc.maps import attach, find_hooks, resolve_points
 from .base import Context, Stage, StageConfig
 from .registry import register
 
+
+def _block(v: tuple[int, int, int]) -> tuple[int, int, int]:
+    if not all(1 <= b <= 64 for b in v) or math.prod(v) > 1024:
+        raise ValueError("block: 3 sizes (channels, height, width) in 1..64, at most 1024 values")
+    return v
+
+
+# A codec block (channels, height, width): one type for the stage and the fmc study, so `check` refuses
+# what the command would.
+CodecBlock = Annotated[tuple[int, int, int], AfterValidator(_block)]
+
+
 class FmcConfig(StageConfig):
     technique: Literal["fmc"] = "fmc"
     epochs: int = Field(0, ge=0, le=100_000, description="straight-through fine-tuning with the codec in place")
     points: Literal["auto"] | list[str] = Field("auto", description="module names whose outputs are coded")
     bits_in: Literal[16, 8] = 16
-    block: tuple[int, int, int] = DEFAULT_BLOCK
+    block: CodecBlock = DEFAULT_BLOCK
     fit_block: bool = Field(True, description="cut the block to small maps, giving the freed values to channels")
     index_bits: int = Field(DEFAULT_INDEX_BITS, ge=1, le=4)
     mode: Literal["cbr", "vbr"] = "vbr"
@@ -51,13 +63,6 @@ class FmcConfig(StageConfig):
     scales: list[Literal["linear", "log", "hlog", "rlog", "rhlog"]] = Field(list(DEFAULT_SCALES), min_length=1,
                                                                            max_length=4)
     lr: float = Field(0.001, gt=0, le=10)
-
-    @field_validator("block")
-    @classmethod
-    def _block(cls, v):
-        if not all(1 <= b <= 64 for b in v) or math.prod(v) > 1024:
-            raise ValueError("block: 3 sizes (channels, height, width) in 1..64, at most 1024 values")
-        return v
 
     def codec(self) -> dict:
         return {"bits_in": self.bits_in, "index_bits": self.index_bits, "mode": self.mode, "method": self.method,

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import UserError
-from ..io import read_json, save_weights, write_json
+from ..io import checked_name, read_model_json, save_weights, write_json
 from ..recipe import Recipe, parse_recipe
 from ..stages.registry import canonical_order, letters
 
@@ -26,8 +27,22 @@ LETTER = letters(studied_only=True)   # technique -> letter, for the techniques 
 CANONICAL = canonical_order()          # the paper's order (D -> P -> Q -> E); breaks ties
 
 
+# The longest suffix a study appends to its recipe's name (order letters, the largest seed), and the
+# length a recipe name may have (`recipe.RecipeName`).
+DERIVED_SUFFIX = "-" + "".join(LETTER.values()) + "-s" + str(2**31 - 1)
+NAME_LIMIT = 100
+
+
+class StudyFile(BaseModel):
+    """DIR/study.json: which study and recipe the folder belongs to."""
+    model_config = ConfigDict(extra="allow")
+    kind: str
+    recipe_digest: str
+
+
 def check_techniques(recipe: Recipe, source: str) -> list[str]:
-    """The techniques a study compares: at least two, each once, from the four the paper orders."""
+    """The techniques a study compares (at least two, each once, from the four the paper orders), and a
+    name its chains can be named after."""
     techs = recipe.techniques()
     if len(techs) < 2:
         raise UserError(f"{source}: the chain needs at least two techniques to compare orders (has {len(techs)})")
@@ -37,6 +52,8 @@ def check_techniques(recipe: Recipe, source: str) -> list[str]:
     other = [t for t in techs if t not in LETTER]
     if other:
         raise UserError(f"{source}: technique '{other[0]}' cannot be ordered; use {', '.join(CANONICAL)}")
+    # chains and trials are named <name>-<order letters>-s<seed> / <name>-t0000, and must be recipe names too
+    checked_name(recipe.name, what=f"{source}: name", longest_suffix=len(DERIVED_SUFFIX), name_max=NAME_LIMIT)
     return techs
 
 
@@ -64,9 +81,9 @@ def open_study(out: Path, kind: str, recipe: Recipe) -> None:
     """Refuse to mix two studies (or two recipes) in one folder; a rerun of the same one continues."""
     f = out / "study.json"
     if f.exists():
-        meta = read_json(f)
-        if meta.get("kind") != kind or meta.get("recipe_digest") != recipe.digest():
-            raise UserError(f"{out}: holds a {meta.get('kind')} study of another recipe; choose another --out")
+        meta = read_model_json(f, StudyFile, allow_nan=True)
+        if meta.kind != kind or meta.recipe_digest != recipe.digest():
+            raise UserError(f"{out}: holds a {meta.kind} study of another recipe; choose another --out")
         return
     write_json(f, {"kind": kind, "recipe_digest": recipe.digest(), "recipe": recipe.model_dump(mode="json", by_alias=True),
                    "started": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -108,7 +125,7 @@ def run_recipe_task(recipe_obj: dict, out: str, data_seed: int, threads: int | N
 def _run_recipe(recipe_obj: dict, out: str, data_seed: int, threads: int | None, blob: bytes | None) -> dict:
     import torch
 
-    from ..chain import run_chain
+    from ..chain import read_results, read_run_file, run_chain
     from ..data import load_data
     from ..io import atomic_write_bytes
 
@@ -121,9 +138,9 @@ def _run_recipe(recipe_obj: dict, out: str, data_seed: int, threads: int | None,
     out_p = Path(out)
     t0 = time.perf_counter()
     res_file = out_p / "results.json"
-    if res_file.exists() and (out_p / "run.json").exists() and read_json(out_p / "run.json").get(
+    if res_file.exists() and (out_p / "run.json").exists() and read_run_file(out_p / "run.json").get(
             "recipe_digest") == recipe.digest():
-        res, reused = read_json(res_file), True
+        res, reused = read_results(res_file), True
     else:
         data = load_data(recipe.data, data_seed)
         res = run_chain(recipe, out_p, resume=True, recipe_text=yaml.safe_dump(recipe_obj, sort_keys=False),

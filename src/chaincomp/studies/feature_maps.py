@@ -32,8 +32,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..recipe import (BaselineConfig, DataConfig, ModelConfig, RecipeName, Seed, Threads, read_yaml_recipe,
-                     validate_document)
+from ..recipe import (
+    BaselineConfig,
+    DataConfig,
+    ModelConfig,
+    RecipeName,
+    Seed,
+    Threads,
+    read_yaml_recipe,
+    validate_document,
+)
+from ..stages.fmc import CodecBlock
 
 DEFAULT_RECIPE = "fmc_default"
 METHODS = ("asc", "minmax", "single_mode")
@@ -41,7 +50,7 @@ METHODS = ("asc", "minmax", "single_mode")
 
 class CodecConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    block: tuple[int, int, int] = (1, 8, 8)
+    block: CodecBlock = (1, 8, 8)
     fit_block: bool = True
     index_bits: int = Field(3, ge=1, le=4)
     scales: list[Literal["linear", "log", "hlog", "rlog", "rhlog"]] = Field(["linear", "hlog"], min_length=1,
@@ -71,6 +80,15 @@ class FmcRecipe(BaseModel):
     threads: Threads = None
     tasks: list[TaskConfig] = Field(default_factory=lambda: [TaskConfig()], min_length=1, max_length=16)
     throughput: ThroughputConfig = ThroughputConfig()
+
+
+class TaskFile(BaseModel):
+    """DIR/tasks/NN.json: one finished task, reused by --resume when its digest matches."""
+    model_config = ConfigDict(extra="allow")
+    digest: str
+    asc: list[dict]
+    baselines: list[dict]
+    extras: dict
 
 
 def validate_fmc_recipe(obj: object, source: str) -> FmcRecipe:
@@ -188,8 +206,8 @@ def run_task(t: TaskConfig, cfg: FmcRecipe) -> tuple[list[dict], list[dict], dic
     from ..chain import train_baseline
     from ..data import load_data
     from ..energy.cost import profile_model
-    from ..recipe import Recipe
     from ..fmc.maps import FmcHooks, resolve_points
+    from ..recipe import Recipe
     from ..stages.fmc import FmcConfig
 
     data = load_data(t.data, cfg.seed)
@@ -252,14 +270,14 @@ def _task(i: int, t: TaskConfig, cfg: FmcRecipe, out: Path, resume: bool) -> tup
     """One task, saved to DIR/tasks/NN.json when it ends. With --resume a task saved with the same settings
     is reused (a task is minutes of training; a killed run loses only the task it was in)."""
     from .. import faults, progress
-    from ..io import read_json, write_json
+    from ..io import read_model_json, write_json
 
     f, digest = out / "tasks" / f"{i:02d}.json", task_digest(t, cfg)
     if resume and f.exists():
-        saved = read_json(f)
-        if isinstance(saved, dict) and saved.get("digest") == digest:
+        saved = read_model_json(f, TaskFile, allow_nan=True)
+        if saved.digest == digest:
             progress.log(f"task {i} ({t.data.name}): reused from {f}")
-            return saved["asc"], saved["baselines"], saved["extras"]
+            return saved.asc, saved.baselines, saved.extras
     a, b, e = run_task(t, cfg)
     write_json(f, {"digest": digest, "asc": a, "baselines": b, "extras": e})
     faults.point("fmc_task_saved")

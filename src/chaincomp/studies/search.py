@@ -22,12 +22,15 @@ import time
 import warnings
 from itertools import permutations
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import faults
 from .common import LETTER, Executor, check_techniques, derived, ensure_baseline, open_study, run_recipe_task, \
     stage_dicts
 from ..errors import UserError
-from ..io import RunLock, read_json, write_json
+from ..io import RunLock, read_model_json, write_json
 from ..progress import log
 from ..recipe import Recipe
 
@@ -42,6 +45,27 @@ SPACE = {
     "early_exit": {"max_drop": (0.0, 3.0, 0.25)},
 }
 THRESHOLD = {"confidence": (0.5, 0.99, 0.01), "entropy": (0.05, 2.0, 0.05)}
+
+
+class TrialFile(BaseModel):
+    """DIR/trials/NNNN.json: one finished (or failed) trial, written before the study hears of it."""
+    model_config = ConfigDict(extra="allow")
+    number: int = Field(ge=0)
+    order: str
+    params: dict
+    state: Literal["complete", "fail"]
+    metric: float | None = None
+    bitops: float | None = None
+
+    @model_validator(mode="after")
+    def _complete_has_figures(self) -> "TrialFile":
+        if self.state == "complete" and (self.metric is None or self.bitops is None):
+            raise ValueError("a complete trial needs metric and bitops")
+        return self
+
+
+def read_trial(path: Path) -> dict:
+    return read_model_json(path, TrialFile, allow_nan=True).model_dump()
 
 
 def space_for(stages: dict[str, dict]) -> dict[str, tuple]:
@@ -199,7 +223,7 @@ def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = 
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):   # a crash left these
             f = tdir / f"{t.number:04d}.json"
             if f.exists():                                  # finished, not told: tell it what the file says
-                tell(read_json(f))
+                tell(read_trial(f))
             else:   # parameters missing if it died between ask and suggest: drawn now, as they would have been
                 params = t.params if set(t.params) == {"order", *space} else \
                     suggest(optuna.trial.Trial(study, t._trial_id), techs, space)
@@ -210,7 +234,7 @@ def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = 
                 dispatch(trial.number, suggest(trial, techs, space))
             (number, params), res, err = ex.next_done()
             finish(number, params, res, err)
-        records = [read_json(f) for f in sorted(tdir.glob("*.json"))]
+        records = [read_trial(f) for f in sorted(tdir.glob("*.json"))]
         result = {"recipe": recipe.name, "techniques": techs, "sampler": sampler,
                   "objectives": ["maximize metric", "minimize BitOps (told as log10 BitOps)"],
                   "space": {k: list(v) for k, v in space.items()}, "trials_requested": trials,

@@ -173,7 +173,7 @@ def run_exit(cfg: ExitRecipe, out: str | Path, *, resume: bool = False) -> dict:
         _runtime(s)
         res = assemble(s, time.perf_counter() - t_start)
         write_report(out, res)
-        write_json(out / "exit.json", res)      # last: exit.json says every file of the run is complete
+        write_json(out / "exit.json", res, finite=True)   # last: says every file of the run is complete
     return res
 
 
