@@ -12,7 +12,7 @@ ROOT = Path(chaincomp.__file__).parent
 
 # Lowest first. A module belongs to the first entry whose name is it or a package above it.
 LAYERS = [
-    ("foundations", ["errors", "faults", "progress", "io", "safe_yaml", "report", "metrics", "models", "data",
+    ("foundations", ["errors", "faults", "progress", "io", "safe_yaml", "report", "metrics", "models", "data", "device",
                      "energy"]),
     ("mechanisms", ["train", "qmodules", "exits", "fmc", "pruning", "arch", "ledger"]),
     ("stages", ["stages"]),

@@ -20,6 +20,7 @@ import yaml
 from torch import nn
 
 from . import __version__, faults, progress
+from . import device as devices
 from .arch import load_into
 from .data import load_data, model_kwargs
 from .data.base import TaskData
@@ -134,7 +135,7 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
     with RunLock(out):
         prepare_out(out, recipe, recipe_text, resume)
         ckpt = Checkpoints(out)
-        data = data or load_data(recipe.data, recipe.seed)
+        data = placed(data or load_data(recipe.data, recipe.seed), recipe)
         sample = data.sample_input()
         t0 = time.perf_counter()
         loaded = ckpt.load(0, "baseline", recipe, sample)
@@ -171,6 +172,15 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
         return results
 
 
+def placed(data: TaskData, recipe) -> TaskData:
+    """The data on the device the recipe names (resolved once, here at the edge of the runner)."""
+    dev = devices.resolve(getattr(recipe, "device", "auto"), "recipe field device (or --device)")
+    devices.prepare(dev)
+    if dev.type != "cpu":
+        progress.log(f"device: {devices.describe(dev)}")
+    return data.place(dev, amp=getattr(recipe, "amp", False))
+
+
 def _line(e: dict, metric: str) -> str:
     return (f"{e['name']}: {metric} {e['metric']:.2f}  BitOps {e['bitops']:.3g}  MACs {e['macs']:.3g}  "
             f"params {e['params']}  ({e['seconds']:.1f} s)")
@@ -184,7 +194,7 @@ def build_results(recipe: Recipe, data: TaskData, base: dict, stages: list[dict]
     return {
         "format": FORMAT, "version": __version__, "recipe": recipe.name, "seed": recipe.seed,
         "task": data.task, "dataset": data.name, "model": recipe.model.name, "metric_name": data.metric_name,
-        "chain": recipe.techniques(),
+        "device": devices.describe(data.device), "chain": recipe.techniques(),
         "baseline": {k: base[k] for k in (*keys, *opt) if k in base},
         "stages": [{k: s[k] for k in ("name", "technique", *keys, "seconds")} |
                    {k: s[k] for k in (*opt, "exit_histogram", "exit_rule", "notes") if k in s} for s in stages],

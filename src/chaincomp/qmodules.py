@@ -58,8 +58,15 @@ def act_range(bits: int, signed: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
 
 
-def quantize_act(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """Uniform activation quantization with a straight-through gradient inside the clip range."""
+def quantize_act(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool | torch.Tensor) -> torch.Tensor:
+    """Uniform activation quantization with a straight-through gradient inside the clip range. `signed`
+    may be a bool tensor (a layer's buffer): the clip bounds are then chosen on the device, unread."""
+    if isinstance(signed, torch.Tensor):
+        lo_s, hi_s = act_range(bits, True)
+        lo_u, hi_u = act_range(bits, False)
+        lo = torch.where(signed, lo_s, lo_u).to(x.dtype)
+        hi = torch.where(signed, hi_s, hi_u).to(x.dtype)
+        return torch.clamp(_ste_round(x / scale), lo, hi) * scale
     lo, hi = act_range(bits, signed)
     return torch.clamp(_ste_round(x / scale), lo, hi) * scale
 
@@ -118,17 +125,24 @@ class _QuantMixin:
         if self.observe is not None:
             self.observe.append(x.detach().flatten()[:: max(1, x.numel() // 20000)].clone())
             return x
-        if self.training:  # track the range during QAT (EMA of the max), after calibration set the start
-            signed = bool(self.act_signed) if bool(self.calibrated) else bool((x.detach() < 0).any())
-            top = float(x.detach().abs().amax()) if signed else float(x.detach().clamp_min(0).amax())
-            new = max(top, 1e-8) / act_range(self.act_bits, signed)[1]
-            if not bool(self.calibrated):
-                self.act_scale.fill_(new)
-                self.act_signed.fill_(signed)
-                self.calibrated.fill_(True)
-            else:
-                self.act_scale.mul_(1 - self.act_momentum).add_(self.act_momentum * new)
-        return quantize_act(x, self.act_scale, self.act_bits, bool(self.act_signed))
+        if self.training:
+            self._track(x.detach())
+        return quantize_act(x, self.act_scale, self.act_bits, self.act_signed)
+
+    @torch.no_grad()
+    def _track(self, x: torch.Tensor) -> None:
+        """Track the range during QAT (an EMA of the max; the first batch sets it when uncalibrated),
+        in tensor ops on the layer's device: never read on the host, so a GPU never waits per layer.
+        The arithmetic is the host version's (max in float32, the new scale in float64, the EMA in the
+        buffer's float32), so the CPU gives bit-identical scales."""
+        signed = torch.where(self.calibrated, self.act_signed, (x < 0).any())
+        top = torch.where(signed, x.abs().amax(), x.clamp_min(0).amax()).double()
+        hi = torch.where(signed, act_range(self.act_bits, True)[1], act_range(self.act_bits, False)[1])
+        new = top.clamp_min(1e-8) / hi
+        ema = self.act_scale * (1 - self.act_momentum) + (self.act_momentum * new).to(self.act_scale.dtype)
+        self.act_scale.copy_(torch.where(self.calibrated, ema, new.to(self.act_scale.dtype)))
+        self.act_signed.copy_(signed)
+        self.calibrated.fill_(True)
 
     def quant_weight(self) -> torch.Tensor:
         return quantize_weight(self.weight, self.weight_bits, self.per_channel, self.weight_method)

@@ -33,6 +33,22 @@ def one_line(e: BaseException | str) -> str:
     return " ".join(str(e).split())
 
 
+def add_device(p: argparse.ArgumentParser, what: str = "train and evaluate") -> None:
+    """`--device` for every command that trains or evaluates."""
+    p.add_argument("--device", help=f"where to {what}: auto, cpu, cuda or cuda:N (default: the recipe's "
+                   "`device:`, auto = the GPU when there is one)")
+
+
+def with_device(cfg, args: argparse.Namespace):
+    """The recipe with `--device` merged in at the edge; CUDA asked for where there is none: one line."""
+    if getattr(args, "device", None) is None:
+        return cfg
+    from ..device import resolve
+
+    resolve(args.device, "--device")
+    return cfg.model_copy(update={"device": args.device.strip().lower()})
+
+
 def _unavailable(module: str, err: BaseException):
     def fail(args: argparse.Namespace) -> int:
         raise CommandUnavailable(f"command '{args.command}' is unavailable: importing chaincomp.cli.{module} failed "

@@ -9,7 +9,10 @@ from ..studies.order import MIN_TOL, POINTS_PER_DECADE, letters, run_order_study
 
 
 def _cmd_order(args: argparse.Namespace) -> int:
+    from . import with_device
+
     recipe, source = study_recipe(args.recipe)
+    recipe = with_device(recipe, args)
     out = Path(args.out or f"runs/{recipe.name}-order")
     res = run_order_study(recipe, out, seeds=args.seeds, workers=args.workers, address=args.address,
                           insertion=args.insertion, perms=args.permutations, min_tol=args.tolerance,
@@ -25,6 +28,8 @@ def _cmd_order(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from . import add_device
+
     p = sub.add_parser("order", help="measure the order of the recipe's techniques pair by pair, sort topologically")
     p.add_argument("recipe", nargs="?", help="recipe YAML or built-in name (default: digits, D P Q E, scaled budget)")
     p.add_argument("--out", help="output folder (default: runs/<recipe name>-order); a rerun reuses finished chains")
@@ -40,4 +45,5 @@ def register(sub) -> None:
     p.add_argument("--tolerance", type=float, default=MIN_TOL, help=f"minimum tie tolerance in points (default {MIN_TOL})")
     p.add_argument("--points-per-decade", type=float, default=POINTS_PER_DECADE,
                    help="trade-off rate: metric points one decade of BitOps is worth (default 1)")
+    add_device(p)
     p.set_defaults(func=_cmd_order)

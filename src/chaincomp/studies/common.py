@@ -85,11 +85,20 @@ def ensure_baseline(recipe: Recipe, out: Path) -> Path:
         from ..io import load_weights
         save_weights(path, load_weights(recipe.model.weights))
         return path
+    from ..chain import placed
+
     t0 = time.perf_counter()
-    model = train_baseline(recipe, load_data(recipe.data, recipe.seed))
+    model = train_baseline(recipe, placed(load_data(recipe.data, recipe.seed), recipe))
     save_weights(path, model.state_dict(), metadata={"recipe_digest": recipe.digest()})
     log(f"baseline trained once in {time.perf_counter() - t0:.1f} s -> {path}")
     return path
+
+
+def study_device(recipe: Recipe) -> str:
+    """The device the study's chains ran on, as results record it."""
+    from ..device import describe, resolve
+
+    return describe(resolve(recipe.device, "recipe field device (or --device)"))
 
 
 def run_recipe_task(recipe_obj: dict, out: str, data_seed: int, threads: int | None,
