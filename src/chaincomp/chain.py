@@ -130,6 +130,7 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
               data: TaskData | None = None, write_report: bool = True) -> dict:
     """Run a recipe into folder `out`; returns the results dictionary (also DIR/results.json)."""
     out = Path(out)
+    device_of(recipe)       # CUDA asked for where there is none: refused before the folder is touched
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     with RunLock(out):
@@ -172,9 +173,13 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
         return results
 
 
+def device_of(recipe) -> torch.device:
+    return devices.resolve(getattr(recipe, "device", "auto"), "recipe field device (or --device)")
+
+
 def placed(data: TaskData, recipe) -> TaskData:
     """The data on the device the recipe names (resolved once, here at the edge of the runner)."""
-    dev = devices.resolve(getattr(recipe, "device", "auto"), "recipe field device (or --device)")
+    dev = device_of(recipe)
     devices.prepare(dev)
     if dev.type != "cpu":
         progress.log(f"device: {devices.describe(dev)}")
