@@ -37,9 +37,10 @@ def register(sub) -> None:
                    help="continue a killed study in --out (a rerun with the same recipe always continues: "
                         "finished chains are reused, a chain that was running resumes from its last stage)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per order (default 1)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--address", help="Ray cluster address (needs chaincomp[ray]; default: a local Ray instance when Ray is "
+                   "installed, else local worker processes)")
     p.add_argument("--workers", type=int, default=None,
-                   help="parallel chains (default: CPU count); 0 runs them one by one without Ray")
+                   help="parallel chains (default: CPU count); 0 runs them one by one in this process")
     p.add_argument("--insertion", action="store_true", help="also check that a third technique between a pair keeps its order")
     p.add_argument("--permutations", action="store_true", help="also run every full order (brute force check)")
     p.add_argument("--tolerance", type=float, default=MIN_TOL, help=f"minimum tie tolerance in points (default {MIN_TOL})")

@@ -34,9 +34,10 @@ def register(sub) -> None:
                    help="continue a killed study in --out (a rerun with the same recipe always continues: "
                         "finished trials are kept, running ones are dispatched again with their parameters)")
     p.add_argument("--trials", type=int, default=20, help="trials in the study (default 20)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--address", help="Ray cluster address (needs chaincomp[ray]; default: a local Ray instance when Ray is "
+                   "installed, else local worker processes)")
     p.add_argument("--workers", type=int, default=None,
-                   help="trials in parallel (default: CPU count); 0 runs them one by one without Ray")
+                   help="trials in parallel (default: CPU count); 0 runs them one by one in this process")
     p.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe",
                    help="Optuna multi-objective sampler (default tpe: better on small budgets)")
     add_device(p)
