@@ -16,7 +16,7 @@ LAYERS = [
                      "energy"]),
     ("mechanisms", ["train", "qmodules", "exits", "fmc", "pruning", "arch", "ledger"]),
     ("stages", ["stages"]),
-    ("runner", ["recipe", "chain", "api"]),
+    ("runner", ["recipe", "chain", "api", "baselines"]),
     ("applications", ["studies", "deploy"]),
     ("command line", ["cli", "__main__"]),
 ]

@@ -19,7 +19,7 @@ import torch
 import yaml
 from torch import nn
 
-from . import __version__, faults, progress
+from . import __version__, baselines, faults, progress
 from . import device as devices
 from .arch import load_into
 from .data import load_data, model_kwargs
@@ -91,11 +91,15 @@ def stage_names(recipe: Recipe) -> list[str]:
     return names
 
 
-def train_baseline(recipe: Recipe, data: TaskData) -> nn.Module:
+def train_baseline(recipe: Recipe, data: TaskData, *, reuse: bool = True) -> nn.Module:
+    """The recipe's baseline: its `model.weights`, else the cached one of the same digest (`chaincomp
+    train`, see baselines.py), else trained here."""
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model.name, width=recipe.model.width, **model_kwargs(data))
     if recipe.model.weights:
         load_into(model, load_weights(recipe.model.weights), f"model.weights ({recipe.model.weights})")
+        return model
+    if reuse and baselines.load_cached(model, baselines.of_recipe(recipe), progress.log):
         return model
     fit(model, data, recipe.baseline.fit_config(), stage="baseline", seed=recipe.seed)
     return model

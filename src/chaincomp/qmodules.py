@@ -16,6 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 _CLIP_GRID = torch.linspace(0.35, 1.0, 14)
+_GRIDS: dict = {}
+
+
+def _clip_grid(device: torch.device) -> torch.Tensor:
+    """The clip ratios on `device`, copied there once (a copy per forward would make a GPU wait)."""
+    if device.type == "cpu":
+        return _CLIP_GRID
+    if device not in _GRIDS:
+        _GRIDS[device] = _CLIP_GRID.to(device)
+    return _GRIDS[device]
 
 
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +48,7 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool, method: str) -> 
     if method == "maxabs":
         return (maxabs / levels).reshape(shape)
     # MSE: try clip ratios and keep the one with least squared error per channel (vectorised).
-    scales = maxabs[None, :] * _CLIP_GRID.to(w.device)[:, None] / levels          # (G, C)
+    scales = maxabs[None, :] * _clip_grid(w.device)[:, None] / levels              # (G, C)
     q = torch.clamp(torch.round(flat[None] / scales[..., None]), -levels, levels) * scales[..., None]
     err = ((q - flat[None]) ** 2).sum(-1)                                           # (G, C)
     best = err.argmin(0)

@@ -13,7 +13,7 @@ import sys
 from ..errors import DivergenceError, UserError
 
 # The commands, in the order `--help` lists them: (module in this package, command names it registers).
-COMMANDS = (("run", ("run",)), ("check", ("check",)), ("order", ("order",)), ("search", ("search",)),
+COMMANDS = (("run", ("run",)), ("train", ("train",)), ("check", ("check",)), ("order", ("order",)), ("search", ("search",)),
             ("exit", ("exit",)), ("fmc", ("fmc",)), ("export", ("export",)), ("bench", ("bench",)))
 
 
