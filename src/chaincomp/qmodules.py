@@ -145,10 +145,11 @@ class _QuantMixin:
         in tensor ops on the layer's device: never read on the host, so a GPU never waits per layer.
         The arithmetic is the host version's (max in float32, the new scale in float64, the EMA in the
         buffer's float32), so the CPU gives bit-identical scales."""
-        signed = torch.where(self.calibrated, self.act_signed, (x < 0).any())
-        top = torch.where(signed, x.abs().amax(), x.clamp_min(0).amax()).double()
-        hi = torch.where(signed, act_range(self.act_bits, True)[1], act_range(self.act_bits, False)[1])
-        new = top.clamp_min(1e-8) / hi
+        lo, hi = torch.aminmax(x)                  # one pass: max|x| = max(hi, -lo), max(x, 0) = max(hi, 0)
+        signed = torch.where(self.calibrated, self.act_signed, lo < 0)
+        top = torch.where(signed, torch.maximum(hi, -lo), hi.clamp_min(0)).double()
+        levels = torch.where(signed, act_range(self.act_bits, True)[1], act_range(self.act_bits, False)[1])
+        new = top.clamp_min(1e-8) / levels
         ema = self.act_scale * (1 - self.act_momentum) + (self.act_momentum * new).to(self.act_scale.dtype)
         self.act_scale.copy_(torch.where(self.calibrated, ema, new.to(self.act_scale.dtype)))
         self.act_signed.copy_(signed)
