@@ -12,11 +12,11 @@ ROOT = Path(chaincomp.__file__).parent
 
 # Lowest first. A module belongs to the first entry whose name is it or a package above it.
 LAYERS = [
-    ("foundations", ["errors", "faults", "progress", "io", "safe_yaml", "report", "metrics", "models", "data",
+    ("foundations", ["errors", "faults", "progress", "io", "safe_yaml", "report", "metrics", "models", "data", "device",
                      "energy"]),
     ("mechanisms", ["train", "qmodules", "exits", "fmc", "pruning", "arch", "ledger"]),
     ("stages", ["stages"]),
-    ("runner", ["recipe", "chain", "api"]),
+    ("runner", ["recipe", "chain", "api", "baselines"]),
     ("applications", ["studies", "deploy"]),
     ("command line", ["cli", "__main__"]),
 ]

@@ -133,7 +133,7 @@ def test_order_writes_json_and_report_and_reuses_runs(tmp_path):
     (("prune", "quantize", "prune"), [], "named twice"),
     (("prune", "quantize"), ["--seeds", "0"], "--seeds"),
     (("prune", "quantize"), ["--workers", "-1"], "--workers"),
-    (("prune", "quantize"), ["--address", "127.0.0.1:1"], "cannot reach Ray"),
+    (("prune", "quantize"), ["--address", "127.0.0.1:1"], "--address"),   # unreachable, or Ray not installed
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, techniques, args, needle):
     recipe = tiny_recipe(tmp_path / "r.yaml", techniques)
@@ -153,6 +153,7 @@ def test_early_exit_without_classes_cannot_be_combined(tmp_path, capsys):
 
 
 def test_order_with_two_ray_workers(tmp_path):
+    pytest.importorskip("ray")     # an optional extra; tests/test_executor.py covers running without it
     recipe = tiny_recipe(tmp_path / "r.yaml", ("prune", "quantize"))
     out = tmp_path / "o"
     assert main(["order", recipe, "--out", str(out), "--workers", "2", "--seeds", "2"]) == 0

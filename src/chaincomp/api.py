@@ -27,12 +27,14 @@ class Compressed:
 
 def compress(model: str = "digits_cnn", data: str | TaskData = "digits", chain: list[str | dict] = (),
              *, out: str | Path | None = None, seed: int = 0, baseline: dict | None = None,
-             width: float = 1.0, weights: str | None = None, resume: bool = False) -> Compressed:
+             width: float = 1.0, weights: str | None = None, resume: bool = False,
+             device: str = "auto") -> Compressed:
     """Train (or load) a baseline and compress it with the chain; every entry of `chain` is a technique
-    name or a stage mapping as in a recipe (e.g. {"technique": "quantize", "weight_bits": 4})."""
+    name or a stage mapping as in a recipe (e.g. {"technique": "quantize", "weight_bits": 4}); `device`:
+    auto | cpu | cuda | cuda:N, as the recipe's `device:`."""
     stages = [{"technique": c} if isinstance(c, str) else dict(c) for c in chain]
     data_cfg = {"name": data} if isinstance(data, str) else {"name": "digits"}
-    recipe_obj = {"name": "api", "seed": seed, "data": data_cfg,
+    recipe_obj = {"name": "api", "seed": seed, "device": device, "data": data_cfg,
                   "model": {"name": model, "width": width, "weights": weights},
                   "baseline": baseline or {}, "chain": stages}
     recipe = parse_recipe(recipe_obj, "compress()")

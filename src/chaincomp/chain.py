@@ -20,7 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from . import __version__, faults, progress
+from . import __version__, baselines, faults, progress
+from . import device as devices
 from .arch import load_into
 from .data import load_data, model_kwargs
 from .data.base import TaskData
@@ -154,11 +155,15 @@ def stage_names(recipe: Recipe) -> list[str]:
     return names
 
 
-def train_baseline(recipe: Recipe, data: TaskData) -> nn.Module:
+def train_baseline(recipe: Recipe, data: TaskData, *, reuse: bool = True) -> nn.Module:
+    """The recipe's baseline: its `model.weights`, else the cached one of the same digest (`chaincomp
+    train`, see baselines.py), else trained here."""
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model.name, width=recipe.model.width, **model_kwargs(data))
     if recipe.model.weights:
         load_into(model, load_weights(recipe.model.weights), f"model.weights ({recipe.model.weights})")
+        return model
+    if reuse and baselines.load_cached(model, baselines.of_recipe(recipe), progress.log):
         return model
     fit(model, data, recipe.baseline.fit_config(), stage="baseline", seed=recipe.seed)
     return model
@@ -201,12 +206,13 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
               data: TaskData | None = None, write_report: bool = True) -> dict:
     """Run a recipe into folder `out`; returns the results dictionary (also DIR/results.json)."""
     out = Path(out)
+    device_of(recipe)       # CUDA asked for where there is none: refused before the folder is touched
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     with RunLock(out):
         refuse_mixed_runs(out, recipe, resume)
         ckpt = Checkpoints(out)
-        data = data or load_data(recipe.data, recipe.seed)
+        data = placed(data or load_data(recipe.data, recipe.seed), recipe)
         sample = data.sample_input()
         # a missing or unfitting weights file fails before run.json is written (no blocked retry)
         given = train_baseline(recipe, data) if recipe.model.weights and not ckpt.matches(0, "baseline", recipe) \
@@ -247,6 +253,19 @@ def run_chain(recipe: Recipe, out: str | Path, *, resume: bool = False, recipe_t
         return results
 
 
+def device_of(recipe) -> torch.device:
+    return devices.resolve(getattr(recipe, "device", "auto"), "recipe field device (or --device)")
+
+
+def placed(data: TaskData, recipe) -> TaskData:
+    """The data on the device the recipe names (resolved once, here at the edge of the runner)."""
+    dev = device_of(recipe)
+    devices.prepare(dev)
+    if dev.type != "cpu":
+        progress.log(f"device: {devices.describe(dev)}")
+    return data.place(dev, amp=getattr(recipe, "amp", False))
+
+
 def _line(e: dict, metric: str) -> str:
     return (f"{e['name']}: {metric} {e['metric']:.2f}  BitOps {e['bitops']:.3g}  MACs {e['macs']:.3g}  "
             f"params {e['params']}  ({e['seconds']:.1f} s)")
@@ -260,7 +279,7 @@ def build_results(recipe: Recipe, data: TaskData, base: dict, stages: list[dict]
     return {
         "format": FORMAT, "version": __version__, "recipe": recipe.name, "seed": recipe.seed,
         "task": data.task, "dataset": data.name, "model": recipe.model.name, "metric_name": data.metric_name,
-        "chain": recipe.techniques(),
+        "device": devices.describe(data.device), "chain": recipe.techniques(),
         "baseline": {k: base[k] for k in (*keys, *opt) if k in base},
         "stages": [{k: s[k] for k in ("name", "technique", *keys, "seconds")} |
                    {k: s[k] for k in (*opt, "exit_histogram", "exit_rule", "notes") if k in s} for s in stages],

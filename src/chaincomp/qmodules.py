@@ -16,6 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 _CLIP_GRID = torch.linspace(0.35, 1.0, 14)
+_GRIDS: dict = {}
+
+
+def _clip_grid(device: torch.device) -> torch.Tensor:
+    """The clip ratios on `device`, copied there once (a copy per forward would make a GPU wait)."""
+    if device.type == "cpu":
+        return _CLIP_GRID
+    if device not in _GRIDS:
+        _GRIDS[device] = _CLIP_GRID.to(device)
+    return _GRIDS[device]
 
 
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +48,7 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool, method: str) -> 
     if method == "maxabs":
         return (maxabs / levels).reshape(shape)
     # MSE: try clip ratios and keep the one with least squared error per channel (vectorised).
-    scales = maxabs[None, :] * _CLIP_GRID.to(w.device)[:, None] / levels          # (G, C)
+    scales = maxabs[None, :] * _clip_grid(w.device)[:, None] / levels              # (G, C)
     q = torch.clamp(torch.round(flat[None] / scales[..., None]), -levels, levels) * scales[..., None]
     err = ((q - flat[None]) ** 2).sum(-1)                                           # (G, C)
     best = err.argmin(0)
@@ -58,8 +68,15 @@ def act_range(bits: int, signed: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
 
 
-def quantize_act(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """Uniform activation quantization with a straight-through gradient inside the clip range."""
+def quantize_act(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool | torch.Tensor) -> torch.Tensor:
+    """Uniform activation quantization with a straight-through gradient inside the clip range. `signed`
+    may be a bool tensor (a layer's buffer): the clip bounds are then chosen on the device, unread."""
+    if isinstance(signed, torch.Tensor):
+        lo_s, hi_s = act_range(bits, True)
+        lo_u, hi_u = act_range(bits, False)
+        lo = torch.where(signed, lo_s, lo_u).to(x.dtype)
+        hi = torch.where(signed, hi_s, hi_u).to(x.dtype)
+        return torch.clamp(_ste_round(x / scale), lo, hi) * scale
     lo, hi = act_range(bits, signed)
     return torch.clamp(_ste_round(x / scale), lo, hi) * scale
 
@@ -118,17 +135,25 @@ class _QuantMixin:
         if self.observe is not None:
             self.observe.append(x.detach().flatten()[:: max(1, x.numel() // 20000)].clone())
             return x
-        if self.training:  # track the range during QAT (EMA of the max), after calibration set the start
-            signed = bool(self.act_signed) if bool(self.calibrated) else bool((x.detach() < 0).any())
-            top = float(x.detach().abs().amax()) if signed else float(x.detach().clamp_min(0).amax())
-            new = max(top, 1e-8) / act_range(self.act_bits, signed)[1]
-            if not bool(self.calibrated):
-                self.act_scale.fill_(new)
-                self.act_signed.fill_(signed)
-                self.calibrated.fill_(True)
-            else:
-                self.act_scale.mul_(1 - self.act_momentum).add_(self.act_momentum * new)
-        return quantize_act(x, self.act_scale, self.act_bits, bool(self.act_signed))
+        if self.training:
+            self._track(x.detach())
+        return quantize_act(x, self.act_scale, self.act_bits, self.act_signed)
+
+    @torch.no_grad()
+    def _track(self, x: torch.Tensor) -> None:
+        """Track the range during QAT (an EMA of the max; the first batch sets it when uncalibrated),
+        in tensor ops on the layer's device: never read on the host, so a GPU never waits per layer.
+        The arithmetic is the host version's (max in float32, the new scale in float64, the EMA in the
+        buffer's float32), so the CPU gives bit-identical scales."""
+        lo, hi = torch.aminmax(x)                  # one pass: max|x| = max(hi, -lo), max(x, 0) = max(hi, 0)
+        signed = torch.where(self.calibrated, self.act_signed, lo < 0)
+        top = torch.where(signed, torch.maximum(hi, -lo), hi.clamp_min(0)).double()
+        levels = torch.where(signed, act_range(self.act_bits, True)[1], act_range(self.act_bits, False)[1])
+        new = top.clamp_min(1e-8) / levels
+        ema = self.act_scale * (1 - self.act_momentum) + (self.act_momentum * new).to(self.act_scale.dtype)
+        self.act_scale.copy_(torch.where(self.calibrated, ema, new.to(self.act_scale.dtype)))
+        self.act_signed.copy_(signed)
+        self.calibrated.fill_(True)
 
     def quant_weight(self) -> torch.Tensor:
         return quantize_weight(self.weight, self.weight_bits, self.per_channel, self.weight_method)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .device import DeviceName
 from .errors import UserError
 from .stages import STAGES, configs
 from .train import FitConfig
@@ -79,6 +80,8 @@ class Recipe(BaseModel):
     name: RecipeName = "run"
     seed: Seed = 0
     threads: Threads = None
+    device: DeviceName = "auto"
+    amp: bool = Field(False, description="bf16 autocast for float training on CUDA (quantized layers stay fp32)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     baseline: BaselineConfig = BaselineConfig()
@@ -92,20 +95,34 @@ class Recipe(BaseModel):
                     raise ValueError(f"chain.{i}: early_exit needs a classification dataset, not {self.data.name}")
         return self
 
+    def identity(self) -> dict:
+        """What the digests cover: everything but where it runs (a run resumed on a GPU is the same run);
+        `amp` only when on, so recipes written before it keep their digests."""
+        return identity_dump(self)
+
     def digest(self) -> str:
         """Identity of the recipe for resume: same digest, same run."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
     def stage_digest(self, index: int) -> str:
         """Identity of what stage `index` (0 = baseline) depends on: everything but the name and the stages
         after it. Checkpoints carry it, so a resumed run with only later stages changed keeps the earlier ones."""
-        dump = self.model_dump(mode="json", by_alias=True)
+        dump = self.identity()
         dump.pop("name", None)
         dump["chain"] = dump["chain"][:index]
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
     def techniques(self) -> list[str]:
         return [s.technique for s in self.chain]
+
+
+def identity_dump(recipe: BaseModel) -> dict:
+    """A recipe's fields without `device` (and `amp` when off), for any recipe kind's digest."""
+    dump = recipe.model_dump(mode="json", by_alias=True)
+    dump.pop("device", None)
+    if not dump.get("amp", True):
+        dump.pop("amp")
+    return dump
 
 
 def _loc(loc: tuple) -> str:

@@ -3,9 +3,15 @@
 Multi-output models (exit networks) train on the weighted sum of every output's loss; a custom
 loss (distillation) replaces the task loss. A loss that turns NaN/Inf restores the last good
 weights and raises DivergenceError naming the stage and step.
+
+Device: the model runs on `data.device` for the length of a fit or an evaluation and is handed back
+where it was, so stages, the ledger and checkpoints never see a device. On a GPU the loop never waits
+for the host per step: the loss is summed on the device and read (and checked for NaN/Inf) every
+`CHECK_EVERY` steps; on the CPU it is checked every step, as before.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -22,6 +28,36 @@ from .exits.model import ExitNetwork
 from .exits.rules import choose_exits, gather_outputs
 
 LossFn = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+CHECK_EVERY = 50   # steps between reads of the loss on a GPU (each read waits for the device)
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: torch.device):
+    """Run `model` on `device` (channels_last on CUDA), then put it back where it was. No-op on the CPU."""
+    home = next((p.device for p in model.parameters()), device)
+    if device == home or (device.type == "cpu" and home.type == "cpu"):
+        yield model
+        return
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model.to(device, memory_format=fmt)
+    try:
+        yield model
+    finally:
+        model.to(home, memory_format=torch.contiguous_format)
+
+
+def _inputs(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
+
+
+def _autocast(data: TaskData, model: nn.Module):
+    """bf16 autocast for float models on CUDA when the recipe asks (`amp: true`); quantized layers keep
+    fp32 so their integer grids stay exact."""
+    from .qmodules import is_quantized
+
+    if data.amp and data.device.type == "cuda" and not is_quantized(model):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def task_loss(data: TaskData, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -61,7 +97,12 @@ def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | N
     """Train with a cosine schedule; returns the loss history. Deterministic for a given seed."""
     if cfg.epochs <= 0:
         return {"loss": []}
-    gen = torch.Generator().manual_seed(seed)
+    with on_device(model, data.device):   # before the optimizer is built, so its state is made there
+        return _fit(model, data, cfg, loss_fn, stage, seed, params)
+
+
+def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
+    gen = torch.Generator().manual_seed(seed)   # on the CPU on every device: the same batches everywhere
     torch.manual_seed(seed)
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -72,20 +113,27 @@ def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | N
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15,
                                                 anneal_strategy="cos", div_factor=10, final_div_factor=100)
+    dev = data.device
+    check = 1 if dev.type == "cpu" else CHECK_EVERY
     good = copy.deepcopy(model.state_dict())
     history, step = [], 0
     model.train()
+    amp = _autocast(data, model)
     with progress.task(f"{stage}", total) as bar:
         for epoch in range(cfg.epochs):
-            run = 0.0
-            for x, y in data.train.batches(cfg.batch_size, shuffle=True, generator=gen):
+            run = torch.zeros((), dtype=torch.float64, device=dev)   # summed where the loss is, read per epoch
+            worst = torch.zeros((), dtype=torch.bool, device=dev)
+            for x, y in data.train.batches(cfg.batch_size, shuffle=True, generator=gen, device=dev):
                 if data.augment is not None:
                     x, y = data.augment(x, y, gen)
-                outs = as_list(model(x))
-                loss = loss_fn(outs, y, x) if loss_fn else multi_loss(data, outs, y)
+                x = _inputs(x, dev)
+                with amp:
+                    outs = as_list(model(x))
+                    loss = loss_fn(outs, y, x) if loss_fn else multi_loss(data, outs, y)
                 if faults.nan("loss"):
                     loss = loss * float("nan")
-                if not torch.isfinite(loss):
+                worst |= ~torch.isfinite(loss.detach())
+                if (step + 1) % check == 0 and bool(worst):
                     model.load_state_dict(good)
                     raise DivergenceError(stage, step, float(loss.detach()))
                 opt.zero_grad(set_to_none=True)
@@ -94,12 +142,15 @@ def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | N
                 sched.step()
                 step += 1
                 faults.point("train_step")
-                run += loss.item()
+                run += loss.detach()
                 bar.advance(1)
-            history.append(run / steps_per_epoch)
+            if bool(worst):
+                model.load_state_dict(good)
+                raise DivergenceError(stage, step, float("nan"))
+            history.append(float(run) / steps_per_epoch)
             if not progress.interactive():  # logs and CI get a line per epoch instead of a bar
                 progress.log(f"{stage}: epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f}")
-            if all(torch.isfinite(p).all() for p in model.parameters()):
+            if bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
                 good = copy.deepcopy(model.state_dict())
             else:
                 model.load_state_dict(good)
@@ -114,20 +165,24 @@ class EvalResult:
     n: int = 0
 
 
-def predict(model: nn.Module, split: Split, batch_size: int = 256) -> list[list[torch.Tensor]]:
-    """Every output of the model for every batch (eval mode, no grad)."""
+def predict(model: nn.Module, split: Split, batch_size: int = 256,
+            device: torch.device | None = None) -> list[list[torch.Tensor]]:
+    """Every output of the model for every batch (eval mode, no grad), on `device`; answers on the CPU."""
+    dev = device or torch.device("cpu")
     was = model.training
     model.eval()
     res = []
-    with torch.no_grad():
-        for x, _ in split.batches(batch_size):
-            res.append(as_list(model(x)))
+    with torch.no_grad(), on_device(model, dev):
+        for x, _ in split.batches(batch_size, device=dev):
+            res.append(as_list(model(_inputs(x, dev))))
     model.train(was)
+    if dev.type != "cpu":   # one copy back after every batch was queued
+        res = [[o.float().cpu() for o in outs] for outs in res]
     return res
 
 
-def outputs_and_targets(model: nn.Module, split: Split, batch_size: int = 256):
-    outs = predict(model, split, batch_size)
+def outputs_and_targets(model: nn.Module, split: Split, batch_size: int = 256, device: torch.device | None = None):
+    outs = predict(model, split, batch_size, device)
     ys = [y for _, y in split.batches(batch_size)]
     return outs, ys
 
@@ -136,7 +191,7 @@ def evaluate(model: nn.Module, data: TaskData, split: str = "test", rule: dict |
              batch_size: int = 256) -> EvalResult:
     """The task metric on a split; exit networks answer through their exit rule (or `rule`)."""
     sp: Split = getattr(data, split)
-    outs, ys = outputs_and_targets(model, sp, batch_size)
+    outs, ys = outputs_and_targets(model, sp, batch_size, data.device)
     exit_idx = None
     if isinstance(model, ExitNetwork):
         r = rule or model.exit_rule

@@ -14,7 +14,7 @@ from .. import faults
 from ..errors import DivergenceError, UserError, one_line
 
 # The commands, in the order `--help` lists them: (module in this package, command names it registers).
-COMMANDS = (("run", ("run",)), ("check", ("check",)), ("order", ("order",)), ("search", ("search",)),
+COMMANDS = (("run", ("run",)), ("train", ("train",)), ("check", ("check",)), ("order", ("order",)), ("search", ("search",)),
             ("exit", ("exit",)), ("fmc", ("fmc",)), ("export", ("export",)), ("bench", ("bench",)))
 
 
@@ -27,6 +27,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def add_device(p: argparse.ArgumentParser, what: str = "train and evaluate") -> None:
+    """`--device` for every command that trains or evaluates."""
+    p.add_argument("--device", help=f"where to {what}: auto, cpu, cuda or cuda:N (default: the recipe's "
+                   "`device:`, auto = the GPU when there is one)")
+
+
+def with_device(cfg, args: argparse.Namespace):
+    """The recipe with `--device` merged in at the edge; CUDA asked for where there is none: one line."""
+    if getattr(args, "device", None) is None:
+        return cfg
+    from ..device import resolve
+
+    resolve(args.device, "--device")
+    return cfg.model_copy(update={"device": args.device.strip().lower()})
 
 
 def _unavailable(module: str, err: BaseException):

@@ -9,8 +9,11 @@ from ..studies.predictive_exit import DEFAULT_RECIPE, WAYS, load_exit_recipe, ru
 
 
 def _cmd_exit(args: argparse.Namespace) -> int:
+    from . import with_device
+
     cfg = with_overrides(load_exit_recipe(args.recipe), beta=args.beta, latency_ms=args.latency_ms,
                          platform=args.platform)
+    cfg = with_device(cfg, args)
     out = prepare_output(args.out or output_dir_for(cfg.name, "runs"))
     res = run_exit(cfg, out, resume=args.resume)
     from rich.table import Table
@@ -35,6 +38,8 @@ def _cmd_exit(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from . import add_device
+
     r = sub.add_parser("exit", help="Predictive Exit against early exit and the classic network (digits by default)")
     r.add_argument("recipe", nargs="?", help=f"exit recipe YAML or built-in name (default: {DEFAULT_RECIPE})")
     r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
@@ -44,4 +49,5 @@ def register(sub) -> None:
     r.add_argument("--latency-ms", type=float, help="latency limit per inference on the platform (modelled ms)")
     r.add_argument("--platform", help="platform profile: built-in name or YAML file (default: the recipe's)")
     r.add_argument("--beta", type=float, help="exit rule beta for predictive and max|logit| exit (skips calibration)")
+    add_device(r)
     r.set_defaults(func=_cmd_exit)

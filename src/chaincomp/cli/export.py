@@ -15,7 +15,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--tolerance: {args.tolerance}; give metric points in 0..100")
     if args.out:
         prepare_output(args.out, kind="file")     # before anything is built
-    manifest = export_run(args.run_dir, args.out, args.stage, tolerance=args.tolerance, kernels=args.kernels)
+    if args.device is not None:
+        from ..device import resolve
+        resolve(args.device, "--device")
+    manifest = export_run(args.run_dir, args.out, args.stage, tolerance=args.tolerance, kernels=args.kernels,
+                          device=args.device)
     c = manifest["check"]
     if not c["passed"]:
         print(f"chaincomp: export check failed: ONNX Runtime {c['metric_name']} {c['onnx_metric']:.2f} vs PyTorch "
@@ -26,6 +30,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from . import add_device
+
     e = sub.add_parser("export", help="export a run's model to ONNX (integer kernels, exit segments), checked in ORT")
     e.add_argument("run_dir", help="folder of a finished `chaincomp run`")
     e.add_argument("--out", help="ONNX file (default RUN_DIR/export/model.onnx; segments and manifest beside it)")
@@ -36,4 +42,5 @@ def register(sub) -> None:
                    help="quantized layers: int8 = 8-bit codes from layer to layer on QLinearConv/QLinearAdd "
                         "(default, fast); exact = ConvInteger with a float rescale per layer (PyTorch's "
                         "arithmetic up to float rounding, slow in ORT)")
+    add_device(e, "run the PyTorch side of the accuracy check")
     e.set_defaults(func=_cmd_export)

@@ -8,7 +8,9 @@ from ..studies.feature_maps import DEFAULT_RECIPE, load_fmc_recipe, run_fmc
 
 
 def _cmd_fmc(args: argparse.Namespace) -> int:
-    cfg = load_fmc_recipe(args.recipe)
+    from . import with_device
+
+    cfg = with_device(load_fmc_recipe(args.recipe), args)
     out = prepare_output(args.out or output_dir_for(cfg.name, "runs"))
     res = run_fmc(cfg, out, resume=args.resume)
     for r in res["tasks"]:
@@ -19,10 +21,13 @@ def _cmd_fmc(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from . import add_device
+
     r = sub.add_parser("fmc", help="feature-map compression (ASC) vs baselines on real tasks (digits + SR by default)")
     r.add_argument("recipe", nargs="?", help=f"fmc recipe YAML or built-in name (default: {DEFAULT_RECIPE})")
     r.add_argument("--out", help="output folder (default: runs/<recipe name>)")
     r.add_argument("--resume", action="store_true",
                    help="reuse the tasks a killed (or earlier) run in --out finished with the same settings; "
                         "without it every task runs again")
+    add_device(r)
     r.set_defaults(func=_cmd_fmc)

@@ -9,7 +9,10 @@ from ..studies.order import MIN_TOL, POINTS_PER_DECADE, letters, run_order_study
 
 
 def _cmd_order(args: argparse.Namespace) -> int:
+    from . import with_device
+
     recipe, source = study_recipe(args.recipe)
+    recipe = with_device(recipe, args)
     out = prepare_output(args.out or output_dir_for(f"{recipe.name}-order", "runs"))
     res = run_order_study(recipe, out, seeds=args.seeds, workers=args.workers, address=args.address,
                           insertion=args.insertion, perms=args.permutations, min_tol=args.tolerance,
@@ -25,6 +28,8 @@ def _cmd_order(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from . import add_device
+
     p = sub.add_parser("order", help="measure the order of the recipe's techniques pair by pair, sort topologically")
     p.add_argument("recipe", nargs="?", help="recipe YAML or built-in name (default: digits, D P Q E, scaled budget)")
     p.add_argument("--out", help="output folder (default: runs/<recipe name>-order); a rerun reuses finished chains")
@@ -32,12 +37,14 @@ def register(sub) -> None:
                    help="continue a killed study in --out (a rerun with the same recipe always continues: "
                         "finished chains are reused, a chain that was running resumes from its last stage)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per order (default 1)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--address", help="Ray cluster address (needs chaincomp[ray]; default: a local Ray instance when Ray is "
+                   "installed, else local worker processes)")
     p.add_argument("--workers", type=int, default=None,
-                   help="parallel chains (default: CPU count); 0 runs them one by one without Ray")
+                   help="parallel chains (default: CPU count); 0 runs them one by one in this process")
     p.add_argument("--insertion", action="store_true", help="also check that a third technique between a pair keeps its order")
     p.add_argument("--permutations", action="store_true", help="also run every full order (brute force check)")
     p.add_argument("--tolerance", type=float, default=MIN_TOL, help=f"minimum tie tolerance in points (default {MIN_TOL})")
     p.add_argument("--points-per-decade", type=float, default=POINTS_PER_DECADE,
                    help="trade-off rate: metric points one decade of BitOps is worth (default 1)")
+    add_device(p)
     p.set_defaults(func=_cmd_order)

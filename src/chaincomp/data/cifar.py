@@ -60,7 +60,8 @@ def random_crop_flip(x: torch.Tensor, y: torch.Tensor, generator: torch.Generato
     dev = x.device
     xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
     out = xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-             rows.to(dev)[:, None, :, None], cols.to(dev)[:, None, None, :]]
+             rows.to(dev, non_blocking=True)[:, None, :, None],
+             cols.to(dev, non_blocking=True)[:, None, None, :]]
     return out, y
 
 

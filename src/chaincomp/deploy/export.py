@@ -27,6 +27,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from .. import __version__
+from ..device import describe
 from ..errors import UserError
 from ..exits.model import ExitNetwork
 from ..io import atomic_write_bytes
@@ -229,7 +230,7 @@ def check(model: nn.Module, data, deployed: Deployed, tolerance: float = 0.5) ->
     res = evaluate(model, data, "test")
     onnx_metric = ort_metric(deployed, data)
     diff, agree, same_exit, n = 0.0, 0, 0, 0
-    for (x, _), t_outs in zip(data.test.batches(256), predict(model, data.test)):
+    for (x, _), t_outs in zip(data.test.batches(256), predict(model, data.test, device=data.device)):
         xs = np.ascontiguousarray(x.numpy(), np.float32)
         for a, b in zip(deployed.all_outputs(xs), t_outs):
             diff = max(diff, float(np.abs(a - b.numpy()).max()))
@@ -246,7 +247,7 @@ def check(model: nn.Module, data, deployed: Deployed, tolerance: float = 0.5) ->
         n += x.shape[0]
     out = {"split": "test", "n": n, "metric_name": data.metric_name, "torch_metric": round(res.metric, 4),
            "onnx_metric": round(onnx_metric, 4), "tolerance": tolerance, "max_abs_diff": diff,
-           "passed": abs(res.metric - onnx_metric) <= tolerance}
+           "passed": abs(res.metric - onnx_metric) <= tolerance, "torch_device": describe(data.device)}
     if data.task == "classification":
         out["prediction_agreement"] = round(100 * agree / max(n, 1), 3)
     if isinstance(model, ExitNetwork):
@@ -276,15 +277,17 @@ def strip_fmc(model: nn.Module) -> dict | None:
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | None = None, data=None,
-               tolerance: float = 0.5, kernels: str = "int8", echo=print) -> dict:
+               tolerance: float = 0.5, kernels: str = "int8", echo=print, device: str | None = None) -> dict:
     """`chaincomp export`: write the model of a run folder, check it in ORT, write the manifest. Writing
     into the run folder (the default RUN_DIR/export) takes its lock, as `run` and `bench` do."""
     from contextlib import nullcontext
 
-    from ..chain import load_run
+    from ..chain import load_run, placed
     from ..io import RunLock
 
     run = load_run(run_dir, stage, data=data)
+    # the PyTorch side of the accuracy check runs on --device (default: the run recipe's device)
+    placed(run.data, run.recipe if device is None else run.recipe.model_copy(update={"device": device}))
     path = Path(out) if out else Path(run_dir) / "export" / "model.onnx"
     if path.suffix != ".onnx":
         raise UserError(f"--out: give a file name ending in .onnx (got {path.name})")

@@ -19,7 +19,7 @@ def calibrate_rule(model: ExitNetwork, data: TaskData, criterion: str, max_drop:
     """Return {'criterion', 'threshold', 'max_drop'} minimising mean cost under the accuracy bound."""
     from ..train import outputs_and_targets
 
-    outs, ys = outputs_and_targets(model, data.val)
+    outs, ys = outputs_and_targets(model, data.val, device=data.device)   # answers come back to the CPU
     outs = [torch.cat([o[k] for o in outs]) for k in range(len(outs[0]))]
     y = torch.cat(ys)
     final_acc = float((outs[-1].argmax(-1) == y).float().mean() * 100)

@@ -97,7 +97,7 @@ class Distill(Stage):
         data = ctx.data
         torch.manual_seed(ctx.seed * 1000 + ctx.stage_index)
         student = build_student(model, c.student, data.sample_input())
-        teacher = model.eval()
+        teacher = model.eval().to(data.device)   # beside the student, on the run's device
         for p in teacher.parameters():
             p.requires_grad_(False)
         classification = data.task == "classification"

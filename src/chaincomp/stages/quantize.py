@@ -23,6 +23,7 @@ from torch import nn
 
 from ..arch import record, resync_fmc
 from ..qmodules import QuantPlan, apply_quant, calibrate
+from ..train import on_device
 from .base import Context, Stage, StageConfig
 from .registry import register
 
@@ -68,8 +69,10 @@ class Quantize(Stage):
         overrides = {k: {f: v for f, v in o.model_dump().items() if v is not None} for k, o in c.overrides.items()}
         plan = QuantPlan(c.weight_bits, c.act_bits, c.first_last_bits, c.per_channel, c.weight_scale, overrides)
         model = self.replay(model, {"type": "quantize", "plan": plan.to_dict()}, ctx.data.sample_input())
-        batches = (x for x, _ in islice(ctx.data.train.batches(c.batch_size), c.calibration_batches))
-        calibrate(model, batches, c.calibration)
+        dev = ctx.data.device
+        batches = (x for x, _ in islice(ctx.data.train.batches(c.batch_size, device=dev), c.calibration_batches))
+        with on_device(model, dev):
+            calibrate(model, batches, c.calibration)
         if c.mode == "qat":
             ctx.fit(model, c.fit_config())
         return model

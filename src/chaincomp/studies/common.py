@@ -1,17 +1,23 @@
-"""Running many independent chains: one shared baseline, one folder per chain, Ray or in-process.
+"""Running many independent chains: one shared baseline, one folder per chain; on Ray, in local
+worker processes, or in-process.
 
 Why: the order study and the search both run dozens of short chains that differ only in order and
 degree. Training the baseline once (DIR/baseline.safetensors, referenced by `model.weights` of every
 derived recipe) makes every chain start from the same network, so differences come from the
 chain alone. Each chain is a `run_chain` in DIR/runs/<name> with resume=True, so a rerun reuses
 whatever finished and a crash loses only the chains that were running.
+
+Ray is an optional extra (`pip install "chaincomp[ray]"`): its wheel is larger than what can be carried
+to a GPU machine, so without it (or without `--address`) chains run in spawned local processes.
 """
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import socket
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -102,11 +108,20 @@ def ensure_baseline(recipe: Recipe, out: Path) -> Path:
         from ..io import load_weights
         save_weights(path, load_weights(recipe.model.weights))
         return path
+    from ..chain import placed
+
     t0 = time.perf_counter()
-    model = train_baseline(recipe, load_data(recipe.data, recipe.seed))
+    model = train_baseline(recipe, placed(load_data(recipe.data, recipe.seed), recipe))
     save_weights(path, model.state_dict(), metadata={"recipe_digest": recipe.digest()})
     log(f"baseline trained once in {time.perf_counter() - t0:.1f} s -> {path}")
     return path
+
+
+def study_device(recipe: Recipe) -> str:
+    """The device the study's chains ran on, as results record it."""
+    from ..device import describe, resolve
+
+    return describe(resolve(recipe.device, "recipe field device (or --device)"))
 
 
 def run_recipe_task(recipe_obj: dict, out: str, data_seed: int, threads: int | None,
@@ -153,30 +168,36 @@ def _run_recipe(recipe_obj: dict, out: str, data_seed: int, threads: int | None,
 
 
 class Executor:
-    """Submit independent jobs and get their results as they finish: Ray tasks, or in-process
-    one at a time when workers == 0 (tests, debugging, machines where Ray cannot start)."""
+    """Submit independent jobs and get their results as they finish: Ray tasks (Ray installed, or an
+    `--address`), spawned local worker processes (no Ray), or in-process one at a time when
+    workers == 0 (tests, debugging)."""
 
     def __init__(self, workers: int | None, address: str | None = None):
         if workers is not None and workers < 0:
-            raise UserError(f"--workers: must be 0 (no Ray) or more, not {workers}")
+            raise UserError(f"--workers: must be 0 (in-process) or more, not {workers}")
         if workers == 0 and address:
-            raise UserError("--workers 0 runs without Ray; drop --address or give --workers 1 or more")
+            raise UserError("--workers 0 runs in-process without Ray; drop --address or give --workers 1 or more")
         self.ray = None
+        self.pool: ProcessPoolExecutor | None = None
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         self.pending: dict[Any, Any] = {}
         self._queue: list[tuple[Any, Callable, tuple]] = []
         if self.workers > 0:
-            self.ray = _start_ray(self.workers, address)
+            ray = _optional_ray(address)
+            if ray is None:
+                self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                return
+            self.ray = _start_ray(ray, self.workers, address)
             if address and workers is None:
                 self.workers = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
             self._remote = self.ray.remote(num_cpus=1, max_retries=2)(_call)
 
     @property
     def threads(self) -> int | None:
-        """Torch threads per job: a Ray task reserves one CPU, so it runs one thread (more threads
-        than reserved cores made one worker 10x slower on a loaded 2-core machine, see
+        """Torch threads per job: a Ray task or a worker process has one CPU, so it runs one thread (more
+        threads than reserved cores made one worker 10x slower on a loaded 2-core machine, see
         benchmarks/order_results.md); in-process jobs keep torch's default."""
-        return 1 if self.ray else None
+        return 1 if (self.ray or self.pool) else None
 
     @property
     def slots(self) -> int:
@@ -188,6 +209,8 @@ class Executor:
     def submit(self, key: Any, fn: Callable, *args: Any) -> None:
         if self.ray:
             self.pending[self._remote.remote(fn, *args)] = key
+        elif self.pool:
+            self.pending[self.pool.submit(_call, fn, *args)] = key
         else:
             self._queue.append((key, fn, args))
 
@@ -196,6 +219,14 @@ class Executor:
 
     def next_done(self) -> tuple[Any, dict | None, BaseException | None]:
         """(key, result, error) of the next job to finish."""
+        if self.pool:
+            done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+            fut = next(f for f in self.pending if f in done)      # submission order among the finished
+            key = self.pending.pop(fut)
+            err = fut.exception()
+            if isinstance(err, UserError):
+                raise err
+            return key, (None if err else fut.result()), err
         if not self.ray:
             key, fn, args = self._queue.pop(0)
             try:
@@ -221,6 +252,9 @@ class Executor:
             yield self.next_done()
 
     def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
         if self.ray and self.ray.is_initialized():
             self.ray.shutdown()
 
@@ -229,6 +263,24 @@ class Executor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _import_ray():
+    import ray
+
+    return ray
+
+
+def _optional_ray(address: str | None):
+    """The ray module, or None when it is not installed (then local processes run the jobs); an
+    `--address` without Ray is a user mistake."""
+    try:
+        return _import_ray()
+    except ImportError:
+        if address:
+            raise UserError("--address: Ray is not installed; pip install 'chaincomp[ray]', or drop --address "
+                            "to run the chains in local worker processes") from None
+        return None
 
 
 def _call(fn: Callable, *args: Any) -> Any:
@@ -250,9 +302,7 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
                         "start the cluster (ray start --head) or drop --address to run locally") from None
 
 
-def _start_ray(workers: int, address: str | None):
-    import ray
-
+def _start_ray(ray, workers: int, address: str | None):
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  ignore_reinit_error=True)

@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..device import DeviceName, describe, resolve
 from ..recipe import (
     BaselineConfig,
     DataConfig,
@@ -78,6 +79,7 @@ class FmcRecipe(BaseModel):
     name: RecipeName = "fmc"
     seed: Seed = 0
     threads: Threads = None
+    device: DeviceName = Field("auto", description="where baselines train; the codec study itself runs on the CPU")
     tasks: list[TaskConfig] = Field(default_factory=lambda: [TaskConfig()], min_length=1, max_length=16)
     throughput: ThroughputConfig = ThroughputConfig()
 
@@ -210,7 +212,8 @@ def run_task(t: TaskConfig, cfg: FmcRecipe) -> tuple[list[dict], list[dict], dic
     from ..recipe import Recipe
     from ..stages.fmc import FmcConfig
 
-    data = load_data(t.data, cfg.seed)
+    from ..chain import placed
+    data = placed(load_data(t.data, cfg.seed), cfg)
     model = train_baseline(Recipe(name=cfg.name, seed=cfg.seed, data=t.data, model=t.model, baseline=t.baseline), data)
     sample = data.sample_input()
     c = t.codec
@@ -306,7 +309,7 @@ def run_fmc(cfg: FmcRecipe, out: str | Path, resume: bool = False) -> dict:
             tasks += a
             baselines += b
             extras.append(e)
-        res = {"recipe": cfg.model_dump(mode="json"), "tasks": tasks, "baselines": baselines, "details": extras,
+        res = {"recipe": cfg.model_dump(mode="json"), "device": describe(resolve(cfg.device)), "tasks": tasks, "baselines": baselines, "details": extras,
                "machine": machine_info(),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "seconds": round(time.perf_counter() - t0, 1)}

@@ -19,7 +19,7 @@ from itertools import combinations, permutations
 from pathlib import Path
 
 from .. import faults
-from .common import (CANONICAL, LETTER, Executor, check_techniques, derived, ensure_baseline, open_study,
+from .common import (CANONICAL, study_device, LETTER, Executor, check_techniques, derived, ensure_baseline, open_study,
                           run_recipe_task, stage_dicts)
 from ..errors import UserError
 from ..io import RunLock, write_json
@@ -229,6 +229,7 @@ def run_order_study(recipe: Recipe, out: Path, *, seeds: int = 1, workers: int |
         if perms:
             result["permutations"] = permutation_check(techs, result["order"], summaries, min_tol, rate)
         result["seconds"] = round(time.perf_counter() - t0, 1)
+        result["device"] = study_device(recipe)
         write_order_report(out, result)
         write_json(out / "order.json", result)      # last: order.json means the report beside it is complete
         return result

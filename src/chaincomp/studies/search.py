@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import faults
-from .common import LETTER, Executor, check_techniques, derived, ensure_baseline, open_study, run_recipe_task, \
+from .common import LETTER, study_device, Executor, check_techniques, derived, ensure_baseline, open_study, run_recipe_task, \
     stage_dicts
 from ..errors import UserError
 from ..io import RunLock, read_model_json, write_json
@@ -239,7 +239,8 @@ def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = 
                   "objectives": ["maximize metric", "minimize BitOps (told as log10 BitOps)"],
                   "space": {k: list(v) for k, v in space.items()}, "trials_requested": trials,
                   "pareto": [{k: t[k] for k in ("number", "order", "chain", "metric", "bitops")} for t in pareto(records)],
-                  "trials": records, "seconds": round(time.perf_counter() - t0, 1)}
+                  "trials": records, "seconds": round(time.perf_counter() - t0, 1),
+                  "device": study_device(recipe)}
         write_search_report(out, result)
         write_json(out / "search.json", result)     # last: search.json means the report beside it is complete
         return result

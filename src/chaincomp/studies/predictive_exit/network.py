@@ -46,6 +46,7 @@ def train_network(cfg: ExitRecipe, data):
     from ...stages import replay
     from ...io import load_weights
     from ...models import build_model
+    from ...baselines import identity, load_cached
     from ...train import FitConfig, fit
 
     torch.manual_seed(cfg.seed)
@@ -63,8 +64,8 @@ def train_network(cfg: ExitRecipe, data):
                             f"({str(e).strip().splitlines()[0][:120]})") from None
         if whole:
             return net.eval()
-    else:
-        fit(model, data, cfg.baseline.fit_config(), stage="baseline", seed=cfg.seed)
+    elif not load_cached(model, identity(cfg.data, cfg.model, cfg.baseline, cfg.seed, cfg.amp), progress.log):
+        fit(model, data, cfg.baseline.fit_config(), stage="baseline", seed=cfg.seed)   # else: `chaincomp train`'s
     e = cfg.exits
     fc = FitConfig.of(e)
     if e.train == "frozen":

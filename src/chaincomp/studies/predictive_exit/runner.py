@@ -14,6 +14,7 @@ import torch
 
 from ... import progress
 from ...data.base import TaskData
+from ...device import describe
 from ...energy.profiles import Profile
 from ...errors import UserError
 from ...exits import predictive as pe
@@ -162,7 +163,8 @@ def run_exit(cfg: ExitRecipe, out: str | Path, *, resume: bool = False) -> dict:
     with RunLock(out):                  # before loading data: a second writer is refused at once
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        data = load_data(cfg.data, seed=cfg.seed)
+        from ...chain import placed
+        data = placed(load_data(cfg.data, seed=cfg.seed), cfg)
         if data.task != "classification":
             raise UserError(f"data.name: exits need a classification dataset, not {data.name}")
         preflight(cfg, data, profile)
@@ -342,7 +344,7 @@ def assemble(s: Study, seconds: float) -> dict:
     p = cfg.predictive
     bound = classic_val - p.max_drop
     res = {
-        "recipe": cfg.model_dump(mode="json"), "dataset": data.name, "model": cfg.model.name, "metric_name": "top1",
+        "recipe": cfg.model_dump(mode="json"), "device": describe(data.device), "dataset": data.name, "model": cfg.model.name, "metric_name": "top1",
         "n_test": len(data.test), "n_val": len(data.val), "n_blocks": len(s.net.blocks), "exit_points": points,
         "thresholds_T": T, "threshold_definition": "T_k = mean over training inputs and classes of |logit| of exit k",
         "beta": chosen["predictive"],

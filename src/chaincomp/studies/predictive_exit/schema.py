@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...device import DeviceName
 from ...errors import UserError
 from ...recipe import (BaselineConfig, DataConfig, ModelConfig, RecipeName, Seed, Threads, read_yaml_recipe,
                        validate_document)
@@ -58,6 +59,8 @@ class ExitRecipe(BaseModel):
     name: RecipeName = "exit"
     seed: Seed = 0
     threads: Threads = None
+    device: DeviceName = "auto"
+    amp: bool = False
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig(name="digits_vgg")
     baseline: BaselineConfig = BaselineConfig(epochs=40, batch_size=64)
