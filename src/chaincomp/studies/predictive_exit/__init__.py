@@ -25,12 +25,12 @@ Modules: `schema` (the recipe), `network` (training the exits), `runner` (the ph
 from __future__ import annotations
 
 from .network import outputs, train_digest, train_network
-from .report import WAYS, auroc_lines, criteria_auroc, ways_of, ways_table, write_report
+from .report import WAYS, auroc_lines, criteria_auroc, summary_line, ways_of, ways_table, write_report
 from .runner import Study, assemble, beta_grid, run_exit
 from .schema import (DEFAULT_RECIPE, EnergyConfig, ExitRecipe, ExitsConfig, PredictiveConfig, RuntimeConfig,
                      load_exit_recipe, validate_exit_recipe, with_overrides)
 
 __all__ = ["DEFAULT_RECIPE", "EnergyConfig", "ExitRecipe", "ExitsConfig", "PredictiveConfig", "RuntimeConfig",
            "Study", "WAYS", "assemble", "auroc_lines", "beta_grid", "criteria_auroc", "load_exit_recipe", "outputs",
-           "run_exit", "train_digest", "train_network", "validate_exit_recipe", "ways_of", "ways_table",
+           "run_exit", "summary_line", "train_digest", "train_network", "validate_exit_recipe", "ways_of", "ways_table",
            "with_overrides", "write_report"]
