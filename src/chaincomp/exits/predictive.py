@@ -61,7 +61,7 @@ def engine_score(v: np.ndarray, criterion: str) -> np.ndarray:
 def as_f64(z) -> np.ndarray:
     """Logits (torch, any device, or a sequence) as a float64 NumPy array on the host."""
     if isinstance(z, torch.Tensor):
-        return z.detach().cpu().numpy().astype(np.float64)
+        return z.numpy(force=True).astype(np.float64)
     return np.asarray(z, dtype=np.float64)
 
 
@@ -117,31 +117,23 @@ class PredictiveRule:
     def exit_at_or_after(self, block: int) -> int:
         return next((k for k, b in enumerate(self.points) if b >= block), self.n_exits)
 
-    def _matrix(self, c: int, with_identity: bool = False) -> np.ndarray:
-        m = self._mats.get((c, with_identity))
-        if m is None:
-            m = smoothing(c, self.rounds)
-            if with_identity:
-                m = np.concatenate([np.eye(c), m], 1)
-            self._mats[(c, with_identity)] = m
-        return m
-
     def rounds_of(self, z: np.ndarray) -> np.ndarray:
         """(..., R, C): the engine's vector after every round, for float64 logits (..., C)."""
         c = z.shape[-1]
-        return (z @ self._matrix(c)).reshape(*z.shape[:-1], self.rounds, c)
+        m = self._mats.get(c)
+        if m is None:
+            m = self._mats[c] = smoothing(c, self.rounds)
+        return (z @ m).reshape(*z.shape[:-1], self.rounds, c)
 
     def decide(self, k: int, z) -> int:
         """The runtime's whole decision at exit k for one input's logits (C,): -1 if exit k fires,
         else the next exit to evaluate (n_exits: none, run to the final classifier). One copy to the
-        host, one matmul giving z and every round's vector, one score, two compares: no Python loop
-        over rounds or classes."""
+        host, the exit test (as cheap as early exit's), and only if it fails one matmul giving every
+        round's vector, one score and one compare: no Python loop over rounds or classes."""
         z = as_f64(z)
-        c = z.shape[-1]
-        sc = engine_score((z @ self._matrix(c, True)).reshape(self.rounds + 1, c), self.criterion)
-        if sc[0] >= self._own[k]:
+        if engine_score(z, self.criterion) >= self._own[k]:
             return -1
-        hit = sc[1:] > self._limits[k]
+        hit = engine_score(self.rounds_of(z), self.criterion) > self._limits[k]
         return int(self._targets[k, hit.argmax() if hit.any() else self.rounds])
 
     def fires(self, k: int, logits) -> bool:

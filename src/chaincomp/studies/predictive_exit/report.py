@@ -129,20 +129,26 @@ def _f(v, unit: str = "%") -> str:
     return "n/a" if v is None else f"{v:.1f}{unit}"
 
 
+def _less(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}% less" if v >= 0 else f"{-v:.1f}% more"
+
+
 def summary_line(res: dict) -> str:
-    """The one line the command prints: predictive exit against classic and the best early exit, all
-    read at the same test top-1 on the sweep curves; the "up to" ceiling apart."""
+    """The one line the command prints: each predictive engine against classic and the best early exit,
+    all read at the same test top-1 on the sweep curves; the "up to" ceiling apart."""
     eq = res["equal_accuracy"]
-    vc, ve = eq.get("predictive_vs_classic") or {}, eq.get("predictive_vs_early_exit") or {}
     ref = eq.get("early_exit_reference") or "none reaches it"
+    parts = [f"At equal top-1 {eq['target_top1']:.2f}% (classic - {eq['drop_below_classic']}):"]
+    for p, name in (("predictive", "predictive exit (max|logit|)"), ("predictive_softmax", "predictive exit (max softmax)")):
+        vc, ve = eq.get(f"{p}_vs_classic") or {}, eq.get(f"{p}_vs_early_exit") or {}
+        parts.append(f"{name} vs classic: MACs {_less(vc.get('computation_reduction'))}, energy "
+                     f"{_less(vc.get('energy_saving'))} (modelled), latency {_less(vc.get('latency_reduction'))} "
+                     f"(measured); vs early exit ({ref}): MACs {_less(ve.get('computation_reduction'))}, energy "
+                     f"{_less(ve.get('energy_saving'))}, latency {_less(ve.get('latency_reduction'))}.")
     first = res["up_to"].get("first_exit") or {}
-    pa = res["predictive"].get("prediction_accuracy")
-    return (f"at equal top-1 {eq['target_top1']:.2f}%: predictive exit vs classic: MACs -{_f(vc.get('computation_reduction'))}, "
-            f"energy -{_f(vc.get('energy_saving'))} (modelled), latency -{_f(vc.get('latency_reduction'))} (measured); "
-            f"vs early exit ({ref}): MACs -{_f(ve.get('computation_reduction'))}, energy -{_f(ve.get('energy_saving'))}, "
-            f"latency -{_f(ve.get('latency_reduction'))}. Up to (ceiling, all leave at L0, top-1 "
-            f"{_f(first.get('top1'))}): MACs -{_f(first.get('computation_reduction_vs_classic'))}. "
-            f"Prediction accuracy {_f(pa)}.")
+    parts.append(f"Up to (ceiling: every input leaves at L0, top-1 {_f(first.get('top1'))}): MACs "
+                 f"{_less(first.get('computation_reduction_vs_classic'))} than classic.")
+    return " ".join(parts)
 
 
 def equal_accuracy_lines(res: dict) -> list[str]:
