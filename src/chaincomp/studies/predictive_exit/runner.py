@@ -169,15 +169,22 @@ def _outputs(s: Study) -> None:
 
 
 def _simulators(s: Study) -> dict:
+    return simulators(s.va[:-1], s.points, s.T, s.cfg.predictive)
+
+
+def simulators(val_exits, points: list[int], T: list[float], p) -> dict:
     """way -> (settings swept, outputs -> (setting -> simulated paths)). Every way's grid has
-    `sweep_points` settings from 'almost every input leaves at its first exit' to 'none leaves'."""
-    p, points, T = s.cfg.predictive, s.points, s.T
-    betas = beta_grid(s.va[:-1], T, points, p.start_block, p.sweep_points)
+    `sweep_points` settings from 'almost every input leaves at its first exit' to 'none leaves'.
+    ``p``: a PredictiveConfig (rounds, start_block, give_up, sweep_points)."""
+    betas = beta_grid(val_exits, T, points, p.start_block, p.sweep_points)
     n = p.sweep_points
     # the last setting of each grid never fires: the way's curve always reaches the classic network's top-1
     conf = sorted({round(1 - float(v), 8) for v in torch.logspace(-6, torch.log10(torch.tensor(0.9)), n)}) + [2.0]
     ent = sorted({round(float(v), 8) for v in torch.logspace(-6, torch.log10(torch.tensor(2.5)), n)},
                  reverse=True) + [-1.0]
+
+    def rule(v, criterion="maxlogit"):
+        return pe.PredictiveRule(tuple(points), tuple(T), v, p.rounds, p.start_block, p.give_up, criterion)
 
     def early(criterion, scale=None):
         return lambda o: (lambda v: pe.simulate_early_exit(
@@ -185,8 +192,8 @@ def _simulators(s: Study) -> dict:
             points, p.start_block))
 
     return {
-        "predictive": (betas, lambda o: (lambda b: pe.simulate_predictive(o[:-1], s.rule(b)))),
-        "predictive_softmax": (conf, lambda o: (lambda t: pe.simulate_predictive(o[:-1], s.rule(t, "confidence")))),
+        "predictive": (betas, lambda o: (lambda b: pe.simulate_predictive(o[:-1], rule(b)))),
+        "predictive_softmax": (conf, lambda o: (lambda t: pe.simulate_predictive(o[:-1], rule(t, "confidence")))),
         "maxlogit": (betas, early("maxlogit", scale=True)),
         "confidence": (conf, early("confidence")),
         "entropy": (ent, early("entropy")),
