@@ -112,3 +112,22 @@ def test_authors_thresholds_signed_mean_in_train_mode_on_a_copy():
         outs = net.train()(data.train.x)[:-1]                                   # one batch = the whole split
     net.eval()
     assert T == pytest.approx([abs(float(o.double().mean())) for o in outs], rel=1e-6)
+
+
+@pytest.mark.parametrize("style,train,moves", [("authors", None, True), ("project", None, False),
+                                               ("authors", "frozen", False)])
+def test_joint_training_moves_the_backbone_and_frozen_does_not(style, train, moves):
+    from chaincomp.data import load_data
+    from chaincomp.studies.predictive_exit import ExitRecipe
+    from chaincomp.studies.predictive_exit.network import train_network
+
+    cfg = ExitRecipe.model_validate({"data": {"name": "digits", "limit_train": 64, "limit_test": 16},
+                                     "model": {"name": "digits_vgg", "width": 0.25}, "baseline": {"epochs": 0},
+                                     "exits": {"style": style, "train": train, "epochs": 1, "batch_size": 32}})
+    data = load_data(cfg.data, seed=0)
+    torch.manual_seed(cfg.seed)
+    ref = build_model("digits_vgg", in_channels=1, num_classes=10, width=0.25).state_dict()   # same seed: same init
+    net = train_network(cfg, data)
+    conv0 = net.blocks[0][0].weight
+    assert torch.equal(conv0, ref["blocks.0.0.weight"]) is not moves
+    assert len(net.exit_points) == (9 if style == "authors" else 7)
