@@ -86,9 +86,10 @@ def write_report(out: Path, res: dict) -> None:
         ax.plot([r["test_macs"] / 1e6 for r in rows], [r["test_metric"] for r in rows], ".-", label=name)
         ax.plot([ways[w]["macs_per_sample"] / 1e6], [ways[w]["metric"]], "k*", ms=9)
     ax.plot([res["classic"]["macs_per_sample"] / 1e6], [res["classic"]["metric"]], "rs", label="classic")
+    ax.axhline(res["equal_accuracy"]["target_top1"], color="grey", lw=0.8, ls="--", label="equal-accuracy target")
     ax.set_xlabel("MACs per input (M)")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title("accuracy vs computation (sweep of beta / thresholds; * = chosen)")
+    ax.set_title("accuracy vs computation (test sweeps; * = chosen on validation)")
     ax.legend(fontsize=7)
     save_figure(fig, out / "tradeoff.png")
 
