@@ -4,7 +4,7 @@ import json
 import pytest
 
 from chaincomp.cli import main
-from chaincomp.studies.predictive_exit import load_exit_recipe
+from chaincomp.studies.predictive_exit import load_exit_recipe, summary_line
 from conftest import fails_with_one_line
 
 TINY = """
@@ -43,9 +43,22 @@ def test_exit_json_has_every_figure(run):
     for key in ("computation_reduction_vs_classic", "computation_reduction_vs_early_exit",
                 "energy_saving_vs_classic", "energy_saving_vs_early_exit", "beta"):
         assert isinstance(r[key], float), key
-    assert r["beta"] > 0 and r["exit_points"] == list(range(7))
+    # the authors' way by default: an exit after every conv and every max-pool (digits_vgg: 10 layers)
+    assert r["style"] == "authors" and r["train"] == "joint" and r["thresholds_T_mode"] == "authors"
+    assert r["beta"] > 0 and r["exit_points"] == list(range(9)) and r["n_blocks"] == 10
     assert r["classic"]["heads_per_sample"] == 0.0
-    assert r["predictive"]["runtime"]["agreement_with_simulation_pct"] == 100.0
+    for way in ("predictive", "predictive_softmax"):
+        assert r[way]["runtime"]["agreement_with_simulation_pct"] == 100.0
+        assert r[way]["engine_overhead_us_per_input"] > 0
+    # the headline compares at one accuracy: every way that reaches the target is read there
+    eq = r["equal_accuracy"]
+    assert eq["target_top1"] == pytest.approx(eq["classic_top1"] - 0.25)
+    for way, v in eq["ways"].items():
+        assert v is not None, way      # every grid ends with a setting that never fires: classic's top-1
+        assert v["macs"] > 0 and v["latency_ms"] > 0 and 0 <= v["weight"] <= 1
+    assert r["computation_reduction_vs_classic"] == eq["predictive_vs_classic"]["computation_reduction"]
+    assert r["up_to"]["first_exit"]["exit_block"] == 1 and "NOT an equal-accuracy" in r["up_to"]["label"]
+    assert set(r["at_chosen_points"]) >= {"computation_reduction_vs_classic", "vs_each_strategy"}
     # the unmeetable limit runs at the top point and says so; the missing cpufreq falls back to a dry run
     assert any("cannot be met" in w for w in r["warnings"])
     assert any("no frequency control" in w for w in r["warnings"])
@@ -55,14 +68,16 @@ def test_exit_json_has_every_figure(run):
     ca = r["criteria_auroc"]    # one AUROC per criterion and exit, each a probability or None
     assert set(ca["per_exit"]) == {"confidence", "entropy", "maxlogit"} and ca["exit_blocks"] == r["exit_points"]
     for row in ca["per_exit"].values():
-        assert len(row) == 7 and all(v is None or 0.0 <= v <= 1.0 for v in row)
+        assert len(row) == 9 and all(v is None or 0.0 <= v <= 1.0 for v in row)
 
 
 def test_report_and_plots_written(run):
     _, out = run
     md = (out / "exit.md").read_text()
     assert "exit_layers.png" in md and "tradeoff.png" in md and "modelled" in md
-    assert "| max\\|logit\\| |" in md and "mean AUROC" in md
+    assert "| max\\|logit\\| |" in md and "mean AUROC" in md and "At equal accuracy" in md and "Up to" in md
+    line = summary_line(json.loads((out / "exit.json").read_text()))     # what the command prints
+    assert line.startswith("At equal top-1") and "max softmax" in line and "Up to (ceiling" in line
     assert (out / "exit_layers.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -119,5 +134,7 @@ def test_bad_platform_profiles(tmp_path, capsys):
 
 def test_start_block_past_the_last_exit(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("predictive: {start_block: 7}\n")
+    bad.write_text("predictive: {start_block: 9}\n")       # authors' way: digits_vgg has 10 layers
+    fails_with_one_line(capsys, ["exit", str(bad), "--out", str(tmp_path)], "predictive.start_block")
+    bad.write_text("exits: {style: project}\npredictive: {start_block: 7}\n")   # project: 8 blocks
     fails_with_one_line(capsys, ["exit", str(bad), "--out", str(tmp_path)], "predictive.start_block")

@@ -117,3 +117,33 @@ def test_separability_tells_a_blind_criterion_from_a_good_one():
     assert sep["confidence"][0] == 1.0 and sep["maxlogit"][0] == 0.0
     assert sep["entropy"][0] == 1.0
     assert sep["confidence"][1] is None        # the swapped exit gets no answer right: no ranking to judge
+
+
+def test_softmax_engine_fires_and_predicts_on_max_softmax_of_smoothed_logits():
+    import math
+    r = pe.PredictiveRule((0, 1, 2, 3, 4), (1.0,) * 5, 0.6, 8, 0, "jump", "confidence")
+    z = [2.0, 0.0, 0.0]                               # softmax max = e^2 / (e^2 + 2) = 0.787 >= 0.6: fires
+    assert r.fires(0, z) and r.decide(0, torch.tensor(z)) == -1
+    z = [1.0, 0.2, 0.0]      # 0.55 < 0.6; rounds: [1.2, 1.2, 0.2] 0.42, [2.4, 2.6, 1.4] 0.47, [5.0, 6.4, 4.0] 0.75
+    v, hit = z, None
+    for i in range(1, 5):                             # exits sit at blocks 1..4 after exit 0
+        v = pe.smooth3(v)
+        m = max(math.exp(a - max(v)) for a in v) / sum(math.exp(a - max(v)) for a in v)
+        if m > 0.6 and hit is None:
+            hit = i
+    assert hit == 3
+    expected = (3, False)
+    assert r.predict(0, z) == expected and r.decide(0, torch.tensor(z)) == expected[0]
+
+
+def test_decide_is_fires_then_predict():
+    g = torch.Generator().manual_seed(1)
+    logits = [torch.randn(32, 10, generator=g) * (k + 1) for k in range(6)]
+    for crit, beta in (("maxlogit", 1.3), ("confidence", 0.7)):
+        r = pe.PredictiveRule((0, 1, 2, 4, 5, 7), tuple(pe.exit_thresholds(logits)), beta, 3, 0, "jump", crit)
+        fires = pe.fires_of(logits, r)
+        nxt, _ = pe.next_exits(logits, r)
+        for i in range(32):
+            for k in range(6):
+                want = -1 if fires[i, k] else int(nxt[i, k])
+                assert r.decide(k, logits[k][i]) == want

@@ -5,7 +5,8 @@ import argparse
 
 from .. import progress
 from ..io import output_dir_for, prepare_output
-from ..studies.predictive_exit import DEFAULT_RECIPE, WAYS, load_exit_recipe, run_exit, ways_of, with_overrides
+from ..studies.predictive_exit import (DEFAULT_RECIPE, WAYS, load_exit_recipe, run_exit, summary_line, ways_of,
+                                       with_overrides)
 
 
 def _cmd_exit(args: argparse.Namespace) -> int:
@@ -27,12 +28,7 @@ def _cmd_exit(args: argparse.Namespace) -> int:
         t.add_row(name, f"{r['metric']:.2f}", f"{r['macs_per_sample'] / 1e6:.3f}", f"{r['energy_j'] * 1e3:.4g}",
                   f"{r['latency_ms']:.3f}")
     progress.console.print(t)
-    pa = res["predictive"]["prediction_accuracy"]
-    progress.console.print(
-        f"predictive exit, computation reduction / energy saving (modelled): vs classic "
-        f"{res['computation_reduction_vs_classic']:.1f}% / {res['energy_saving_vs_classic']:.1f}%, vs early exit "
-        f"({res['early_exit']['strategy']}) {res['computation_reduction_vs_early_exit']:.1f}% / "
-        f"{res['energy_saving_vs_early_exit']:.1f}%; prediction accuracy {'n/a' if pa is None else f'{pa:.1f}%'}")
+    progress.console.print(summary_line(res))
     print(f"results: {out / 'exit.json'}  report: {out / 'exit.md'}")
     return 0
 

@@ -28,16 +28,49 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 
-from .rules import score
 
 GiveUp = Literal["jump", "final"]
+Criterion = Literal["maxlogit", "confidence"]
+
+
+def smoothing(classes: int, rounds: int) -> np.ndarray:
+    """(C, R*C) float64: z @ it gives the engine's vector after every round at once. One round is
+    the 1-D convolution with [1, 1, 1] and zero padding, a tridiagonal matrix M; round i is M^i
+    (integer entries, exact). Precomputed per rule, so the engine is one matmul, not R passes."""
+    m = np.eye(classes) + np.eye(classes, k=1) + np.eye(classes, k=-1)
+    powers, p = [], np.eye(classes)
+    for _ in range(rounds):
+        p = p @ m
+        powers.append(p)
+    return np.concatenate(powers, 1)
+
+
+def engine_score(v: np.ndarray, criterion: str) -> np.ndarray:
+    """The score the exit test and the engine compare with a limit, over the last axis (classes):
+    max softmax (= 1 / sum exp(v - max v)) or max |v|. NumPy float64 in the batched simulation and
+    the batch-1 runtime alike, so both take the same decision on the same logits; per input it is
+    a handful of microseconds where torch's per-operator dispatch costs tens."""
+    if criterion == "confidence":
+        return 1.0 / np.exp(v - v.max(-1, keepdims=True)).sum(-1)
+    return np.abs(v).max(-1)
+
+
+def as_f64(z) -> np.ndarray:
+    """Logits (torch, any device, or a sequence) as a float64 NumPy array on the host."""
+    if isinstance(z, torch.Tensor):
+        return z.numpy(force=True).astype(np.float64)
+    return np.asarray(z, dtype=np.float64)
 
 
 @dataclass(frozen=True)
 class PredictiveRule:
-    """Everything the engine needs: thresholds T_k, beta, rounds R, start block L0, give-up policy."""
+    """Everything the engine needs: thresholds T_k, beta, rounds R, start block L0, give-up policy,
+    and the criterion. ``maxlogit`` (the paper): fire when max|z_k| >= beta*T_k, predict exit j when
+    max|v| > beta*T_j. ``confidence`` (the same group's later code): fire when max softmax(z_k) >=
+    beta, predict j when max softmax(v) > beta; T is not used."""
 
     points: tuple[int, ...]          # block index of each exit
     thresholds: tuple[float, ...]    # T_k
@@ -45,24 +78,37 @@ class PredictiveRule:
     rounds: int = 8
     start_block: int = 0
     give_up: GiveUp = "jump"
+    criterion: Criterion = "maxlogit"
 
     def __post_init__(self):
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0 (got {self.beta})")
         if len(self.points) != len(self.thresholds):
             raise ValueError("one threshold per exit point")
-        # per round i: (exit at block + i, its limit) for every exit; the runtime calls predict per input
+        e, r = len(self.points), self.rounds
         b2e = {b: j for j, b in enumerate(self.points)}
-        plan = tuple(tuple((b2e[b + i], self.beta * self.thresholds[b2e[b + i]]) if b + i in b2e else None
-                           for i in range(1, self.rounds + 1)) for b in self.points)
-        object.__setattr__(self, "_plan", plan)
+        # per exit k and round i: the exit at block points[k] + i (or -1) and its limit (inf: none);
+        # a last column holds the give-up target, reached when no round hits
+        targets = np.full((e, r + 1), -1, dtype=np.int64)
+        limits = np.full((e, r), np.inf)
+        for k, b in enumerate(self.points):
+            for i in range(1, r + 1):
+                j = b2e.get(b + i)
+                if j is not None:
+                    targets[k, i - 1], limits[k, i - 1] = j, self.limit(j)
+            targets[k, r] = e if self.give_up == "final" else self.exit_at_or_after(b + r)
+        own = np.array([self.limit(k) for k in range(e)], dtype=np.float64)
+        object.__setattr__(self, "_targets", targets)
+        object.__setattr__(self, "_limits", limits)
+        object.__setattr__(self, "_own", own)
+        object.__setattr__(self, "_mats", {})
 
     @property
     def n_exits(self) -> int:
         return len(self.points)
 
     def limit(self, k: int) -> float:
-        return self.beta * self.thresholds[k]
+        return self.beta if self.criterion == "confidence" else self.beta * self.thresholds[k]
 
     def first_exit(self) -> int:
         """Index of the first exit checked (>= L0), or n_exits when there is none."""
@@ -71,19 +117,34 @@ class PredictiveRule:
     def exit_at_or_after(self, block: int) -> int:
         return next((k for k, b in enumerate(self.points) if b >= block), self.n_exits)
 
-    def fires(self, k: int, logits: Sequence[float]) -> bool:
-        return max(map(abs, logits)) >= self.limit(k)
+    def rounds_of(self, z: np.ndarray) -> np.ndarray:
+        """(..., R, C): the engine's vector after every round, for float64 logits (..., C)."""
+        c = z.shape[-1]
+        m = self._mats.get(c)
+        if m is None:
+            m = self._mats[c] = smoothing(c, self.rounds)
+        return (z @ m).reshape(*z.shape[:-1], self.rounds, c)
 
-    def predict(self, k: int, logits: Sequence[float]) -> tuple[int, bool]:
+    def decide(self, k: int, z) -> int:
+        """The runtime's whole decision at exit k for one input's logits (C,): -1 if exit k fires,
+        else the next exit to evaluate (n_exits: none, run to the final classifier). One copy to the
+        host, the exit test (as cheap as early exit's), and only if it fails one matmul giving every
+        round's vector, one score and one compare: no Python loop over rounds or classes."""
+        z = as_f64(z)
+        if engine_score(z, self.criterion) >= self._own[k]:
+            return -1
+        hit = engine_score(self.rounds_of(z), self.criterion) > self._limits[k]
+        return int(self._targets[k, hit.argmax() if hit.any() else self.rounds])
+
+    def fires(self, k: int, logits) -> bool:
+        return bool(engine_score(as_f64(logits), self.criterion) >= self.limit(k))
+
+    def predict(self, k: int, logits) -> tuple[int, bool]:
         """(index of the next exit to evaluate, gave_up) from exit k's logits; n_exits = none (final)."""
-        v = [float(x) for x in logits]
-        for step in self._plan[k]:
-            v = smooth3(v)
-            if step is not None and max(map(abs, v)) > step[1]:
-                return step[0], False
-        if self.give_up == "final":
-            return self.n_exits, True
-        return self.exit_at_or_after(self.points[k] + self.rounds), True
+        hit = engine_score(self.rounds_of(as_f64(logits)), self.criterion) > self._limits[k]
+        if hit.any():
+            return int(self._targets[k, hit.argmax()]), False
+        return int(self._targets[k, -1]), True
 
 
 def smooth3(v: Sequence[float]) -> list[float]:
@@ -116,56 +177,53 @@ class Paths:
         return torch.nonzero(self.heads[i]).flatten().tolist()
 
 
-def _stack(exit_logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([z.double() for z in exit_logits], 1)  # (N, E, C)
+def _stack(exit_logits: Sequence[torch.Tensor]) -> np.ndarray:
+    return np.stack([as_f64(z) for z in exit_logits], 1)  # (N, E, C)
 
 
 def next_exits(exit_logits: Sequence[torch.Tensor], rule: PredictiveRule) -> tuple[torch.Tensor, torch.Tensor]:
     """The engine for every input and exit at once: (next exit index (N, E), gave_up (N, E))."""
-    z = _stack(exit_logits)
+    z = _stack(exit_logits)                                    # (N, E, C)
     n, e = z.shape[:2]
-    nxt = torch.full((n, e), -1, dtype=torch.long)
-    block_to_exit = {b: j for j, b in enumerate(rule.points)}
-    v = z
-    for i in range(1, rule.rounds + 1):
-        p = torch.nn.functional.pad(v, (1, 1))
-        v = p[..., :-2] + p[..., 1:-1] + p[..., 2:]
-        m = v.abs().amax(-1)
-        for k, b in enumerate(rule.points):
-            j = block_to_exit.get(b + i)
-            if j is None:
-                continue
-            hit = (nxt[:, k] < 0) & (m[:, k] > rule.limit(j))
-            nxt[hit, k] = j
-    gave_up = nxt < 0
-    for k, b in enumerate(rule.points):
-        nxt[gave_up[:, k], k] = rule.n_exits if rule.give_up == "final" else rule.exit_at_or_after(b + rule.rounds)
-    return nxt, gave_up
+    hit = engine_score(rule.rounds_of(z), rule.criterion) > rule._limits     # (N, E, R)
+    hit = np.concatenate([hit, np.ones((n, e, 1), dtype=bool)], -1)
+    first = hit.argmax(-1)                                     # (N, E): round index, R = give up
+    nxt = np.take_along_axis(np.broadcast_to(rule._targets, (n, e, rule.rounds + 1)), first[..., None], -1)[..., 0]
+    return torch.from_numpy(nxt.copy()), torch.from_numpy(first == rule.rounds)
 
 
-def fires_maxlogit(exit_logits: Sequence[torch.Tensor], rule: PredictiveRule) -> torch.Tensor:
-    """(N, E) bool: exit k fires for the input (max|z_k| >= beta*T_k) and lies at or after L0."""
-    cols = []
-    for k, z in enumerate(exit_logits):
-        ok = rule.points[k] >= rule.start_block
-        cols.append((z.double().abs().amax(-1) >= rule.limit(k)) & ok)
-    return torch.stack(cols, 1)
+def fires_of(exit_logits: Sequence[torch.Tensor], rule: PredictiveRule) -> torch.Tensor:
+    """(N, E) bool: exit k fires for the input under the rule's criterion and lies at or after L0."""
+    ok = np.array([b >= rule.start_block for b in rule.points])
+    return torch.from_numpy((engine_score(_stack(exit_logits), rule.criterion) >= rule._own) & ok)
+
+
+fires_maxlogit = fires_of
+
+
+def strategy_score(v: np.ndarray, criterion: str) -> np.ndarray:
+    """Early exit's score, higher = more confident (entropy negated), NumPy float64 over the last axis:
+    the same arithmetic in the simulation and the runtime, and cheap per input."""
+    if criterion == "entropy":
+        e = np.exp(v - v.max(-1, keepdims=True))
+        p = e / e.sum(-1, keepdims=True)
+        return (p * np.log(np.maximum(p, 1e-12))).sum(-1)
+    return engine_score(v, criterion)
+
+
+def strategy_fires(v: np.ndarray, criterion: str, t) -> np.ndarray:
+    s = strategy_score(v, criterion)
+    return (-s <= t) if criterion == "entropy" else (s >= t)
 
 
 def fires_rule(exit_logits: Sequence[torch.Tensor], points: Sequence[int], criterion: str,
                threshold: float | Sequence[float], start_block: int = 0) -> torch.Tensor:
     """(N, E) bool for the early-exit strategies: confidence (max softmax >= t), entropy (<= t),
     maxlogit (max|z| >= t_k, thresholds per exit)."""
-    cols = []
-    for k, z in enumerate(exit_logits):
-        t = threshold[k] if isinstance(threshold, (list, tuple)) else threshold
-        if criterion == "maxlogit":
-            f = z.double().abs().amax(-1) >= t
-        else:
-            s = score(z, criterion)
-            f = (-s <= t) if criterion == "entropy" else (s >= t)
-        cols.append(f & (points[k] >= start_block))
-    return torch.stack(cols, 1)
+    z = _stack(exit_logits)
+    t = np.asarray(threshold, dtype=np.float64) if isinstance(threshold, (list, tuple)) else threshold
+    ok = np.array([b >= start_block for b in points])
+    return torch.from_numpy(strategy_fires(z, criterion, t) & ok)
 
 
 def first_true(mask: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -192,7 +250,7 @@ def simulate_classic(n: int, n_exits: int) -> Paths:
 
 def simulate_predictive(exit_logits: Sequence[torch.Tensor], rule: PredictiveRule) -> Paths:
     """Predictive exit: only the exits the engine points to are evaluated."""
-    fires = fires_maxlogit(exit_logits, rule)
+    fires = fires_of(exit_logits, rule)
     nxt, _ = next_exits(exit_logits, rule)
     n, e = fires.shape
     cur = torch.full((n,), rule.first_exit(), dtype=torch.long)
@@ -220,7 +278,7 @@ def simulate_predictive(exit_logits: Sequence[torch.Tensor], rule: PredictiveRul
 
 def prediction_accuracy(exit_logits: Sequence[torch.Tensor], rule: PredictiveRule, paths: Paths) -> dict:
     """Share of predictions whose next check was the input's actual exit (see the module docstring)."""
-    fires = fires_maxlogit(exit_logits, rule)
+    fires = fires_of(exit_logits, rule)
     _, gave_up_all = next_exits(exit_logits, rule)
     e = fires.shape[1]
     actual_after = {k: first_true(fires, k + 1) for k in range(e)}

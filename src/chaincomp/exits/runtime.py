@@ -26,9 +26,9 @@ from ..energy.cost import profile_model
 from ..energy.dvfs import choose_point, simulate_inference
 from ..energy.ops import modelled_energy_j
 from ..energy.profiles import Profile
+from .heads import unfolded
 from .model import ExitNetwork
-from .predictive import Paths, PredictiveRule
-from .rules import score
+from .predictive import Paths, PredictiveRule, as_f64, strategy_fires
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Trace:
     heads: list[int] = field(default_factory=list)
     predictions: list[tuple[int, int]] = field(default_factory=list)
     latency_s: float = 0.0
+    engine_s: float = 0.0        # wall time of the engine's decisions (predictive): the runtime's own overhead
 
 
 def traces_from_paths(paths: Paths, points: Sequence[int], n_blocks: int) -> list[Trace]:
@@ -65,23 +66,47 @@ class Part:
     macs_by_bits: dict = field(default_factory=lambda: defaultdict(int))
 
 
+class _head_owners:
+    """Which exit head (index) was running at each conv/linear call of the next forward pass, None
+    outside heads: shared parts (`fine.authors_network`) are named once but run in many exits."""
+
+    def __init__(self, net: ExitNetwork):
+        self.cur: list = [None]
+        self.calls: list = []
+        self.handles = []
+        for k, p in enumerate(net.exit_points):
+            h = net.exits[str(p)]
+            self.handles.append(h.register_forward_pre_hook(lambda m, a, k=k: self.cur.__setitem__(0, k)))
+            self.handles.append(h.register_forward_hook(lambda m, a, o: self.cur.__setitem__(0, None)))
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                self.handles.append(m.register_forward_hook(lambda m, a, o: self.calls.append(self.cur[0])))
+
+    def finish(self) -> list:
+        for h in self.handles:
+            h.remove()
+        return self.calls
+
+
 class CostTable:
     """Per-block, per-exit-head and final-head costs of one input, from one profiled forward pass."""
 
     def __init__(self, net: ExitNetwork, sample: torch.Tensor):
-        prof = profile_model(net, sample[:1])
+        owners = _head_owners(net)
+        with unfolded(net):
+            prof = profile_model(net, sample[:1])
+        owner = owners.finish()
         self.points = net.exit_points
         self.n_blocks = len(net.blocks)
         self.blocks = [Part() for _ in range(self.n_blocks)]
         self.exits = [Part() for _ in self.points]
         self.final = Part()
-        index = {p: k for k, p in enumerate(self.points)}
-        for l in prof.layers:
+        for l, k in zip(prof.layers, owner):
             root, _, rest = l.name.partition(".")
-            if root == "blocks":
+            if k is not None:           # run by exit head k, its own layer or one exits share
+                part = self.exits[k]
+            elif root == "blocks":
                 part = self.blocks[int(rest.split(".")[0])]
-            elif root == "exits":
-                part = self.exits[index[int(rest.split(".")[0])]]
             else:
                 part = self.final
             part.macs += l.macs
@@ -251,7 +276,7 @@ class ExitRuntime:
         self.n_exits = len(self.points)
         self.exit_after = {p: k for k, p in enumerate(self.points)}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def classic(self, x: torch.Tensor) -> tuple[torch.Tensor, Trace]:
         t0 = time.perf_counter()
         for b in self.blocks:
@@ -259,7 +284,7 @@ class ExitRuntime:
         out = self.final(x)
         return out, Trace(self.n_exits, len(self.blocks) - 1, latency_s=time.perf_counter() - t0)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def early_exit(self, x: torch.Tensor, criterion: str, threshold: float | Sequence[float],
                    start_block: int = 0) -> tuple[torch.Tensor, Trace]:
         """Evaluate every exit from L0 on; leave at the first that fires."""
@@ -273,46 +298,49 @@ class ExitRuntime:
             z = self.heads[k](x)
             heads.append(k)
             t = threshold[k] if isinstance(threshold, (list, tuple)) else threshold
-            if criterion == "maxlogit":
-                fire = float(z.double().abs().max()) >= t
-            else:
-                s = float(score(z, criterion)[0])
-                fire = -s <= t if criterion == "entropy" else s >= t
-            if fire:
+            if strategy_fires(as_f64(z[0]), criterion, t):
                 return z, Trace(k, i, heads, latency_s=time.perf_counter() - t0)
         out = self.final(x)
         return out, Trace(self.n_exits, len(self.blocks) - 1, heads, latency_s=time.perf_counter() - t0)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predictive(self, x: torch.Tensor, rule: PredictiveRule,
                    governor: Governor | None = None) -> tuple[torch.Tensor, Trace]:
-        """Evaluate only predicted exits; re-predict where one does not fire; else the final head."""
+        """Evaluate only predicted exits; re-predict where one does not fire; else the final head.
+        Blocks run in slices up to the next predicted exit; the engine's work at an exit is
+        `PredictiveRule.decide` (one matmul over the precomputed rounds, a compare, one read)."""
         t0 = time.perf_counter()
         target = rule.first_exit()
-        target_block = self.points[target] if target < self.n_exits else None
-        heads, preds = [], []
+        heads, preds, engine = [], [], 0.0
         if governor is not None:
             governor.begin(target)
-        for i, b in enumerate(self.blocks):
-            x = b(x)
-            if governor is not None:
-                governor.ran(governor.pm.block_cycles[i])
-            if i != target_block:
-                continue
+        i = 0
+        while target < self.n_exits:
+            tb = self.points[target]
+            for j in range(i, tb + 1):
+                x = self.blocks[j](x)
+                if governor is not None:
+                    governor.ran(governor.pm.block_cycles[j])
+            i = tb + 1
             z = self.heads[target](x)
             heads.append(target)
             if governor is not None:
                 governor.ran(governor.pm.exit_cycles[target])
-            logits = z[0].tolist()          # float32 -> Python floats: exact, the simulation's float64 values
-            if rule.fires(target, logits):
-                return z, Trace(target, i, heads, preds, time.perf_counter() - t0)
-            nxt, _ = rule.predict(target, logits)
+            t1 = time.perf_counter()
+            nxt = int(rule.decide(target, z[0]))
+            engine += time.perf_counter() - t1
+            if nxt < 0:
+                return z, Trace(target, tb, heads, preds, time.perf_counter() - t0, engine)
             preds.append((target, nxt))
             if governor is not None:
-                governor.predicted(i, nxt)
-            target, target_block = nxt, (self.points[nxt] if nxt < self.n_exits else None)
+                governor.predicted(tb, nxt)
+            target = nxt
+        for j in range(i, len(self.blocks)):
+            x = self.blocks[j](x)
+            if governor is not None:
+                governor.ran(governor.pm.block_cycles[j])
         out = self.final(x)
-        return out, Trace(self.n_exits, len(self.blocks) - 1, heads, preds, time.perf_counter() - t0)
+        return out, Trace(self.n_exits, len(self.blocks) - 1, heads, preds, time.perf_counter() - t0, engine)
 
 
 def run_split(fn: Callable[[torch.Tensor], tuple[torch.Tensor, Trace]], x: torch.Tensor, *,

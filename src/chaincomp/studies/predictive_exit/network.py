@@ -43,7 +43,6 @@ def train_network(cfg: ExitRecipe, data):
     holds: a backbone's weights skip the baseline; an exit network's (``DIR/exit_model.safetensors``
     of an earlier run) skip all training, to re-measure on another platform or latency limit."""
     from ...data import model_kwargs
-    from ...stages import replay
     from ...io import load_weights
     from ...models import build_model
     from ...baselines import identity, load_cached
@@ -52,28 +51,69 @@ def train_network(cfg: ExitRecipe, data):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, width=cfg.model.width, **model_kwargs(data))
     state = load_weights(cfg.model.weights) if cfg.model.weights else None
-    whole = state is not None and any(k.startswith("exits.") for k in state)
-    options = {"codewords": cfg.exits.codewords} if cfg.exits.head == "bof" else {}
-    net = replay(model, {"type": "exits", "points": "all", "head": cfg.exits.head,
-                         "num_classes": data.num_classes, "options": options}, data.sample_input())
-    if state is not None:
-        try:
-            (net if whole else model).load_state_dict(state)
-        except RuntimeError as e:
-            raise UserError(f"model.weights: do not fit {cfg.model.name} with these exits "
-                            f"({str(e).strip().splitlines()[0][:120]})") from None
-        if whole:
-            return net.eval()
-    elif not load_cached(model, identity(cfg.data, cfg.model, cfg.baseline, cfg.seed, cfg.amp), progress.log):
-        fit(model, data, cfg.baseline.fit_config(), stage="baseline", seed=cfg.seed)   # else: `chaincomp train`'s
+    whole = state is not None and any(k.startswith(("exits.", "shared.")) for k in state)
+    if state is not None and not whole:
+        _load(model, state, cfg)        # a backbone's weights, before its blocks are split into layers
+    # a baseline `chaincomp train` made with the same settings is loaded, also before the split
+    cached = state is None and load_cached(model, identity(cfg.data, cfg.model, cfg.baseline, cfg.seed, cfg.amp),
+                                           progress.log)
+    net = build_exit_network(cfg, model, data)
+    if whole:
+        _load(net, state, cfg)
+        return net.eval()
+    if state is None and not cached:
+        fit(model, data, cfg.baseline.fit_config(), stage="baseline", seed=cfg.seed)
     e = cfg.exits
     fc = FitConfig.of(e)
-    if e.train == "frozen":
+    if cfg.train_mode == "frozen":
         fit(_ExitsOnFrozenBackbone(net), data, fc, stage="exits (frozen backbone)", seed=cfg.seed + 1,
-            params=list(net.exits.parameters()))
+            params=[p for n, p in net.named_parameters() if n.startswith(("exits.", "shared."))])
     else:
-        fit(net, data, fc, stage="exits (joint)", seed=cfg.seed + 1)
+        fit(net, data, fc, stage="exits and backbone (joint)", seed=cfg.seed + 1)
     return net.eval()
+
+
+def build_exit_network(cfg: ExitRecipe, model, data):
+    """The untrained exit network of the recipe's style over `model` (whose blocks it reuses)."""
+    from ...exits.fine import authors_network
+    from ...stages import replay
+
+    if cfg.exits.style == "authors":
+        return authors_network(model, data.num_classes, data.sample_input(), cfg.exits.codewords, cfg.exits.share)
+    options = {"codewords": cfg.exits.codewords} if cfg.exits.head == "bof" else {}
+    return replay(model, {"type": "exits", "points": "all", "head": cfg.exits.head,
+                          "num_classes": data.num_classes, "options": options}, data.sample_input())
+
+
+def _load(module, state, cfg: ExitRecipe) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"model.weights: do not fit {cfg.model.name} with these exits "
+                        f"({str(e).strip().splitlines()[0][:120]})") from None
+
+
+def authors_thresholds(net, data, batch_size: int, seed: int, limit: int = 5000) -> list[float]:
+    """T_k as the authors' script computes it: the signed mean of exit k's logits over (at most
+    `limit`, they use ~5k) augmented training inputs with the network in train mode (batch-norm batch
+    statistics), the absolute value taken after averaging. On a copy: the running statistics of the
+    network itself are left as trained."""
+    import copy
+
+    probe = copy.deepcopy(net).train()
+    gen = torch.Generator().manual_seed(seed)
+    sums, n = None, 0
+    with torch.no_grad():
+        for x, y in data.train.batches(batch_size, shuffle=True, generator=gen):
+            if data.augment is not None:
+                x, y = data.augment(x, y, gen)
+            outs = probe(x)[:-1]
+            s = [o.double().sum() for o in outs]
+            sums = s if sums is None else [a + b for a, b in zip(sums, s)]
+            n += x.shape[0] * outs[0].shape[-1]
+            if n >= limit * outs[0].shape[-1]:
+                break
+    return [abs(float(v) / n) for v in sums]
 
 
 def outputs(net, split) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -122,8 +162,12 @@ def preflight(cfg: ExitRecipe, data, profile) -> None:
     from ...data import model_kwargs
     from ...models import build_model
 
-    n_blocks = len(build_model(cfg.model.name, width=cfg.model.width, **model_kwargs(data)).blocks)
+    from ...exits.fine import n_fine_layers
+
+    model = build_model(cfg.model.name, width=cfg.model.width, **model_kwargs(data))
+    n_blocks = n_fine_layers(model) if cfg.exits.style == "authors" else len(model.blocks)
+    unit = "layer" if cfg.exits.style == "authors" else "block"
     if cfg.predictive.start_block >= n_blocks - 1:
         raise UserError(f"predictive.start_block: {cfg.predictive.start_block} leaves no exit; the last exit is "
-                        f"after block {n_blocks - 2} of {cfg.model.name}")
+                        f"after {unit} {n_blocks - 2} of {cfg.model.name}")
     profile.cycles({(32, 32): 1.0})      # the FP32 throughput the cost model needs (UserError if absent)

@@ -19,6 +19,8 @@ from ...energy.profiles import Profile
 from ...errors import UserError
 from ...exits import predictive as pe
 from ...exits.runtime import CostTable, PlatformModel
+from .figures import accuracy as _accuracy, hist as _hist, summarise as _summarise
+from .compare import best_vs_early_exit, macs_curve, measure_equal_accuracy, up_to
 from .network import outputs, preflight, trained_network
 from .report import criteria_auroc, write_report
 from .schema import ExitRecipe
@@ -54,6 +56,7 @@ class Study:
     # runtime
     results: dict = None
     meter: object = None
+    equal: dict = None
 
     @property
     def points(self) -> list[int]:
@@ -69,21 +72,18 @@ class Study:
         self.clock = now
         progress.log(f"{name}: {self.timings[name]:.1f} s")
 
-    def rule(self, beta: float) -> pe.PredictiveRule:
+    def rule(self, beta: float, criterion: str = "maxlogit") -> pe.PredictiveRule:
         p = self.cfg.predictive
-        return pe.PredictiveRule(tuple(self.points), tuple(self.T), beta, p.rounds, p.start_block, p.give_up)
-
-
-def _accuracy(outs, paths, y) -> float:
-    pick = torch.stack(outs, 0)[paths.exit, torch.arange(len(y))]
-    return float((pick.argmax(-1) == y).double().mean() * 100)
+        return pe.PredictiveRule(tuple(self.points), tuple(self.T), beta, p.rounds, p.start_block, p.give_up,
+                                 criterion)
 
 
 def _sweep(outs, y, make_paths, settings, costs) -> list[dict]:
     rows = []
     for s in settings:
         p = make_paths(s)
-        rows.append({"setting": s, "metric": _accuracy(outs, p, y), "macs": float(costs.paths_total(p).mean())})
+        rows.append({"setting": s, "metric": _accuracy(outs, p, y), "macs": float(costs.paths_total(p).mean()),
+                     "ops_j": float(costs.paths_total(p, "ops_j").mean())})
     return rows
 
 
@@ -102,51 +102,6 @@ def beta_grid(val_exits, thresholds, points, start_block: int, n: int) -> list[f
     lo, hi = max(float(r.quantile(0.02)), 1e-3), float(r.max()) * 1.001
     return sorted({round(float(b), 6) for b in torch.logspace(torch.log10(torch.tensor(lo)),
                                                                torch.log10(torch.tensor(max(hi, lo * 1.01))), n)})
-
-
-def _hist(values) -> dict[str, int]:
-    h: dict[str, int] = {}
-    for v in values:
-        h[f"{v:g}"] = h.get(f"{v:g}", 0) + 1
-    return h
-
-
-def _summarise(way, traces, preds, y_rt, paths, *, outs, y, costs, pm, deadline, points, n_blocks, measured,
-               meter) -> dict:
-    """One way's figures: test-set accuracy, MACs and modelled energy from the exact simulation of every
-    input's path; wall latency (and measured energy) from the batch-1 runtime over its inputs."""
-    from ...exits.runtime import traces_from_paths
-
-    sim_traces = traces_from_paths(paths, points, n_blocks)
-    schedule = way if way in ("classic", "predictive") else "early_exit"
-    dv = [pm.simulate(t, schedule, deadline) for t in sim_traces]
-    lat = torch.tensor([t.latency_s for t in traces], dtype=torch.float64) * 1e3
-    agree = [(a.exit, a.heads, a.predictions) == (b.exit, b.heads, b.predictions)
-             for a, b in zip(traces, sim_traces)]
-    hist = torch.bincount(paths.exit, minlength=len(points) + 1).tolist()
-    r = {
-        "metric": _accuracy(outs, paths, y),
-        "macs_per_sample": float(costs.paths_total(paths, "macs").mean()),
-        "bitops_per_sample": float(costs.paths_total(paths, "bitops").mean()),
-        "energy_j": sum(d.energy_j for d in dv) / len(dv),
-        "energy_kind": "modelled",
-        "energy_busy_j": sum(d.busy_energy_j for d in dv) / len(dv),
-        "energy_ops_j": float(costs.paths_total(paths, "ops_j").mean()),
-        "energy_ops_kind": "modelled",
-        "latency_ms": float(lat.median()),          # median: robust to the scheduler's stalls
-        "latency_ms_mean": float(lat.mean()),
-        "latency_kind": "measured (median wall time per input, batch 1)",
-        "modelled_latency_ms": 1e3 * sum(d.latency_s for d in dv) / len(dv),
-        "deadline_met_pct": 100.0 * sum(d.met_deadline for d in dv) / len(dv),
-        "heads_per_sample": float(paths.heads.sum(1).double().mean()),
-        "exit_histogram": {("final" if k == len(points) else f"block {points[k]}"): c for k, c in enumerate(hist)},
-        "runtime": {"n": len(traces), "metric": float((preds == y_rt).double().mean() * 100),
-                    "macs_per_sample": sum(costs.cost(t)["macs"] for t in traces) / len(traces),
-                    "agreement_with_simulation_pct": 100.0 * sum(agree) / len(agree)},
-    }
-    if measured is not None:
-        r["measured_energy_j"], r["measured_energy_kind"], r["meter"] = measured, "measured", meter.source
-    return r
 
 
 def run_exit(cfg: ExitRecipe, out: str | Path, *, resume: bool = False) -> dict:
@@ -173,6 +128,8 @@ def run_exit(cfg: ExitRecipe, out: str | Path, *, resume: bool = False) -> dict:
         _outputs(s)
         _sweeps(s)
         _runtime(s)
+        s.equal = measure_equal_accuracy(s)
+        s.phase("equal accuracy")
         res = assemble(s, time.perf_counter() - t_start)
         write_report(out, res)
         write_json(out / "exit.json", res, finite=True)   # last: says every file of the run is complete
@@ -197,22 +154,39 @@ def _setup(s: Study, resume: bool) -> None:
 
 
 def _outputs(s: Study) -> None:
-    """Every exit's logits on train (for T_k), validation (choices) and test (figures)."""
+    """Every exit's logits on validation (choices) and test (figures), and the thresholds T_k from the
+    training split, the authors' way or the project's (`predictive.thresholds`)."""
+    from .network import authors_thresholds
+
     with progress.task("outputs of train/val/test", 3) as bar:
-        tr, _ = outputs(s.net, s.data.train); bar.advance(1)
+        if s.cfg.threshold_mode == "authors":
+            s.T = authors_thresholds(s.net, s.data, s.cfg.exits.batch_size, s.cfg.seed)
+        else:
+            s.T = pe.exit_thresholds(outputs(s.net, s.data.train)[0][:-1])
+        bar.advance(1)
         s.va, s.yv = outputs(s.net, s.data.val); bar.advance(1)
         s.te, s.yt = outputs(s.net, s.data.test); bar.advance(1)
-    s.T = pe.exit_thresholds(tr[:-1])
     s.classic_val = float((s.va[-1].argmax(-1) == s.yv).double().mean() * 100)
     s.phase("outputs")
 
 
 def _simulators(s: Study) -> dict:
-    """way -> (settings swept, outputs -> (setting -> simulated paths))."""
-    from ...exits.calibrate import GRID
+    return simulators(s.va[:-1], s.points, s.T, s.cfg.predictive)
 
-    p, points, T = s.cfg.predictive, s.points, s.T
-    betas = beta_grid(s.va[:-1], T, points, p.start_block, p.sweep_points)
+
+def simulators(val_exits, points: list[int], T: list[float], p) -> dict:
+    """way -> (settings swept, outputs -> (setting -> simulated paths)). Every way's grid has
+    `sweep_points` settings from 'almost every input leaves at its first exit' to 'none leaves'.
+    ``p``: a PredictiveConfig (rounds, start_block, give_up, sweep_points)."""
+    betas = beta_grid(val_exits, T, points, p.start_block, p.sweep_points)
+    n = p.sweep_points
+    # the last setting of each grid never fires: the way's curve always reaches the classic network's top-1
+    conf = sorted({round(1 - float(v), 8) for v in torch.logspace(-6, torch.log10(torch.tensor(0.9)), n)}) + [2.0]
+    ent = sorted({round(float(v), 8) for v in torch.logspace(-6, torch.log10(torch.tensor(2.5)), n)},
+                 reverse=True) + [-1.0]
+
+    def rule(v, criterion="maxlogit"):
+        return pe.PredictiveRule(tuple(points), tuple(T), v, p.rounds, p.start_block, p.give_up, criterion)
 
     def early(criterion, scale=None):
         return lambda o: (lambda v: pe.simulate_early_exit(
@@ -220,10 +194,11 @@ def _simulators(s: Study) -> dict:
             points, p.start_block))
 
     return {
-        "predictive": (betas, lambda o: (lambda b: pe.simulate_predictive(o[:-1], s.rule(b)))),
+        "predictive": (betas, lambda o: (lambda b: pe.simulate_predictive(o[:-1], rule(b)))),
+        "predictive_softmax": (conf, lambda o: (lambda t: pe.simulate_predictive(o[:-1], rule(t, "confidence")))),
         "maxlogit": (betas, early("maxlogit", scale=True)),
-        "confidence": (GRID["confidence"], early("confidence")),
-        "entropy": (GRID["entropy"], early("entropy")),
+        "confidence": (conf, early("confidence")),
+        "entropy": (ent, early("entropy")),
     }
 
 
@@ -238,7 +213,8 @@ def _sweeps(s: Study) -> None:
             sv = _sweep(s.va, s.yv, maker(s.va), settings, s.costs); bar.advance(len(settings))
             st = _sweep(s.te, s.yt, maker(s.te), settings, s.costs); bar.advance(len(settings))
             s.sweeps[way] = [{"setting": a["setting"], "val_metric": a["metric"], "val_macs": a["macs"],
-                              "test_metric": b["metric"], "test_macs": b["macs"]} for a, b in zip(sv, st)]
+                              "test_metric": b["metric"], "test_macs": b["macs"], "test_ops_j": b["ops_j"]}
+                             for a, b in zip(sv, st)]
             s.chosen[way] = _choose(sv, floor)["setting"]
     s.phase("sweeps")
     if p.beta is not None:
@@ -253,6 +229,7 @@ def _runtime(s: Study) -> None:
 
     cfg, p, chosen, T = s.cfg, s.cfg.predictive, s.chosen, s.T
     rule = s.rule(chosen["predictive"])
+    rule_sm = s.rule(chosen["predictive_softmax"], "confidence")
     rt = ExitRuntime(s.net)
     n_rt = min(len(s.data.test), cfg.runtime.limit or len(s.data.test))
     xt = s.data.test.x[:n_rt]
@@ -262,7 +239,7 @@ def _runtime(s: Study) -> None:
         ctl = make_controller(cfg.energy.controller, available_mhz=[q.freq_mhz for q in s.profile.points()])
     for w in caught:
         s.warn(str(w.message))
-    gov = Governor(s.pm, s.deadline, ctl)
+    gov, gov_sm = Governor(s.pm, s.deadline, ctl), Governor(s.pm, s.deadline, ctl)
     top, at_top = s.profile.top(), [False]
 
     def top_point(fn):      # classic and early exit run at the top point
@@ -277,6 +254,10 @@ def _runtime(s: Study) -> None:
         at_top[0] = False
         return rt.predictive(x, rule, gov)
 
+    def predictive_softmax(x):
+        at_top[0] = False
+        return rt.predictive(x, rule_sm, gov_sm)
+
     runners = {
         "classic": top_point(rt.classic),
         "confidence": top_point(lambda x: rt.early_exit(x, "confidence", chosen["confidence"], p.start_block)),
@@ -284,9 +265,10 @@ def _runtime(s: Study) -> None:
         "maxlogit": top_point(lambda x: rt.early_exit(x, "maxlogit", [chosen["maxlogit"] * t for t in T],
                                                       p.start_block)),
         "predictive": predictive,
+        "predictive_softmax": predictive_softmax,
     }
     final_paths = {"classic": pe.simulate_classic(len(s.yt), len(s.points))}
-    for way in ("predictive", "maxlogit", "confidence", "entropy"):
+    for way in ("predictive", "predictive_softmax", "maxlogit", "confidence", "entropy"):
         final_paths[way] = s.sims[way][1](s.te)(chosen[way])
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.runtime.threads)
@@ -321,7 +303,19 @@ def _runtime(s: Study) -> None:
     pred.update(pe.prediction_accuracy(s.te[:-1], rule, final_paths["predictive"]))
     pred["controller"] = {"kind": ctl.kind, "dry_run": bool(ctl.dry), "set_point_calls": len(ctl.history),
                           "mhz_histogram": _hist(gov.chosen)}
+    results["predictive_softmax"].update(pe.prediction_accuracy(s.te[:-1], rule_sm, final_paths["predictive_softmax"]))
+    for way in ("predictive", "predictive_softmax"):     # the runtime's own cost: the engine's decisions
+        tr = ran[way][1]
+        results[way]["engine_overhead_us_per_input"] = 1e6 * sum(t.engine_s for t in tr) / len(tr)
+        n_dec = sum(len(t.heads) for t in tr)
+        results[way]["engine_us_per_decision"] = 1e6 * sum(t.engine_s for t in tr) / n_dec if n_dec else 0.0
     s.meter, s.results = meter, results
+
+
+THRESHOLD_DEFINITION = {
+    "authors": "T_k = |signed mean over training inputs and classes of the logits of exit k|, network in train "
+               "mode (batch-norm batch statistics): the authors' script",
+    "project": "T_k = mean over training inputs and classes of |logit| of exit k, network in eval mode"}
 
 
 def _pct(new: float, ref: float) -> float:
@@ -346,7 +340,9 @@ def assemble(s: Study, seconds: float) -> dict:
     res = {
         "recipe": cfg.model_dump(mode="json"), "device": describe(data.device), "dataset": data.name, "model": cfg.model.name, "metric_name": "top1",
         "n_test": len(data.test), "n_val": len(data.val), "n_blocks": len(s.net.blocks), "exit_points": points,
-        "thresholds_T": T, "threshold_definition": "T_k = mean over training inputs and classes of |logit| of exit k",
+        "style": cfg.exits.style, "train": cfg.train_mode, "exits_share": cfg.exits.share,
+        "thresholds_T": T, "thresholds_T_mode": cfg.threshold_mode,
+        "threshold_definition": THRESHOLD_DEFINITION[cfg.threshold_mode],
         "beta": chosen["predictive"],
         "beta_source": "given" if p.beta is not None else
                        f"calibrated on validation: least MACs with top-1 >= classic - {p.max_drop}",
@@ -359,21 +355,39 @@ def assemble(s: Study, seconds: float) -> dict:
         "classic": cl,
         "early_exit": {**ee, "strategy": best, "strategies": strategies},
         "predictive": pred,
-        "computation_reduction_vs_classic": _pct(pred["macs_per_sample"], cl["macs_per_sample"]),
-        "computation_reduction_vs_early_exit": _pct(pred["macs_per_sample"], ee["macs_per_sample"]),
-        "energy_saving_vs_classic": _pct(pred["energy_j"], cl["energy_j"]),
-        "energy_saving_vs_early_exit": _pct(pred["energy_j"], ee["energy_j"]),
-        "vs_each_strategy": {w: {"computation_reduction": _pct(pred["macs_per_sample"], s["macs_per_sample"]),
-                                 "energy_saving": _pct(pred["energy_j"], s["energy_j"]),
-                                 "ops_energy_saving": _pct(pred["energy_ops_j"], s["energy_ops_j"])}
-                             for w, s in strategies.items()},
-        "ops_energy_saving_vs_classic": _pct(pred["energy_ops_j"], cl["energy_ops_j"]),
+        "predictive_softmax": {**results["predictive_softmax"], "threshold": chosen["predictive_softmax"]},
+        "at_chosen_points": {   # each way at its own validation-chosen setting: accuracies differ
+            "computation_reduction_vs_classic": _pct(pred["macs_per_sample"], cl["macs_per_sample"]),
+            "computation_reduction_vs_early_exit": _pct(pred["macs_per_sample"], ee["macs_per_sample"]),
+            "energy_saving_vs_classic": _pct(pred["energy_j"], cl["energy_j"]),
+            "energy_saving_vs_early_exit": _pct(pred["energy_j"], ee["energy_j"]),
+            "ops_energy_saving_vs_classic": _pct(pred["energy_ops_j"], cl["energy_ops_j"]),
+            "vs_each_strategy": {w: {"computation_reduction": _pct(pred["macs_per_sample"], r["macs_per_sample"]),
+                                     "energy_saving": _pct(pred["energy_j"], r["energy_j"]),
+                                     "ops_energy_saving": _pct(pred["energy_ops_j"], r["energy_ops_j"])}
+                                 for w, r in strategies.items()}},
         "test_within_max_drop": {w: results[w]["metric"] >= cl["metric"] - p.max_drop
                                  for w in ("predictive", "confidence", "entropy", "maxlogit")},
         "sweep": s.sweeps, "warnings": s.notes,
         "machine": machine_info(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 1),
     }
+    eq = s.equal
+    pick = lambda key, m: None if eq.get(key) is None else eq[key][m]
+    res.update({   # the headline figures: at EQUAL test top-1 on the sweep curves (compare.py)
+        "comparison": f"at equal accuracy: test top-1 {eq['target_top1']:.2f} (classic - {p.equal_drop}) on every "
+                      "way's sweep curve; None where a way never reaches it",
+        "computation_reduction_vs_classic": pick("predictive_vs_classic", "computation_reduction"),
+        "computation_reduction_vs_early_exit": pick("predictive_vs_early_exit", "computation_reduction"),
+        "energy_saving_vs_classic": pick("predictive_vs_classic", "energy_saving"),
+        "energy_saving_vs_early_exit": pick("predictive_vs_early_exit", "energy_saving"),
+        "latency_reduction_vs_classic": pick("predictive_vs_classic", "latency_reduction"),
+        "vs_each_strategy": eq["predictive_vs_each_strategy"],
+        "equal_accuracy": eq})
+    curve = macs_curve(s.sweeps, eq["classic_top1"])
+    res["equal_accuracy_curve"] = curve
+    res["up_to"] = up_to(s.costs, s.pm, deadline, points, s.rule(1.0).first_exit(), s.te, s.yt, cl, s.sweeps)
+    res["up_to"]["predictive_vs_early_exit_best"] = best_vs_early_exit(curve)
     res["timings_s"] = s.timings
     res["criteria_auroc"] = criteria_auroc(s.te[:-1], s.yt, points)
     return res

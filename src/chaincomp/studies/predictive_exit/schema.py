@@ -16,9 +16,18 @@ DEFAULT_RECIPE = "exit_default"
 
 class ExitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    head: Literal["bof", "pool"] = "bof"
+    style: Literal["authors", "project"] = Field(
+        "authors", description="authors: their network (exits after every conv and pool, inside residual blocks "
+                               "too; their BoF head with shared FC layers; joint training); project: exits after "
+                               "blocks, a head per exit (`head`), backbone frozen by default")
+    head: Literal["bof", "pool"] = Field("bof", description="project style only: the exit head")
+    share: Literal["auto", "network", "stage", "none"] = Field(
+        "auto", description="authors style: which exits share FC layers (network: all, as on VGG; stage: per "
+                            "ResNet stage; auto: stage on ResNets, network otherwise)")
     codewords: int = Field(64, ge=1, le=4096, description="BoF codebook size (the paper: 64)")
-    train: Literal["frozen", "joint"] = Field("frozen", description="frozen: backbone fixed, sum of exit CEs")
+    train: Literal["frozen", "joint"] | None = Field(
+        None, description="frozen: backbone fixed, sum of exit CEs; joint: everything, sum of every exit's and "
+                          "the final head's CE; null: the style's own (authors: joint, project: frozen)")
     epochs: int = Field(30, ge=0, le=100_000)
     lr: float = Field(0.003, gt=0, le=10)
     batch_size: int = Field(64, ge=1, le=1_000_000)
@@ -32,8 +41,13 @@ class PredictiveConfig(BaseModel):
     rounds: int = Field(8, ge=1, le=64)
     start_block: int = Field(1, ge=0, le=10_000)
     give_up: Literal["jump", "final"] = "jump"
+    thresholds: Literal["authors", "project"] | None = Field(
+        None, description="T_k: authors = |signed mean logit| over training inputs with BN in train mode (their "
+                          "script); project = mean |logit| in eval mode (the paper's text); null: the style's own")
     max_drop: float = Field(0.5, ge=0, le=100)
     sweep_points: int = Field(40, ge=2, le=1000)
+    equal_drop: float = Field(0.25, ge=0, le=100, description="the ways are compared at the classic network's test "
+                                                                "top-1 minus this many points, on their sweep curves")
 
 
 class EnergyConfig(BaseModel):
@@ -68,6 +82,14 @@ class ExitRecipe(BaseModel):
     predictive: PredictiveConfig = PredictiveConfig()
     energy: EnergyConfig = EnergyConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @property
+    def train_mode(self) -> str:
+        return self.exits.train or ("joint" if self.exits.style == "authors" else "frozen")
+
+    @property
+    def threshold_mode(self) -> str:
+        return self.predictive.thresholds or self.exits.style
 
 
 def validate_exit_recipe(obj: object, source: str) -> ExitRecipe:
