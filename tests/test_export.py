@@ -33,7 +33,7 @@ CHAINS = {
     "exits": [{"technique": "early_exit", "points": "all", "threshold": 0.13, **FAST, "epochs": 2, "lr": 0.05}],
     "bof_w4a4": [{"technique": "quantize", "weight_bits": 4, "act_bits": 4, **FAST},
                  {"technique": "early_exit", "points": "all", "head": "bof", "threshold": 0.13, **FAST}],
-    "full": [{"technique": "distill", "student": {"width": 0.5}, **FAST},
+    "full": [{"technique": "distill", "student": {"width": 0.5}, **FAST, "epochs": 3, "lr": 0.05},
              {"technique": "prune", "ratio": 0.3, "steps": 1, **FAST},
              {"technique": "quantize", "weight_bits": 4, "act_bits": 4, **FAST},
              {"technique": "early_exit", "points": "all", "max_drop": 2.0, **FAST}],
@@ -136,11 +136,21 @@ def test_integer_kernels_hold_exact_codes(runs, kind, tmp_path):
         for name, mod in layers:
             q = mod.integer_weight()[0].numpy().astype(np.int64)
             got = inits[f"{name}.weight_q"]
-            assert got.dtype == np.int8
-            got = (got.T if isinstance(mod, nn.Linear) else got).astype(np.int64)
+            # int8, or uint8 + 128 where uint8 x int8 kernels could saturate (x86 without VNNI)
+            wide = desc["layers"][name]["weight_codes"] == "uint8+128"
+            assert got.dtype == (np.uint8 if wide else np.int8)
+            assert wide == (2 * 255 * np.abs(mod.integer_weight()[0].numpy()).max() > 32767 and mod.act_bits == 8)
+            got = (got.T if isinstance(mod, nn.Linear) else got).astype(np.int64) - (128 if wide else 0)
             neg = desc["layers"][name].get("negated_channels", [])
             assert not neg or desc is m
             got[neg] *= -1  # fused layers keep a positive weight scale: codes of BN-negated channels flip
+            k = np.array(desc["layers"][name].get("code_multiplier", [1] * len(got)))  # finer int32 bias
+            assert desc is m or (k == 1).all()
+            assert (np.abs(got) <= 64).all() or (k == 1).all()
+            if isinstance(mod, nn.Conv2d):
+                k = k.reshape(-1, *[1] * (got.ndim - 1))
+                assert (got % k == 0).all(), name
+                got = got // k
             assert np.array_equal(got, q), name
             assert np.abs(got).max() <= (2 ** (mod.weight_bits - 1) - 1 if mod.weight_bits > 1 else 1)
 
