@@ -354,3 +354,32 @@ def test_unknown_float_module_falls_back_to_torch_onnx(runs, tmp_path):
         ref = run.model.eval()(x)
     got, _ = Deployed(tmp_path, desc)(x.numpy())
     assert np.abs(got - ref.numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["plain", "w4a4", "w8a8", "exits", "bof_w4a4", "full"])
+def test_qdq_export_matches_pytorch(runs, kind, tmp_path, capsys):
+    """Q/DQ form: the model's exact weight codes behind DequantizeLinear, QAT scales on QuantizeLinear; ORT's
+    metric equals PyTorch's, and a plain chain of quantized layers is fused into QLinearConv."""
+    data, dirs = runs
+    m = export_run(dirs[kind], tmp_path / "q.onnx", data=data, kernels="qdq", echo=lambda s: None)
+    c = m["check"]
+    assert c["passed"] and abs(c["onnx_metric"] - c["torch_metric"]) <= 0.5 and c["prediction_agreement"] >= 98.0, c
+    nodes = [n for f in m["files"] for n in onnx.load(str(tmp_path / f)).graph.node]
+    ops = {n.op_type for n in nodes}
+    assert not ops & {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearAdd"}  # portable ops only
+    if kind == "plain":
+        assert "DequantizeLinear" not in ops
+        return
+    inits = _initializers(tmp_path, m["files"])
+    model = load_run(dirs[kind], data=data).model
+    for name, mod in model.named_modules():
+        if isinstance(mod, QUANT_TYPES):
+            got = inits[f"{name}.weight_q"].astype(np.int64) - (128 if m["layers"][name]["weight_codes"] != "int8" else 0)
+            got = got.T if isinstance(mod, nn.Linear) else got
+            k = np.array(m["layers"][name].get("code_multiplier", [1] * len(got))).reshape(-1, *[1] * (got.ndim - 1))
+            assert np.array_equal(np.abs(got) // k, np.abs(mod.integer_weight()[0].numpy())), name
+    if kind in ("w4a4", "w8a8"):
+        assert m["integer_ops"].get("QLinearConv", 0) >= 3, m["ort_ops"]
+    assert main(["export", str(dirs[kind]), "--out", str(tmp_path / "cli.onnx"), "--format", "qdq"]) == 0
+    note = json.loads(manifest_path(tmp_path / "cli.onnx").read_text())["kernels"]["note"]
+    assert ("Q/DQ form" in note) == (kind != "exits")  # 'exits' is a float model

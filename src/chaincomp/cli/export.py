@@ -12,7 +12,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if not 0 <= args.tolerance <= 100:
         raise UserError(f"--tolerance: {args.tolerance}; give metric points in 0..100")
-    manifest = export_run(args.run_dir, args.out, args.stage, tolerance=args.tolerance, kernels=args.kernels)
+    kernels = "qdq" if args.format == "qdq" else args.kernels
+    manifest = export_run(args.run_dir, args.out, args.stage, tolerance=args.tolerance, kernels=kernels)
     c = manifest["check"]
     if not c["passed"]:
         print(f"chaincomp: export check failed: ONNX Runtime {c['metric_name']} {c['onnx_metric']:.2f} vs PyTorch "
@@ -33,4 +34,7 @@ def register(sub) -> None:
                    help="quantized layers: int8 = 8-bit codes from layer to layer on QLinearConv/QLinearAdd "
                         "(default, fast); exact = ConvInteger with a float rescale per layer (PyTorch's "
                         "arithmetic up to float rounding, slow in ORT)")
+    e.add_argument("--format", default="qop", choices=("qop", "qdq"),
+                   help="qop = ORT's QOperator ops written here (default); qdq = portable QuantizeLinear/"
+                        "DequantizeLinear form (TensorRT, OpenVINO), fused by the runtime")
     e.set_defaults(func=_cmd_export)

@@ -33,6 +33,7 @@ from ..io import atomic_write_bytes
 from ..models import classification as zoo
 from ..qmodules import QUANT_TYPES, QuantConv2d
 from .int8 import Codes, Int8Pass, QUse, input_quant
+from .qdq import to_qdq
 from .lowering import INTEGER_OPS, IR_VERSION, OPSET, Graph, Unsupported, Val, lower, may_saturate
 from .runtime import Deployed, optimized_ops, ort_metric
 
@@ -71,7 +72,8 @@ def segments_of(model: nn.Module) -> list[tuple[Segment, dict]]:
     return segs
 
 
-KERNELS = ("int8", "exact")
+KERNELS = ("int8", "exact", "qdq")
+FORMATS = {"qop": "int8", "qdq": "qdq"}  # --format: QOperator ops written here, or portable Q/DQ
 
 
 def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", input_codes: Codes | None = None,
@@ -89,6 +91,7 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", in
         g.nodes.append(helper.make_node("Identity", [v.name], [out_name], name=f"out/{out_name}"))
     p = Int8Pass(g, input_codes, next_use) if kernels == "int8" else None
     calibrated = p.run() if p else []
+    qdq_multipliers = to_qdq(g) if kernels == "qdq" else {}
     codes = {"input": input_codes is not None, "features": p is not None and p.features is not None}
     # Height and width stay free unless a lowering depends on them (an adaptive pool to k x k).
     dims = (lambda t: ["batch", *t.shape[1:]]) if g.fixed_size or sample.dim() != 4 else \
@@ -104,7 +107,7 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", in
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), *ms], ir_version=IR_VERSION,
                              producer_name="chaincomp", producer_version=__version__), \
         {"fused": g.fused, "calibrated": calibrated, "features": p.features if p else None,
-         "multipliers": p.multipliers if p else {}, "copied": p.copied if p else []}
+         "multipliers": p.multipliers if p else qdq_multipliers, "copied": p.copied if p else []}
 
 
 def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str) -> None:
@@ -169,6 +172,10 @@ def kernel_note(layers: dict[str, dict], kernels: str = "int8") -> dict:
     ops += " (int32 accumulation; ConvInteger/MatMulInteger with a float rescale)"
     if kernels == "int8":
         ops += "; 8-bit codes flow between layers (ReLU, MaxPool, residual QLinearAdd, pools on codes)"
+    if kernels == "qdq":
+        ops = ("Q/DQ form: QuantizeLinear/DequantizeLinear around float Conv/MatMul, exact int8 weight codes with "
+               "per-channel scales, the QAT activation scales; the runtime fuses what it can (see ort_ops: "
+               "QLinearConv counts fused convs; values PyTorch keeps in float stay float)")
     low = any(w < 8 or a < 8 for w, a in pairs)
     bits = (f"recipe bits {asked}; ONNX Runtime has no kernels below 8 bits, so the values are kept exactly "
             "in 8-bit containers and run on 8-bit kernels: bits below 8 bring no extra speed here" if low
@@ -218,10 +225,13 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
         files.append(f.name)
         pieces.append({"file": f.name, "writer": how, **info})
     layers = quant_layers(model)
+    if kernels == "qdq":
+        for v in layers.values():
+            v["op"] = "DQ->Conv" if v["op"] == "ConvInteger" else "DQ->MatMul"
     for name, neg in fused.items():
         layers[name] |= {"op": "QLinearConv", "negated_channels": neg}
-        if name in multipliers:  # stored codes = model's codes x k per output channel (Int8Pass.conv)
-            layers[name]["code_multiplier"] = multipliers[name]
+    for name in multipliers:  # stored codes = model's codes x k per output channel (Int8Pass.conv, to_qdq)
+        layers[name]["code_multiplier"] = multipliers[name]
     is_exit = isinstance(model, ExitNetwork)
     kern = kernel_note(layers, kernels)
     if layers and kernels == "int8":
