@@ -378,7 +378,7 @@ def test_qdq_export_matches_pytorch(runs, kind, tmp_path, capsys):
             got = got.T if isinstance(mod, nn.Linear) else got
             k = np.array(m["layers"][name].get("code_multiplier", [1] * len(got))).reshape(-1, *[1] * (got.ndim - 1))
             assert np.array_equal(np.abs(got) // k, np.abs(mod.integer_weight()[0].numpy())), name
-    if kind in ("w4a4", "w8a8"):
+    if kind in ("w4a4", "w8a8", "full"):  # (full: the exit heads' inputs, each on its own copy of the conv)
         assert m["integer_ops"].get("QLinearConv", 0) >= 3, m["ort_ops"]
     assert main(["export", str(dirs[kind]), "--out", str(tmp_path / "cli.onnx"), "--format", "qdq"]) == 0
     note = json.loads(manifest_path(tmp_path / "cli.onnx").read_text())["kernels"]["note"]

@@ -29,7 +29,7 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
     for n in g.nodes:
         for i in n.input:
             cons.setdefault(i, []).append(n)
-    out, skip, multipliers = [], set(), {}
+    out, skip, multipliers, convs = [], set(), {}, set()
 
     def op(op_type: str, inputs: list[str], hint: str, output: str | None = None, **attrs) -> str:
         name = output or g._name(f"{hint}/{op_type}")
@@ -94,9 +94,70 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
         if (sw > 0).all() and np.abs(bias).max() < 2 ** 31:
             bdq = op("DequantizeLinear", [g.init(bias.astype(np.int32), f"{layer}.bias_int32"), g.init(bs, f"{layer}.b_scale"),
                                           g.init(np.zeros(sw.size, np.int32), f"{layer}.b_zp")], layer, axis=0)
-            op("Conv", [xdq, wdq, bdq], layer, output=c[3].output[0], **attrs)
+            convs.add(op("Conv", [xdq, wdq, bdq], layer, output=c[3].output[0], **attrs))
         else:  # a dead channel or a bias beyond int32: float bias
             y = op("Conv", [xdq, wdq], layer, **attrs)
             op("Add", [y, c[3].input[1]], layer, output=c[3].output[0])
-    g.nodes = out
+    g.nodes = _requantize_outputs(g, out, convs)
     return multipliers
+
+
+CODE_OPS = ("Relu", "MaxPool", "Flatten")
+
+
+def _requantize_outputs(g: Graph, nodes: list, convs: set[str]) -> list:
+    """Put Q -> DQ right after a quantized conv (after its ReLU) when every consumer quantizes the value
+    (through ReLU/MaxPool/Flatten) at one scale, so the runtime sees DQ -> Conv -> Q and fuses it: exact,
+    since MaxPool commutes with rounding and requantizing grid values at the same scale changes nothing.
+    Consumers at another scale (an exit head beside the backbone) get a copy of the conv and its path,
+    rather than rounding twice."""
+    cons: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    a = g.arrays
+    extra: dict[int, list] = {}  # id of a node -> nodes to emit right after it
+    renames: list[tuple] = []
+    for conv in [n for n in nodes if n.op_type == "Conv" and n.output[0] in convs]:
+        path, t = [], conv.output[0]
+        while len(cons.get(t, [])) == 1 and cons[t][0].op_type in CODE_OPS:
+            path.append(cons[t][0])
+            t = path[-1].output[0]
+        users = [u for u in cons.get(t, []) if u.op_type == "QuantizeLinear"]
+        floats = len(users) < len(cons.get(t, []))  # a float consumer (features handed on) keeps the original
+        groups: dict[tuple, list] = {}
+        for u in users:
+            groups.setdefault((float(a[u.input[1]]), int(a[u.input[2]])), []).append(u)
+        layer = conv.output[0].split("/")[0]
+        for k, (_, qs) in enumerate(groups.items()):
+            s_name, zp_name = qs[0].input[1:3]
+            chain = [conv, *path]
+            if k or floats:  # a copy of the conv and its path for this group
+                copy, src = [], None
+                for n in chain:
+                    c = helper.make_node(n.op_type, [src or i for i in n.input][:1] + list(n.input[1:]) if src else
+                                         list(n.input), [g._name(f"{layer}/{n.op_type}")], name=g._name(layer))
+                    c.attribute.extend(n.attribute)
+                    copy.append(c)
+                    src = c.output[0]
+                for u in qs:
+                    u.input[0] = src
+            # Q -> DQ after the conv's ReLU (fused into the conv's requantization) or after the conv
+            c = copy if k or floats else chain
+            i = 1 if len(c) > 1 and c[1].op_type == "Relu" else 0
+            y = c[i].output[0]
+            q = helper.make_node("QuantizeLinear", [y + "~", s_name, zp_name], [g._name(f"{layer}/QuantizeLinear")],
+                                 name=g._name(layer))
+            dq = helper.make_node("DequantizeLinear", [q.output[0], s_name, zp_name], [y], name=g._name(layer))
+            renames.append((c[i], y + "~"))
+            if k or floats:
+                extra.setdefault(id(chain[-1]), []).extend([*c[:i + 1], q, dq, *c[i + 1:]])
+            else:
+                extra.setdefault(id(c[i]), []).extend([q, dq])
+    for n, new in renames:
+        n.output[0] = new
+    out = []
+    for n in nodes:
+        out.append(n)
+        out.extend(extra.get(id(n), []))
+    return out
