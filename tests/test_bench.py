@@ -39,7 +39,7 @@ def test_bench_writes_figures(run):
     res = bench_run(out, [8, 1], runs=3, warmup=1, peer_epochs=0, data=data, echo=lines.append)
     saved = json.loads((out / "bench.json").read_text())
     assert saved["batches"] == res["batches"] and [r["batch"] for r in saved["batches"]] == [1, 8]
-    assert set(saved["models"]) == {"baseline", "compressed", "ort_int8", "tp_prune"}
+    assert set(saved["models"]) == {"baseline", "compressed", "compressed_qdq", "ort_int8", "tp_prune"}
     for r in saved["batches"]:
         for key in ("baseline_ms", "compressed_ms", "speedup", "baseline_metric", "compressed_metric"):
             assert r[key] > 0, key
@@ -52,6 +52,9 @@ def test_bench_writes_figures(run):
     assert m["compressed"]["kind"] == "exits" and m["compressed"]["kernels"]["kernel_bits"] == 8
     assert m["compressed"]["integer_ops"]["QLinearConv"] >= 3 and "ConvInteger" not in m["compressed"]["integer_ops"]
     assert m["ort_int8"]["integer_ops"], m["ort_int8"]["ort_ops"]
+    # the same model as a Q/DQ file: same metric, fused by ORT into integer convs
+    assert abs(m["compressed_qdq"]["metric"] - m["compressed"]["metric"]) <= 0.5
+    assert m["compressed_qdq"]["integer_ops"].get("QLinearConv", 0) >= 1, m["compressed_qdq"]["ort_ops"]
     assert m["tp_prune"]["info"]["finetune_epochs"] == 0 and m["tp_prune"]["info"]["ratio"] == 0.4
     assert not m["baseline"]["integer_ops"]
     assert saved["thread_spinning"] is False

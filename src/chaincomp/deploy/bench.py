@@ -144,6 +144,9 @@ def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo) -> dict
     models = {"baseline": {"desc": export_model(run.baseline, sample, folder / "baseline.onnx"), "bitops": base_bitops},
               "compressed": {"desc": export_model(run.model, sample, folder / "compressed.onnx"),
                              "bitops": stage_bitops, "stripped": stripped}}
+    if models["compressed"]["desc"]["layers"]:  # the same model in the portable Q/DQ form, timed beside
+        models["compressed_qdq"] = {"desc": export_model(run.model, sample, folder / "compressed_qdq.onnx", "qdq"),
+                                    "bitops": stage_bitops}
     if peers:
         try:
             ort_int8_peer(folder / "baseline.onnx", folder / "ort_int8.onnx", run.data)
@@ -238,6 +241,7 @@ def _loadavg() -> tuple[float, ...]:
 
 
 LABELS = {"baseline": "FP32 baseline", "compressed": "chaincomp (run, int8 kernels)",
+          "compressed_qdq": "chaincomp (same model, Q/DQ file)",
           "ort_int8": "ORT static int8 (peer)", "tp_prune": "Torch-Pruning alone (peer)"}
 
 
