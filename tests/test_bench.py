@@ -2,6 +2,7 @@
 speed: only that figures exist, are positive and are consistent), and bad arguments exit 2."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -39,7 +40,9 @@ def test_bench_writes_figures(run):
     res = bench_run(out, [8, 1], runs=3, warmup=1, peer_epochs=0, data=data, echo=lines.append)
     saved = json.loads((out / "bench.json").read_text())
     assert saved["batches"] == res["batches"] and [r["batch"] for r in saved["batches"]] == [1, 8]
-    assert set(saved["models"]) == {"baseline", "compressed", "compressed_qdq", "ort_int8", "tp_prune"}
+    ov = importlib.util.find_spec("openvino") is not None
+    assert set(saved["models"]) == {"baseline", "compressed", "compressed_qdq", "ort_int8", "tp_prune",
+                                    *(["qdq_openvino"] if ov else [])}
     for r in saved["batches"]:
         for key in ("baseline_ms", "compressed_ms", "speedup", "baseline_metric", "compressed_metric"):
             assert r[key] > 0, key
@@ -55,6 +58,10 @@ def test_bench_writes_figures(run):
     # the same model as a Q/DQ file: same metric, fused by ORT into integer convs
     assert abs(m["compressed_qdq"]["metric"] - m["compressed"]["metric"]) <= 0.5
     assert m["compressed_qdq"]["integer_ops"].get("QLinearConv", 0) >= 1, m["compressed_qdq"]["ort_ops"]
+    if ov:  # the same Q/DQ file in OpenVINO: same metric, convolutions on its integer kernels
+        assert abs(m["qdq_openvino"]["metric"] - m["compressed_qdq"]["metric"]) <= 0.5
+        assert m["qdq_openvino"]["integer_ops"].get("Convolution", 0) >= 1, m["qdq_openvino"]
+        assert m["qdq_openvino"]["runtime"].startswith("openvino")
     assert m["tp_prune"]["info"]["finetune_epochs"] == 0 and m["tp_prune"]["info"]["ratio"] == 0.4
     assert not m["baseline"]["integer_ops"]
     assert saved["thread_spinning"] is False

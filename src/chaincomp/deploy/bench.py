@@ -196,6 +196,21 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
                       **{k: m[k] for k in ("info", "bitops_note", "stripped") if m.get(k)}}
         if m["desc"].get("kernels"):
             info[name]["kernels"] = m["desc"]["kernels"]
+    if "compressed_qdq" in models:  # the same Q/DQ file in OpenVINO, when it is installed
+        try:
+            d = Deployed(folder, models["compressed_qdq"]["desc"], threads, runtime="openvino")
+            runners["qdq_openvino"] = d
+            sessions = d.runner.sessions if d.runner else [d.sess]
+            ov_ops: dict[str, int] = {}
+            for s in sessions:
+                for k, v in s.precisions().items():
+                    ov_ops[k] = ov_ops.get(k, 0) + v
+            info["qdq_openvino"] = {**{k: info["compressed_qdq"][k] for k in ("files", "kind", "bitops",
+                                                                               "bitops_reduction")},
+                                    "runtime": "openvino " + _openvino_version(), "metric": round(ort_metric(d, run.data), 4),
+                                    "integer_ops": ov_ops, "ort_ops": {}}
+        except UserError as e:
+            echo(f"OpenVINO skipped: {e}")
     rows = []
     for b in batches:
         t = time_models({n: (lambda x, d=d: d(x)) for n, d in runners.items()}, inputs_for(run.data, b), runs, warmup)
@@ -222,6 +237,12 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
     return result
 
 
+def _openvino_version() -> str:
+    import openvino
+
+    return openvino.__version__.split("-")[0]
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -241,7 +262,7 @@ def _loadavg() -> tuple[float, ...]:
 
 
 LABELS = {"baseline": "FP32 baseline", "compressed": "chaincomp (run, int8 kernels)",
-          "compressed_qdq": "chaincomp (same model, Q/DQ file)",
+          "compressed_qdq": "chaincomp (same model, Q/DQ file)", "qdq_openvino": "chaincomp Q/DQ file in OpenVINO",
           "ort_int8": "ORT static int8 (peer)", "tp_prune": "Torch-Pruning alone (peer)"}
 
 
