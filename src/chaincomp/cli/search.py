@@ -13,7 +13,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     recipe, source = study_recipe(args.recipe)
     out = Path(args.out or f"runs/{recipe.name}-search")
     res = run_search(recipe, out, trials=args.trials, workers=args.workers, address=args.address,
-                     sampler=args.sampler, source=source)
+                     sampler=args.sampler, source=source, objective=args.objective)
     for t in res["pareto"]:
         log(f"front: {t['order']} metric {t['metric']:.2f} BitOps {t['bitops']:.3g} (trial {t['number']})")
     log(f"results: {out / 'search.json'}  report: {out / 'search.md'}")
@@ -34,4 +34,7 @@ def register(sub) -> None:
                    help="trials in parallel (default: CPU count); 0 runs them one by one without Ray")
     p.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe",
                    help="Optuna multi-objective sampler (default tpe: better on small budgets)")
+    p.add_argument("--objective", default="bitops",
+                   help="cost minimised beside the metric: bitops (default) or measured latency, "
+                        "latency:RUNTIME:bBATCH:tTHREADS with RUNTIME ort or openvino (e.g. latency:ort:b1:t1)")
     p.set_defaults(func=_cmd_search)

@@ -77,6 +77,42 @@ def time_models(models: dict, inputs: list[np.ndarray], runs: int, warmup: int) 
     return {n: stats(v) for n, v in ms.items()}
 
 
+RUNTIMES = ("ort", "openvino")
+
+
+def parse_objective(text: str | None) -> dict:
+    """`bitops` (default) or `latency:RUNTIME:bBATCH:tTHREADS` (e.g. latency:ort:b1:t1): the cost a search
+    minimises beside the metric."""
+    if text in (None, "", "bitops"):
+        return {"kind": "bitops"}
+    parts = text.split(":")
+    try:
+        if parts[0] != "latency" or len(parts) != 4 or parts[1] not in RUNTIMES or parts[2][0] != "b" \
+                or parts[3][0] != "t":
+            raise ValueError
+        obj = {"kind": "latency", "runtime": parts[1], "batch": int(parts[2][1:]), "threads": int(parts[3][1:])}
+    except (ValueError, IndexError):
+        raise UserError(f"--objective: '{text}'; give bitops or latency:RUNTIME:bBATCH:tTHREADS with RUNTIME one "
+                        f"of {', '.join(RUNTIMES)} (e.g. latency:ort:b1:t1)") from None
+    validate([obj["batch"]], 1, 0, obj["threads"])
+    return obj
+
+
+def measure_latency(run_dir: str | Path, objective: dict, runs: int = 50, warmup: int = 5, data=None) -> dict:
+    """Export a run folder's model (int8 QOperator file for ORT, Q/DQ for OpenVINO) into RUN_DIR/latency/ and
+    time it at the objective's batch and threads: median and IQR in ms."""
+    from ..chain import load_run
+
+    run = load_run(run_dir, data=data)
+    strip_fmc(run.model)
+    folder = Path(run_dir) / "latency"
+    kernels = "qdq" if objective["runtime"] == "openvino" else "int8"
+    desc = export_model(run.model, calibration_input(run.data), folder / "model.onnx", kernels)
+    d = Deployed(folder, desc, objective["threads"], spinning=False, runtime=objective["runtime"])
+    t = time_models({"m": d}, inputs_for(run.data, objective["batch"]), runs, warmup)["m"]
+    return {**t, "runtime": objective["runtime"], "batch": objective["batch"], "threads": objective["threads"]}
+
+
 def ort_int8_peer(fp32: Path, out: Path, data, batches: int = 8, batch_size: int = 32) -> Path:
     """ONNX Runtime's post-training static quantization of the FP32 baseline: QDQ, int8 per-channel
     weights, uint8 activations, min-max ranges from the first `batches` train batches."""
