@@ -110,3 +110,23 @@ def test_bad_bench_arguments(run, args, why, capsys):
 def test_bench_bad_run_dir(tmp_path, capsys):
     assert main(["bench", str(tmp_path)]) == 2
     assert "not a chaincomp run folder" in capsys.readouterr().err
+
+
+def test_smaller_peers_front(run):
+    """--smaller-peers: the zoo's smaller networks, trained with the baseline budget and int8 by ORT, are
+    timed beside the compressed model, and bench.md says whether any is both as accurate and as fast."""
+    from chaincomp.deploy.bench import smaller_specs
+
+    assert smaller_specs("resnet56", 1.0) == [("resnet8", 1.0), ("resnet14", 1.0), ("resnet20", 1.0), ("resnet32", 1.0)]
+    assert smaller_specs("resnet20", 1.0) == [("resnet8", 1.0), ("resnet14", 1.0)]
+    assert smaller_specs("digits_cnn", 0.5) == [("digits_cnn", 0.125), ("digits_cnn", 0.25)]
+    out, data = run
+    res = bench_run(out, [1], runs=3, warmup=1, peers=False, data=data, echo=lambda s: None, smaller=True)
+    small = [n for n in res["models"] if n.startswith("small_")]
+    assert small == ["small_digits_cnn_w0.125", "small_digits_cnn_w0.25"]
+    for n in small:
+        m = res["models"][n]
+        assert m["kind"] == "ort-static-int8" and m["integer_ops"] and 0 <= m["metric"] <= 100
+        assert res["batches"][0][n]["median_ms"] > 0
+    md = (out / "bench.md").read_text()
+    assert "smaller networks" in md and ("dominated by" in md or "above the smaller" in md)

@@ -158,6 +158,53 @@ def prune_peer(baseline: torch.nn.Module, run, epochs: int) -> tuple[torch.nn.Mo
                    "finetune_epochs": epochs}
 
 
+SMALLER_DEPTHS = (8, 14, 20, 32)
+
+
+def smaller_specs(model: str, width: float) -> list[tuple[str, float]]:
+    """The zoo's smaller networks a user would try first: shallower CIFAR ResNets at the same width, else
+    the same network at 1/4 and 1/2 of the width."""
+    if model.startswith("resnet") and model[6:].isdigit() and model != "resnet34":
+        return [(f"resnet{d}", width) for d in SMALLER_DEPTHS if d < int(model[6:])]
+    return [(model, width * f) for f in (0.25, 0.5)]
+
+
+def smaller_peers(run, folder: Path, echo) -> dict[str, dict]:
+    """Each smaller network trained with the recipe's baseline budget (seed, data, epochs), then ONNX
+    Runtime's static int8: the accuracy/latency front the compressed model should sit above."""
+    from ..chain import train_baseline
+    from ..energy.cost import profile_model
+
+    out = {}
+    for name, width in smaller_specs(run.recipe.model.name, run.recipe.model.width):
+        tag = f"small_{name}_w{width:g}"
+        spec = run.recipe.model.model_copy(update={"name": name, "width": width, "weights": None})
+        echo(f"peer {tag}: training with the baseline budget ({run.recipe.baseline.epochs} epochs)")
+        model = train_baseline(run.recipe.model_copy(update={"model": spec}), run.data).eval()
+        export_model(model, calibration_input(run.data), folder / f"{tag}.onnx")
+        ort_int8_peer(folder / f"{tag}.onnx", folder / f"{tag}_int8.onnx", run.data)
+        fp32 = float(profile_model(model, run.data.sample_input()).total()["bitops"])
+        out[tag] = {"desc": {"files": [f"{tag}_int8.onnx"], "exit_rule": None, "kind": "ort-static-int8"},
+                    "bitops": fp32 * 64 / 1024, "bitops_note": f"{name} width {width:g}, trained with the "
+                    "baseline budget, ORT static int8 (nominal W8A8 BitOps)"}
+    return out
+
+
+def front_note(result: dict) -> list[str]:
+    """For each batch size: the smaller int8 peers at least as accurate and as fast as the compressed model."""
+    lines = []
+    small = [n for n in result["models"] if n.startswith("small_")]
+    if not small:
+        return lines
+    m = result["models"]
+    for r in result["batches"]:
+        beat = [n for n in small if m[n]["metric"] >= m["compressed"]["metric"]
+                and r[n]["median_ms"] <= r["compressed"]["median_ms"]]
+        lines.append(f"- batch {r['batch']}: " + (f"dominated by {', '.join(beat)} (as accurate and as fast)" if beat
+                     else "above the smaller networks' int8 front (none is both as accurate and as fast)"))
+    return lines
+
+
 def _counted_bitops(run) -> tuple[float, float]:
     """(baseline, stage) BitOps per sample as the ledger counted them (results.json when present)."""
     from ..io import read_json
@@ -169,7 +216,7 @@ def _counted_bitops(run) -> tuple[float, float]:
     return float(base), float(run.entry["bitops"])
 
 
-def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo) -> dict[str, dict]:
+def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo, smaller: bool = False) -> dict[str, dict]:
     from ..energy.cost import profile_model
 
     sample = calibration_input(run.data)
@@ -193,12 +240,14 @@ def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo) -> dict
         pruned, info = prune_peer(run.baseline, run, peer_epochs)
         models["tp_prune"] = {"desc": export_model(pruned, sample, folder / "tp_prune.onnx"), "info": info,
                               "bitops": float(profile_model(pruned, sample).total()["bitops"])}
+    if smaller:
+        models |= smaller_peers(run, folder, echo)
     return models
 
 
 def bench_run(run_dir: str | Path, batches: list[int] | None = None, runs: int = 30, warmup: int = 5,
               threads: int | None = None, peers: bool = True, peer_epochs: int = 1, stage: str | None = None,
-              data=None, echo=print) -> dict:
+              data=None, echo=print, smaller: bool = False) -> dict:
     """Export, run and time every model; writes RUN_DIR/bench.json and RUN_DIR/bench.md."""
     from ..chain import load_run
     from ..io import RunLock
@@ -206,11 +255,11 @@ def bench_run(run_dir: str | Path, batches: list[int] | None = None, runs: int =
     batches = validate(list(batches or DEFAULT_BATCHES), runs, warmup, threads)
     run = load_run(run_dir, stage, data=data)
     with RunLock(run.out):  # bench/ and bench.json live in the run folder: one writer at a time
-        return _bench(run, batches, runs, warmup, threads, peers, peer_epochs, echo)
+        return _bench(run, batches, runs, warmup, threads, peers, peer_epochs, echo, smaller)
 
 
 def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None, peers: bool, peer_epochs: int,
-           echo) -> dict:
+           echo, smaller: bool = False) -> dict:
     import onnxruntime as ort
 
     from .. import __version__
@@ -218,7 +267,7 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
 
     folder = run.out / "bench"
     threads = threads or cores()
-    models = build_models(run, folder, peers, peer_epochs, echo)
+    models = build_models(run, folder, peers, peer_epochs, echo, smaller)
     info: dict[str, dict] = {}
     runners = {}
     for name, m in models.items():
@@ -343,6 +392,9 @@ def bench_markdown(result: dict) -> str:
             note += f" Note: {m['stripped']['note']}."
         ops = ", ".join(f"{k} x{v}" for k, v in m["integer_ops"].items()) or "none"
         lines.append(f"- {LABELS.get(name, name)}: integer kernels: {ops}. {note}")
+    front = front_note(result)
+    if front:
+        lines += ["", "Against the smaller networks trained with the same budget and int8-quantized by ORT:", *front]
     return "\n".join(lines) + "\n"
 
 
