@@ -3,6 +3,7 @@
 the one the commands computed in this process; nothing is typed in by hand.
 
     python benchmarks/deploy_bench.py RUN_DIR [--stage S] [--batch 1 --batch 64] [--runs 200] [--threads N]
+        [--smaller-peers]
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def record(argv: list[str], manifest: dict, bench: dict) -> str:
         f"## {time.strftime('%Y-%m-%d %H:%M')} — {Path(bench['run']).name} (stage {bench['stage']})", "",
         f"- command: `python {' '.join(shlex.quote(a) for a in argv)}`",
         f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs ({bench['cores']} usable), "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, load average during bench "
+        f"{bench.get('load_avg')}",
         f"- export check ({c['n']} test samples): PyTorch {c['metric_name']} {c['torch_metric']:.2f}, "
         f"ONNX Runtime {c['onnx_metric']:.2f}, max-abs output diff {c['max_abs_diff']:.3g}{agree}{exits}; "
         f"ORT integer ops {manifest['integer_ops'] or 'none'}",
@@ -52,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--peer-epochs", type=int, default=1)
     p.add_argument("--threads", type=int, help="ORT intra-op threads (default: every usable core)")
+    p.add_argument("--smaller-peers", action="store_true", help="also the zoo's smaller networks, int8 by ORT")
     p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args(argv)
     manifest = export_run(args.run_dir, stage=args.stage)
     bench = bench_run(args.run_dir, args.batch, args.runs, args.warmup, args.threads, peer_epochs=args.peer_epochs,
-                      stage=args.stage)
+                      stage=args.stage, smaller=args.smaller_peers)
     path = Path(args.results)
     text = path.read_text() if path.exists() else HEADER
     path.write_text(text.rstrip("\n") + "\n\n" + record([sys.argv[0], *(argv or sys.argv[1:])], manifest, bench))

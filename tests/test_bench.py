@@ -2,6 +2,7 @@
 speed: only that figures exist, are positive and are consistent), and bad arguments exit 2."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -39,7 +40,9 @@ def test_bench_writes_figures(run):
     res = bench_run(out, [8, 1], runs=3, warmup=1, peer_epochs=0, data=data, echo=lines.append)
     saved = json.loads((out / "bench.json").read_text())
     assert saved["batches"] == res["batches"] and [r["batch"] for r in saved["batches"]] == [1, 8]
-    assert set(saved["models"]) == {"baseline", "compressed", "ort_int8", "tp_prune"}
+    ov = importlib.util.find_spec("openvino") is not None
+    assert set(saved["models"]) == {"baseline", "compressed", "compressed_qdq", "ort_int8", "tp_prune",
+                                    *(["qdq_openvino"] if ov else [])}
     for r in saved["batches"]:
         for key in ("baseline_ms", "compressed_ms", "speedup", "baseline_metric", "compressed_metric"):
             assert r[key] > 0, key
@@ -52,6 +55,13 @@ def test_bench_writes_figures(run):
     assert m["compressed"]["kind"] == "exits" and m["compressed"]["kernels"]["kernel_bits"] == 8
     assert m["compressed"]["integer_ops"]["QLinearConv"] >= 3 and "ConvInteger" not in m["compressed"]["integer_ops"]
     assert m["ort_int8"]["integer_ops"], m["ort_int8"]["ort_ops"]
+    # the same model as a Q/DQ file: same metric, fused by ORT into integer convs
+    assert abs(m["compressed_qdq"]["metric"] - m["compressed"]["metric"]) <= 0.5
+    assert m["compressed_qdq"]["integer_ops"].get("QLinearConv", 0) >= 1, m["compressed_qdq"]["ort_ops"]
+    if ov:  # the same Q/DQ file in OpenVINO: same metric, convolutions on its integer kernels
+        assert abs(m["qdq_openvino"]["metric"] - m["compressed_qdq"]["metric"]) <= 0.5
+        assert m["qdq_openvino"]["integer_ops"].get("Convolution", 0) >= 1, m["qdq_openvino"]
+        assert m["qdq_openvino"]["runtime"].startswith("openvino")
     assert m["tp_prune"]["info"]["finetune_epochs"] == 0 and m["tp_prune"]["info"]["ratio"] == 0.4
     assert not m["baseline"]["integer_ops"]
     assert saved["thread_spinning"] is False
@@ -100,3 +110,23 @@ def test_bad_bench_arguments(run, args, why, capsys):
 def test_bench_bad_run_dir(tmp_path, capsys):
     assert main(["bench", str(tmp_path)]) == 2
     assert "not a chaincomp run folder" in capsys.readouterr().err
+
+
+def test_smaller_peers_front(run):
+    """--smaller-peers: the zoo's smaller networks, trained with the baseline budget and int8 by ORT, are
+    timed beside the compressed model, and bench.md says whether any is both as accurate and as fast."""
+    from chaincomp.deploy.bench import smaller_specs
+
+    assert smaller_specs("resnet56", 1.0) == [("resnet8", 1.0), ("resnet14", 1.0), ("resnet20", 1.0), ("resnet32", 1.0)]
+    assert smaller_specs("resnet20", 1.0) == [("resnet8", 1.0), ("resnet14", 1.0)]
+    assert smaller_specs("digits_cnn", 0.5) == [("digits_cnn", 0.125), ("digits_cnn", 0.25)]
+    out, data = run
+    res = bench_run(out, [1], runs=3, warmup=1, peers=False, data=data, echo=lambda s: None, smaller=True)
+    small = [n for n in res["models"] if n.startswith("small_")]
+    assert small == ["small_digits_cnn_w0.125", "small_digits_cnn_w0.25"]
+    for n in small:
+        m = res["models"][n]
+        assert m["kind"] == "ort-static-int8" and m["integer_ops"] and 0 <= m["metric"] <= 100
+        assert res["batches"][0][n]["median_ms"] > 0
+    md = (out / "bench.md").read_text()
+    assert "smaller networks" in md and ("dominated by" in md or "above the smaller" in md)

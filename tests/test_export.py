@@ -33,7 +33,7 @@ CHAINS = {
     "exits": [{"technique": "early_exit", "points": "all", "threshold": 0.13, **FAST, "epochs": 2, "lr": 0.05}],
     "bof_w4a4": [{"technique": "quantize", "weight_bits": 4, "act_bits": 4, **FAST},
                  {"technique": "early_exit", "points": "all", "head": "bof", "threshold": 0.13, **FAST}],
-    "full": [{"technique": "distill", "student": {"width": 0.5}, **FAST},
+    "full": [{"technique": "distill", "student": {"width": 0.5}, **FAST, "epochs": 3, "lr": 0.05},
              {"technique": "prune", "ratio": 0.3, "steps": 1, **FAST},
              {"technique": "quantize", "weight_bits": 4, "act_bits": 4, **FAST},
              {"technique": "early_exit", "points": "all", "max_drop": 2.0, **FAST}],
@@ -136,11 +136,21 @@ def test_integer_kernels_hold_exact_codes(runs, kind, tmp_path):
         for name, mod in layers:
             q = mod.integer_weight()[0].numpy().astype(np.int64)
             got = inits[f"{name}.weight_q"]
-            assert got.dtype == np.int8
-            got = (got.T if isinstance(mod, nn.Linear) else got).astype(np.int64)
+            # int8, or uint8 + 128 where uint8 x int8 kernels could saturate (x86 without VNNI)
+            wide = desc["layers"][name]["weight_codes"] == "uint8+128"
+            assert got.dtype == (np.uint8 if wide else np.int8)
+            assert wide == (2 * 255 * np.abs(mod.integer_weight()[0].numpy()).max() > 32767 and mod.act_bits == 8)
+            got = (got.T if isinstance(mod, nn.Linear) else got).astype(np.int64) - (128 if wide else 0)
             neg = desc["layers"][name].get("negated_channels", [])
             assert not neg or desc is m
             got[neg] *= -1  # fused layers keep a positive weight scale: codes of BN-negated channels flip
+            k = np.array(desc["layers"][name].get("code_multiplier", [1] * len(got)))  # finer int32 bias
+            assert desc is m or (k == 1).all()
+            assert (np.abs(got) <= 64).all() or (k == 1).all()
+            if isinstance(mod, nn.Conv2d):
+                k = k.reshape(-1, *[1] * (got.ndim - 1))
+                assert (got % k == 0).all(), name
+                got = got // k
             assert np.array_equal(got, q), name
             assert np.abs(got).max() <= (2 ** (mod.weight_bits - 1) - 1 if mod.weight_bits > 1 else 1)
 
@@ -344,3 +354,32 @@ def test_unknown_float_module_falls_back_to_torch_onnx(runs, tmp_path):
         ref = run.model.eval()(x)
     got, _ = Deployed(tmp_path, desc)(x.numpy())
     assert np.abs(got - ref.numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["plain", "w4a4", "w8a8", "exits", "bof_w4a4", "full"])
+def test_qdq_export_matches_pytorch(runs, kind, tmp_path, capsys):
+    """Q/DQ form: the model's exact weight codes behind DequantizeLinear, QAT scales on QuantizeLinear; ORT's
+    metric equals PyTorch's, and a plain chain of quantized layers is fused into QLinearConv."""
+    data, dirs = runs
+    m = export_run(dirs[kind], tmp_path / "q.onnx", data=data, kernels="qdq", echo=lambda s: None)
+    c = m["check"]
+    assert c["passed"] and abs(c["onnx_metric"] - c["torch_metric"]) <= 0.5 and c["prediction_agreement"] >= 98.0, c
+    nodes = [n for f in m["files"] for n in onnx.load(str(tmp_path / f)).graph.node]
+    ops = {n.op_type for n in nodes}
+    assert not ops & {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearAdd"}  # portable ops only
+    if kind == "plain":
+        assert "DequantizeLinear" not in ops
+        return
+    inits = _initializers(tmp_path, m["files"])
+    model = load_run(dirs[kind], data=data).model
+    for name, mod in model.named_modules():
+        if isinstance(mod, QUANT_TYPES):
+            got = inits[f"{name}.weight_q"].astype(np.int64) - (128 if m["layers"][name]["weight_codes"] != "int8" else 0)
+            got = got.T if isinstance(mod, nn.Linear) else got
+            k = np.array(m["layers"][name].get("code_multiplier", [1] * len(got))).reshape(-1, *[1] * (got.ndim - 1))
+            assert np.array_equal(np.abs(got) // k, np.abs(mod.integer_weight()[0].numpy())), name
+    if kind in ("w4a4", "w8a8", "full"):  # (full: the exit heads' inputs, each on its own copy of the conv)
+        assert m["integer_ops"].get("QLinearConv", 0) >= 3, m["ort_ops"]
+    assert main(["export", str(dirs[kind]), "--out", str(tmp_path / "cli.onnx"), "--format", "qdq"]) == 0
+    note = json.loads(manifest_path(tmp_path / "cli.onnx").read_text())["kernels"]["note"]
+    assert ("Q/DQ form" in note) == (kind != "exits")  # 'exits' is a float model

@@ -96,3 +96,21 @@ def test_samplers_draw_the_same_trials_after_a_restart(tmp_path):
         whole = _asked(tmp_path / f"{sampler}-a", sampler, 14)
         assert _asked(tmp_path / f"{sampler}-b", sampler, 14, stop_after=7) == whole
         assert len({tuple(sorted(p.items())) for p in whole}) > 7      # not one point drawn again and again
+
+
+def test_latency_objective(tmp_path, capsys):
+    """--objective latency:ort:b1:t1: each trial's model is exported and timed; the front is by measured ms."""
+    recipe = tiny_recipe(tmp_path / "r.yaml", ("prune", "quantize"))
+    out = tmp_path / "s"
+    assert main(["search", recipe, "--out", str(out), "--trials", "2", "--workers", "0",
+                 "--objective", "latency:ort:b1:t1"]) == 0
+    res = json.loads((out / "search.json").read_text())
+    assert res["objective"] == {"kind": "latency", "runtime": "ort", "batch": 1, "threads": 1}
+    assert "measured latency" in res["objectives"][1]
+    for t in res["trials"]:
+        assert t["latency_ms"] > 0 and t["latency"]["batch"] == 1 and t["latency"]["threads"] == 1 and t["bitops"] > 0
+        assert (out / "runs" / f"t{t['number']:04d}" / "latency" / "model.onnx").is_file()
+    assert res["pareto"] and all("latency_ms" in t for t in res["pareto"])
+    assert [t["number"] for t in res["pareto"]] == [t["number"] for t in pareto(res["trials"], "latency_ms")]
+    assert main(["search", recipe, "--out", str(tmp_path / "x"), "--objective", "latency:tensorrt:b1:t1"]) == 2
+    assert "--objective" in capsys.readouterr().err

@@ -8,7 +8,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from ..deploy.bench import bench_run
 
     bench_run(args.run_dir, args.batch, args.runs, args.warmup, args.threads, peers=not args.no_peers,
-              peer_epochs=args.peer_epochs, stage=args.stage)
+              peer_epochs=args.peer_epochs, stage=args.stage, smaller=args.smaller_peers)
     return 0
 
 
@@ -23,4 +23,7 @@ def register(sub) -> None:
     b.add_argument("--peer-epochs", type=int, default=1, choices=range(0, 101), metavar="N",
                    help="fine-tuning epochs of the Torch-Pruning peer (default 1; 0: none)")
     b.add_argument("--no-peers", action="store_true", help="skip ORT static int8 and Torch-Pruning peers")
+    b.add_argument("--smaller-peers", action="store_true",
+                   help="also train the zoo's smaller networks (ResNet-8/14/20/32 below the run's, or 1/4 and 1/2 "
+                        "width) with the baseline budget, int8 by ORT: the accuracy/latency front (slow)")
     b.set_defaults(func=_cmd_bench)

@@ -18,7 +18,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.device is not None:
         from ..device import resolve
         resolve(args.device, "--device")
-    manifest = export_run(args.run_dir, args.out, args.stage, tolerance=args.tolerance, kernels=args.kernels,
+    kernels = "qdq" if args.format == "qdq" else args.kernels
+    manifest = export_run(args.run_dir, args.out, args.stage, tolerance=args.tolerance, kernels=kernels,
                           device=args.device)
     c = manifest["check"]
     if not c["passed"]:
@@ -42,5 +43,8 @@ def register(sub) -> None:
                    help="quantized layers: int8 = 8-bit codes from layer to layer on QLinearConv/QLinearAdd "
                         "(default, fast); exact = ConvInteger with a float rescale per layer (PyTorch's "
                         "arithmetic up to float rounding, slow in ORT)")
+    e.add_argument("--format", default="qop", choices=("qop", "qdq"),
+                   help="qop = ORT's QOperator ops written here (default); qdq = portable QuantizeLinear/"
+                        "DequantizeLinear form (TensorRT, OpenVINO), fused by the runtime")
     add_device(e, "run the PyTorch side of the accuracy check")
     e.set_defaults(func=_cmd_export)

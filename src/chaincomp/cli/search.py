@@ -16,7 +16,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     recipe = with_device(recipe, args)
     out = prepare_output(args.out or output_dir_for(f"{recipe.name}-search", "runs"))
     res = run_search(recipe, out, trials=args.trials, workers=args.workers, address=args.address,
-                     sampler=args.sampler, source=source)
+                     sampler=args.sampler, source=source, objective=args.objective)
     for t in res["pareto"]:
         log(f"front: {t['order']} metric {t['metric']:.2f} BitOps {t['bitops']:.3g} (trial {t['number']})")
     log(f"results: {out / 'search.json'}  report: {out / 'search.md'}")
@@ -40,5 +40,8 @@ def register(sub) -> None:
                    help="trials in parallel (default: CPU count); 0 runs them one by one in this process")
     p.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe",
                    help="Optuna multi-objective sampler (default tpe: better on small budgets)")
+    p.add_argument("--objective", default="bitops",
+                   help="cost minimised beside the metric: bitops (default) or measured latency, "
+                        "latency:RUNTIME:bBATCH:tTHREADS with RUNTIME ort or openvino (e.g. latency:ort:b1:t1)")
     add_device(p)
     p.set_defaults(func=_cmd_search)

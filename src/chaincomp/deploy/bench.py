@@ -77,6 +77,42 @@ def time_models(models: dict, inputs: list[np.ndarray], runs: int, warmup: int) 
     return {n: stats(v) for n, v in ms.items()}
 
 
+RUNTIMES = ("ort", "openvino")
+
+
+def parse_objective(text: str | None) -> dict:
+    """`bitops` (default) or `latency:RUNTIME:bBATCH:tTHREADS` (e.g. latency:ort:b1:t1): the cost a search
+    minimises beside the metric."""
+    if text in (None, "", "bitops"):
+        return {"kind": "bitops"}
+    parts = text.split(":")
+    try:
+        if parts[0] != "latency" or len(parts) != 4 or parts[1] not in RUNTIMES or parts[2][0] != "b" \
+                or parts[3][0] != "t":
+            raise ValueError
+        obj = {"kind": "latency", "runtime": parts[1], "batch": int(parts[2][1:]), "threads": int(parts[3][1:])}
+    except (ValueError, IndexError):
+        raise UserError(f"--objective: '{text}'; give bitops or latency:RUNTIME:bBATCH:tTHREADS with RUNTIME one "
+                        f"of {', '.join(RUNTIMES)} (e.g. latency:ort:b1:t1)") from None
+    validate([obj["batch"]], 1, 0, obj["threads"])
+    return obj
+
+
+def measure_latency(run_dir: str | Path, objective: dict, runs: int = 50, warmup: int = 5, data=None) -> dict:
+    """Export a run folder's model (int8 QOperator file for ORT, Q/DQ for OpenVINO) into RUN_DIR/latency/ and
+    time it at the objective's batch and threads: median and IQR in ms."""
+    from ..chain import load_run
+
+    run = load_run(run_dir, data=data)
+    strip_fmc(run.model)
+    folder = Path(run_dir) / "latency"
+    kernels = "qdq" if objective["runtime"] == "openvino" else "int8"
+    desc = export_model(run.model, calibration_input(run.data), folder / "model.onnx", kernels)
+    d = Deployed(folder, desc, objective["threads"], spinning=False, runtime=objective["runtime"])
+    t = time_models({"m": d}, inputs_for(run.data, objective["batch"]), runs, warmup)["m"]
+    return {**t, "runtime": objective["runtime"], "batch": objective["batch"], "threads": objective["threads"]}
+
+
 def ort_int8_peer(fp32: Path, out: Path, data, batches: int = 8, batch_size: int = 32) -> Path:
     """ONNX Runtime's post-training static quantization of the FP32 baseline: QDQ, int8 per-channel
     weights, uint8 activations, min-max ranges from the first `batches` train batches."""
@@ -122,6 +158,53 @@ def prune_peer(baseline: torch.nn.Module, run, epochs: int) -> tuple[torch.nn.Mo
                    "finetune_epochs": epochs}
 
 
+SMALLER_DEPTHS = (8, 14, 20, 32)
+
+
+def smaller_specs(model: str, width: float) -> list[tuple[str, float]]:
+    """The zoo's smaller networks a user would try first: shallower CIFAR ResNets at the same width, else
+    the same network at 1/4 and 1/2 of the width."""
+    if model.startswith("resnet") and model[6:].isdigit() and model != "resnet34":
+        return [(f"resnet{d}", width) for d in SMALLER_DEPTHS if d < int(model[6:])]
+    return [(model, width * f) for f in (0.25, 0.5)]
+
+
+def smaller_peers(run, folder: Path, echo) -> dict[str, dict]:
+    """Each smaller network trained with the recipe's baseline budget (seed, data, epochs), then ONNX
+    Runtime's static int8: the accuracy/latency front the compressed model should sit above."""
+    from ..chain import train_baseline
+    from ..energy.cost import profile_model
+
+    out = {}
+    for name, width in smaller_specs(run.recipe.model.name, run.recipe.model.width):
+        tag = f"small_{name}_w{width:g}"
+        spec = run.recipe.model.model_copy(update={"name": name, "width": width, "weights": None})
+        echo(f"peer {tag}: training with the baseline budget ({run.recipe.baseline.epochs} epochs)")
+        model = train_baseline(run.recipe.model_copy(update={"model": spec}), run.data).eval()
+        export_model(model, calibration_input(run.data), folder / f"{tag}.onnx")
+        ort_int8_peer(folder / f"{tag}.onnx", folder / f"{tag}_int8.onnx", run.data)
+        fp32 = float(profile_model(model, run.data.sample_input()).total()["bitops"])
+        out[tag] = {"desc": {"files": [f"{tag}_int8.onnx"], "exit_rule": None, "kind": "ort-static-int8"},
+                    "bitops": fp32 * 64 / 1024, "bitops_note": f"{name} width {width:g}, trained with the "
+                    "baseline budget, ORT static int8 (nominal W8A8 BitOps)"}
+    return out
+
+
+def front_note(result: dict) -> list[str]:
+    """For each batch size: the smaller int8 peers at least as accurate and as fast as the compressed model."""
+    lines = []
+    small = [n for n in result["models"] if n.startswith("small_")]
+    if not small:
+        return lines
+    m = result["models"]
+    for r in result["batches"]:
+        beat = [n for n in small if m[n]["metric"] >= m["compressed"]["metric"]
+                and r[n]["median_ms"] <= r["compressed"]["median_ms"]]
+        lines.append(f"- batch {r['batch']}: " + (f"dominated by {', '.join(beat)} (as accurate and as fast)" if beat
+                     else "above the smaller networks' int8 front (none is both as accurate and as fast)"))
+    return lines
+
+
 def _counted_bitops(run) -> tuple[float, float]:
     """(baseline, stage) BitOps per sample as the ledger counted them (results.json when present)."""
     from ..chain import CheckpointFile, read_results
@@ -135,7 +218,7 @@ def _counted_bitops(run) -> tuple[float, float]:
     return float(base), float(run.entry["bitops"])
 
 
-def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo) -> dict[str, dict]:
+def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo, smaller: bool = False) -> dict[str, dict]:
     from ..energy.cost import profile_model
 
     sample = calibration_input(run.data)
@@ -146,6 +229,9 @@ def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo) -> dict
     models = {"baseline": {"desc": export_model(run.baseline, sample, folder / "baseline.onnx"), "bitops": base_bitops},
               "compressed": {"desc": export_model(run.model, sample, folder / "compressed.onnx"),
                              "bitops": stage_bitops, "stripped": stripped}}
+    if models["compressed"]["desc"]["layers"]:  # the same model in the portable Q/DQ form, timed beside
+        models["compressed_qdq"] = {"desc": export_model(run.model, sample, folder / "compressed_qdq.onnx", "qdq"),
+                                    "bitops": stage_bitops}
     if peers:
         try:
             ort_int8_peer(folder / "baseline.onnx", folder / "ort_int8.onnx", run.data)
@@ -156,12 +242,14 @@ def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo) -> dict
         pruned, info = prune_peer(run.baseline, run, peer_epochs)
         models["tp_prune"] = {"desc": export_model(pruned, sample, folder / "tp_prune.onnx"), "info": info,
                               "bitops": float(profile_model(pruned, sample).total()["bitops"])}
+    if smaller:
+        models |= smaller_peers(run, folder, echo)
     return models
 
 
 def bench_run(run_dir: str | Path, batches: list[int] | None = None, runs: int = 30, warmup: int = 5,
               threads: int | None = None, peers: bool = True, peer_epochs: int = 1, stage: str | None = None,
-              data=None, echo=print) -> dict:
+              data=None, echo=print, smaller: bool = False) -> dict:
     """Export, run and time every model; writes RUN_DIR/bench.json and RUN_DIR/bench.md."""
     from ..chain import load_run
     from ..io import RunLock
@@ -169,11 +257,11 @@ def bench_run(run_dir: str | Path, batches: list[int] | None = None, runs: int =
     batches = validate(list(batches or DEFAULT_BATCHES), runs, warmup, threads)
     run = load_run(run_dir, stage, data=data)
     with RunLock(run.out):  # bench/ and bench.json live in the run folder: one writer at a time
-        return _bench(run, batches, runs, warmup, threads, peers, peer_epochs, echo)
+        return _bench(run, batches, runs, warmup, threads, peers, peer_epochs, echo, smaller)
 
 
 def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None, peers: bool, peer_epochs: int,
-           echo) -> dict:
+           echo, smaller: bool = False) -> dict:
     import onnxruntime as ort
 
     from .. import __version__
@@ -181,7 +269,7 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
 
     folder = run.out / "bench"
     threads = threads or cores()
-    models = build_models(run, folder, peers, peer_epochs, echo)
+    models = build_models(run, folder, peers, peer_epochs, echo, smaller)
     info: dict[str, dict] = {}
     runners = {}
     for name, m in models.items():
@@ -195,6 +283,21 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
                       **{k: m[k] for k in ("info", "bitops_note", "stripped") if m.get(k)}}
         if m["desc"].get("kernels"):
             info[name]["kernels"] = m["desc"]["kernels"]
+    if "compressed_qdq" in models:  # the same Q/DQ file in OpenVINO, when it is installed
+        try:
+            d = Deployed(folder, models["compressed_qdq"]["desc"], threads, runtime="openvino")
+            runners["qdq_openvino"] = d
+            sessions = d.runner.sessions if d.runner else [d.sess]
+            ov_ops: dict[str, int] = {}
+            for s in sessions:
+                for k, v in s.precisions().items():
+                    ov_ops[k] = ov_ops.get(k, 0) + v
+            info["qdq_openvino"] = {**{k: info["compressed_qdq"][k] for k in ("files", "kind", "bitops",
+                                                                               "bitops_reduction")},
+                                    "runtime": "openvino " + _openvino_version(), "metric": round(ort_metric(d, run.data), 4),
+                                    "integer_ops": ov_ops, "ort_ops": {}}
+        except UserError as e:
+            echo(f"OpenVINO skipped: {e}")
     rows = []
     for b in batches:
         t = time_models({n: (lambda x, d=d: d(x)) for n, d in runners.items()}, inputs_for(run.data, b), runs, warmup)
@@ -221,6 +324,12 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
     return result
 
 
+def _openvino_version() -> str:
+    import openvino
+
+    return openvino.__version__.split("-")[0]
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -240,6 +349,7 @@ def _loadavg() -> tuple[float, ...]:
 
 
 LABELS = {"baseline": "FP32 baseline", "compressed": "chaincomp (run, int8 kernels)",
+          "compressed_qdq": "chaincomp (same model, Q/DQ file)", "qdq_openvino": "chaincomp Q/DQ file in OpenVINO",
           "ort_int8": "ORT static int8 (peer)", "tp_prune": "Torch-Pruning alone (peer)"}
 
 
@@ -284,6 +394,9 @@ def bench_markdown(result: dict) -> str:
             note += f" Note: {m['stripped']['note']}."
         ops = ", ".join(f"{k} x{v}" for k, v in m["integer_ops"].items()) or "none"
         lines.append(f"- {LABELS.get(name, name)}: integer kernels: {ops}. {note}")
+    front = front_note(result)
+    if front:
+        lines += ["", "Against the smaller networks trained with the same budget and int8-quantized by ORT:", *front]
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,8 @@ from ..io import atomic_write_bytes
 from ..models import classification as zoo
 from ..qmodules import QUANT_TYPES, QuantConv2d
 from .int8 import Codes, Int8Pass, QUse, input_quant
-from .lowering import INTEGER_OPS, IR_VERSION, OPSET, Graph, Unsupported, Val, lower
+from .qdq import to_qdq
+from .lowering import INTEGER_OPS, IR_VERSION, OPSET, Graph, Unsupported, Val, lower, may_saturate
 from .runtime import Deployed, optimized_ops, ort_metric
 
 class Segment(nn.Module):
@@ -72,7 +73,8 @@ def segments_of(model: nn.Module) -> list[tuple[Segment, dict]]:
     return segs
 
 
-KERNELS = ("int8", "exact")
+KERNELS = ("int8", "exact", "qdq")
+FORMATS = {"qop": "int8", "qdq": "qdq"}  # --format: QOperator ops written here, or portable Q/DQ
 
 
 def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", input_codes: Codes | None = None,
@@ -90,6 +92,7 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", in
         g.nodes.append(helper.make_node("Identity", [v.name], [out_name], name=f"out/{out_name}"))
     p = Int8Pass(g, input_codes, next_use) if kernels == "int8" else None
     calibrated = p.run() if p else []
+    qdq_multipliers = to_qdq(g) if kernels == "qdq" else {}
     codes = {"input": input_codes is not None, "features": p is not None and p.features is not None}
     # Height and width stay free unless a lowering depends on them (an adaptive pool to k x k).
     dims = (lambda t: ["batch", *t.shape[1:]]) if g.fixed_size or sample.dim() != 4 else \
@@ -104,7 +107,8 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", in
     ms = [helper.make_opsetid("com.microsoft", 1)] if any(n.domain == "com.microsoft" for n in g.nodes) else []
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), *ms], ir_version=IR_VERSION,
                              producer_name="chaincomp", producer_version=__version__), \
-        {"fused": g.fused, "calibrated": calibrated, "features": p.features if p else None}
+        {"fused": g.fused, "calibrated": calibrated, "features": p.features if p else None,
+         "multipliers": p.multipliers if p else qdq_multipliers, "copied": p.copied if p else []}
 
 
 def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str) -> None:
@@ -141,15 +145,17 @@ def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str
             raise UserError(f"export: no integer lowering for module {e}; quantized models must use zoo "
                             "layers (conv, linear, BN, ReLU, pooling)") from None
         _torch_export(module, sample, path, str(e))
-        return "torch.onnx", {"fused": {}, "calibrated": [], "features": None}
+        return "torch.onnx", {"fused": {}, "calibrated": [], "features": None, "multipliers": {}, "copied": []}
     onnx.checker.check_model(model)
     atomic_write_bytes(path, model.SerializeToString())  # temp file, fsync, rename: never half a graph
     return "chaincomp", done
 
 
 def quant_layers(model: nn.Module) -> dict[str, dict]:
+    """Bits and op of each quantized layer, and how its weight codes are stored (lowering.may_saturate)."""
     return {n: {"weight_bits": m.weight_bits, "act_bits": m.act_bits, "act_signed": bool(m.act_signed),
-                "op": "ConvInteger" if isinstance(m, QuantConv2d) else "MatMulInteger"}
+                "op": "ConvInteger" if isinstance(m, QuantConv2d) else "MatMulInteger",
+                "weight_codes": "uint8+128" if may_saturate(m, m.integer_weight()[0].numpy()) else "int8"}
             for n, m in model.named_modules() if isinstance(m, QUANT_TYPES)}
 
 
@@ -167,10 +173,18 @@ def kernel_note(layers: dict[str, dict], kernels: str = "int8") -> dict:
     ops += " (int32 accumulation; ConvInteger/MatMulInteger with a float rescale)"
     if kernels == "int8":
         ops += "; 8-bit codes flow between layers (ReLU, MaxPool, residual QLinearAdd, pools on codes)"
+    if kernels == "qdq":
+        ops = ("Q/DQ form: QuantizeLinear/DequantizeLinear around float Conv/MatMul, exact int8 weight codes with "
+               "per-channel scales, the QAT activation scales; the runtime fuses what it can (see ort_ops: "
+               "QLinearConv counts fused convs; values PyTorch keeps in float stay float)")
     low = any(w < 8 or a < 8 for w, a in pairs)
     bits = (f"recipe bits {asked}; ONNX Runtime has no kernels below 8 bits, so the values are kept exactly "
             "in 8-bit containers and run on 8-bit kernels: bits below 8 bring no extra speed here" if low
             else f"recipe bits {asked}")
+    wide = sum(v.get("weight_codes") == "uint8+128" for v in layers.values())
+    if wide:
+        ops += (f"; {wide} layer(s) keep their weight codes as uint8 + 128: 8-bit inputs times weight codes "
+                "beyond 64 can saturate ORT's uint8 x int8 kernels on x86 CPUs without VNNI")
     return {"kind": "int8", "kernel_bits": 8, "recipe_bits": [f"W{w}A{a}" for w, a in pairs], "mode": kernels,
             "qlinear_layers": fused, "note": f"{bits}. {ops}"}
 
@@ -193,7 +207,7 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
         raise UserError(f"--kernels: '{kernels}'; choose one of {', '.join(KERNELS)}")
     path = Path(path)
     segs = segments_of(model)
-    files, pieces, fused, calibrated, codes = [], [], {}, [], None
+    files, pieces, fused, calibrated, codes, multipliers, copied = [], [], {}, [], None, {}, []
     for k, (seg, info) in enumerate(segs):
         f = path if len(segs) == 1 else path.with_name(f"{path.stem}.seg{k}{path.suffix or '.onnx'}")
         with torch.no_grad():
@@ -205,17 +219,25 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
             info["input_codes"] = {"dtype": "uint8", "layout": "NHWC", "scale": codes.scale, "zero_point": codes.zp}
         codes = done["features"]
         fused |= done["fused"]
+        multipliers |= done["multipliers"]
+        copied += done["copied"]
         calibrated += [c.split("/")[0] for c in done["calibrated"]]
         sample = out[0] if isinstance(out, tuple) else sample
         files.append(f.name)
         pieces.append({"file": f.name, "writer": how, **info})
     layers = quant_layers(model)
+    if kernels == "qdq":
+        for v in layers.values():
+            v["op"] = "DQ->Conv" if v["op"] == "ConvInteger" else "DQ->MatMul"
     for name, neg in fused.items():
         layers[name] |= {"op": "QLinearConv", "negated_channels": neg}
+    for name in multipliers:  # stored codes = model's codes x k per output channel (Int8Pass.conv, to_qdq)
+        layers[name]["code_multiplier"] = multipliers[name]
     is_exit = isinstance(model, ExitNetwork)
     kern = kernel_note(layers, kernels)
     if layers and kernels == "int8":
         kern["calibrated_scales"] = calibrated  # values PyTorch keeps in float, rounded to 8 bits here
+        kern["second_copies"] = copied  # convs run again for a consumer at another scale (Int8Pass.copies)
     return {"kind": "exits" if is_exit else ("quantized" if layers else "plain"), "files": files, "segments": pieces,
             "exit_rule": dict(model.exit_rule) if is_exit else None, "layers": layers, "kernels": kern}
 

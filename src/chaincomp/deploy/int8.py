@@ -84,6 +84,8 @@ class Int8Pass:
         self.out: list = []
         self.skip: set[int] = set()
         self.calibrated: list[str] = []
+        self.multipliers: dict[str, list[int]] = {}  # layer -> per-channel factor of its stored codes
+        self.copied: list[str] = []  # layers computed a second time for a consumer at another scale
         self.features: Codes | None = None  # codes this segment hands on
         if input_codes:  # codes arrive channels-last (see run)
             nchw = self.op("Transpose", ["input"], "input", perm=[0, 3, 1, 2])
@@ -217,23 +219,59 @@ class Int8Pass:
         sx = float(a[sx_name])
         m = a[chain[2].input[1]].reshape(-1).astype(np.float64)
         b = a[chain[3].input[1]].reshape(-1).astype(np.float64)
-        sign, sw = np.where(m < 0, -1, 1), np.abs(m) / sx
+        w = n.input[1]
+        wz = int(a[n.input[3]])  # 128: uint8 codes + 128 (lowering.may_saturate)
+        q = a[w].astype(np.int16) - wz
+        # Codes times an integer k (scale / k) where they have room: the product is exactly k times the
+        # model's, but the int32 bias (at scale s_x * s_w / k) k times finer, which matters for low-bit
+        # layers whose s_x * s_w is coarser than the output step. |k q| <= 64 keeps int16 pairs safe.
+        k = np.maximum(1, 64 // np.maximum(np.abs(q).reshape(q.shape[0], -1).max(1), 1)) if wz == 0 else \
+            np.ones(q.shape[0], np.int64)
+        sign, sw = np.where(m < 0, -1, 1), np.abs(m) / sx / k
         bias = np.round(b / (sx * np.maximum(sw, 1e-30)))
         if not (sw > 0).all() or np.abs(bias).max() >= 2 ** 31:
             return False  # a dead channel or a bias beyond int32: keep the float rescale
         c = self.choose(y)
         if c is None:
             return False
-        w = n.input[1]
-        a[w] = (a[w].astype(np.int16) * sign.reshape(-1, 1, 1, 1)).astype(np.int8)
+        a[w] = (q * (sign * k).reshape(-1, 1, 1, 1) + wz).astype(a[w].dtype)
         layer = w.rsplit(".weight_q", 1)[0]
+        if (k > 1).any():
+            self.multipliers[layer] = k.tolist()
         attrs = {at.name: helper.get_attribute_value(at) for at in n.attribute}
         ins = [self.fix(n.input[0]), sx_name, n.input[2], w, self.g.f32(sw, f"{layer}.w_scale"), n.input[3],
                c.s_name, c.zp_name, self.g.init(bias.astype(np.int32), f"{layer}.bias_int32")]
         self.produce(y, c, self.op("QLinearConv", ins, layer, **attrs))
         self.skip |= {id(x) for x in chain}
+        self.copies(y, c, ins, layer, attrs)
         self.g.fused[layer] = np.flatnonzero(sign < 0).tolist()
         return True
+
+    def copies(self, y: str, c: Codes, ins: list[str], layer: str, attrs: dict) -> None:
+        """Consumers that quantize y (through ReLU/MaxPool/Flatten) at another scale than the codes chosen
+        for it (an exit head beside the backbone's next layer) get a QLinearConv of their own, writing
+        their very codes: requantizing from shared codes would round twice and move ~1% of them."""
+        t, path = y, []
+        while len(self.cons.get(t, [])) == 1 and self.cons[t][0].op_type in CODE_OPS:
+            path.append(self.cons[t][0])
+            t = path[-1].output[0]
+        qs, others = self.uses(t)
+        for u in qs:
+            if u.q is None or others or (u.scale, u.zp) == (c.scale, c.zp) or id(u.q) in self.skip:
+                continue
+            codes = self.op("QLinearConv", [*ins[:6], u.q.input[1], u.q.input[2], ins[8]], layer, **attrs)
+            for n in path:
+                a = {at.name: helper.get_attribute_value(at) for at in n.attribute}
+                if n.op_type == "Relu" and u.zp:
+                    codes = self.op("Clip", [codes, u.q.input[2], self.g.init(np.array(255, np.uint8), "hi")], layer)
+                elif n.op_type != "Relu":
+                    codes = self.op(n.op_type, [codes], layer, **a)
+            if (u.lo, u.hi) != (0, 255):
+                lo, hi = self.g.init(np.array(u.lo, np.uint8), "lo"), self.g.init(np.array(u.hi, np.uint8), "hi")
+                codes = self.op("Clip", [codes, lo, hi], layer)
+            self.alias[u.q.output[0]] = codes
+            self.skip.add(id(u.q))
+            self.copied.append(layer)
 
     def on_codes(self, n) -> bool:
         """ReLU/MaxPool/Flatten/pools/Add on a value that only exists as codes; False: run it in float."""

@@ -109,6 +109,24 @@ def _codes(m: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.int8), _np(s).reshape(-1)
 
 
+def may_saturate(m: nn.Module, q: np.ndarray) -> bool:
+    """Whether uint8 x int8 kernels could get this layer wrong on x86 CPUs without VNNI (AVX2, AVX-512F):
+    there ONNX Runtime (MLAS vpmaddubsw) adds two adjacent products in int16, saturating at 32767, so an
+    8-bit input code near 255 times weight codes beyond 64 gives wrong sums (what broke the export check
+    on an AMD EPYC with AVX2 only, whatever the ORT version). uint8 x uint8 kernels widen first: exact."""
+    hi = act_range(m.act_bits, bool(m.act_signed))[1] + (128 if bool(m.act_signed) else 0)
+    return 2 * hi * int(np.abs(q.astype(np.int16)).max(initial=0)) > 32767
+
+
+def weight_init(g: Graph, name: str, m: nn.Module, q: np.ndarray) -> tuple[str, str]:
+    """The layer's exact weight codes and their zero point: int8 (zero point 0), or uint8 codes + 128
+    (zero point 128) where int8 could saturate (see may_saturate); the codes are the same either way."""
+    if may_saturate(m, q):
+        return (g.init((q.astype(np.int16) + 128).astype(np.uint8), "", exact=f"{name}.weight_q"),
+                g.init(np.array(128, np.uint8), f"{name}.w_zp"))
+    return g.init(q.astype(np.int8), "", exact=f"{name}.weight_q"), g.init(np.array(0, np.int8), f"{name}.w_zp")
+
+
 def _scale_shift(g: Graph, name: str, y: str, mult: np.ndarray, add: np.ndarray, shape: tuple) -> str:
     y = g.op("Mul", [y, g.f32(mult.reshape(shape), f"{name}.scale")], name)
     return g.op("Add", [y, g.f32(add.reshape(shape), f"{name}.bias")], name)
@@ -127,8 +145,8 @@ def lower_conv(g: Graph, name: str, m: nn.Conv2d, v: Val, bn: nn.BatchNorm2d | N
     if isinstance(m, QuantConv2d):
         xq, zp = _quant_input(g, name, m, v.name)
         q, s = _codes(m)
-        w = g.init(q, "", exact=f"{name}.weight_q")
-        acc = g.op("ConvInteger", [xq, w, zp, g.init(np.array(0, np.int8), f"{name}.w_zp")], name, **attrs)
+        w, wz = weight_init(g, name, m, q)
+        acc = g.op("ConvInteger", [xq, w, zp, wz], name, **attrs)
         y = g.op("Cast", [acc], name, to=TensorProto.FLOAT)
         return Val(_scale_shift(g, name, y, float(m.act_scale) * s * k, bias, (1, c, 1, 1)), ref)
     w = _np(m.weight) * k.reshape(-1, 1, 1, 1)
@@ -142,8 +160,8 @@ def lower_linear(g: Graph, name: str, m: nn.Linear, v: Val) -> Val:
     if isinstance(m, QuantLinear):
         xq, zp = _quant_input(g, name, m, v.name)
         q, s = _codes(m)
-        w = g.init(np.ascontiguousarray(q.T), "", exact=f"{name}.weight_q")   # (in, out) for MatMul
-        acc = g.op("MatMulInteger", [xq, w, zp, g.init(np.array(0, np.int8), f"{name}.w_zp")], name)
+        w, wz = weight_init(g, name, m, np.ascontiguousarray(q.T))   # (in, out) for MatMul
+        acc = g.op("MatMulInteger", [xq, w, zp, wz], name)
         y = g.op("Cast", [acc], name, to=TensorProto.FLOAT)
         return Val(_scale_shift(g, name, y, float(m.act_scale) * s, bias, (-1,)), ref)
     w, b = g.f32(_np(m.weight), f"{name}.weight"), g.f32(bias, f"{name}.bias")

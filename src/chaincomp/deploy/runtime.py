@@ -42,6 +42,46 @@ def session(path: str | Path, threads: int | None = None, optimized: str | Path 
         raise UserError(f"{path}: ONNX Runtime cannot load it ({first})") from None
 
 
+class OpenVINOSession:
+    """The same file in OpenVINO (CPU plugin), with ORT's `run(names, feeds)` so the exit driver takes
+    either. OpenVINO reads the Q/DQ form and runs what it can on its integer (u8/i8) kernels."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise UserError(f"OpenVINO is not installed ({e}); pip install openvino") from None
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads or cores(),
+                                                                  "PERFORMANCE_HINT": "LATENCY"})
+        except Exception as e:  # noqa: BLE001
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"{path}: OpenVINO cannot load it ({first})") from None
+        self.request = self.compiled.create_infer_request()
+        self.outputs = [o.get_names() for o in self.compiled.outputs]  # a tensor may carry several names
+
+    def run(self, names, feeds: dict) -> list[np.ndarray]:
+        res = self.request.infer(feeds)
+        out = [np.asarray(res[o]) for o in self.compiled.outputs]
+        return out if names is None else [out[next(i for i, ns in enumerate(self.outputs) if n in ns)] for n in names]
+
+    def precisions(self) -> dict[str, int]:
+        """Layer type -> count, for layers OpenVINO runs in 8-bit integers (its executed graph)."""
+        ops: Counter = Counter()
+        for node in self.compiled.get_runtime_model().get_ordered_ops():
+            info = node.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else ""
+            prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else ""
+            if prec.lower() in ("i8", "u8") and kind != "Const":
+                ops[kind] += 1
+        return dict(sorted(ops.items()))
+
+
+def open_session(path: str | Path, threads: int | None = None, spinning: bool = True, runtime: str = "ort"):
+    return OpenVINOSession(path, threads) if runtime == "openvino" else session(path, threads, spinning=spinning)
+
+
 def optimized_ops(paths: list[Path]) -> dict[str, int]:
     """Op types of the graphs ONNX Runtime really runs (after its fusions), summed over files."""
     ops: Counter = Counter()
@@ -75,8 +115,9 @@ class ExitRunner:
     Returns (logits, exit index per row; the final head is index len(segments)-1).
     """
 
-    def __init__(self, files: list[Path], rule: dict, threads: int | None = None, spinning: bool = True):
-        self.sessions = [session(f, threads, spinning=spinning) for f in files]
+    def __init__(self, files: list[Path], rule: dict, threads: int | None = None, spinning: bool = True,
+                 runtime: str = "ort"):
+        self.sessions = [open_session(f, threads, spinning, runtime) for f in files]
         self.rule = rule
 
     def fires(self, logits: np.ndarray, k: int) -> np.ndarray:
@@ -115,15 +156,17 @@ class ExitRunner:
 
 
 class Deployed:
-    """An exported model ready to run: one session, or an ExitRunner over segments."""
+    """An exported model ready to run: one session, or an ExitRunner over segments; runtime 'ort' (ONNX
+    Runtime) or 'openvino'."""
 
-    def __init__(self, folder: Path, manifest: dict, threads: int | None = None, spinning: bool = True):
+    def __init__(self, folder: Path, manifest: dict, threads: int | None = None, spinning: bool = True,
+                 runtime: str = "ort"):
         self.manifest = manifest
         self.files = [folder / f for f in manifest["files"]]
         if manifest.get("exit_rule"):
-            self.runner = ExitRunner(self.files, manifest["exit_rule"], threads, spinning)
+            self.runner = ExitRunner(self.files, manifest["exit_rule"], threads, spinning, runtime)
         else:
-            self.sess = session(self.files[0], threads, spinning=spinning)
+            self.sess = open_session(self.files[0], threads, spinning, runtime)
             self.runner = None
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -108,13 +108,13 @@ def chain_from(params: dict, stages: dict[str, dict]) -> list[dict]:
     return chain
 
 
-def pareto(trials: list[dict]) -> list[dict]:
-    """Non-dominated finished trials (metric up, BitOps down), cheapest first."""
-    done = [t for t in trials if t["state"] == "complete"]
+def pareto(trials: list[dict], cost: str = "bitops") -> list[dict]:
+    """Non-dominated finished trials (metric up, cost down: BitOps or measured latency_ms), cheapest first."""
+    done = [t for t in trials if t["state"] == "complete" and t.get(cost) is not None]
     front = [t for t in done if not any(
-        o["metric"] >= t["metric"] and o["bitops"] <= t["bitops"] and (o["metric"] > t["metric"] or o["bitops"] < t["bitops"])
+        o["metric"] >= t["metric"] and o[cost] <= t[cost] and (o["metric"] > t["metric"] or o[cost] < t[cost])
         for o in done)]
-    return sorted(front, key=lambda t: t["bitops"])
+    return sorted(front, key=lambda t: t[cost])
 
 
 def _study(out: Path, seed: int, trials: int, sampler: str):
@@ -174,12 +174,19 @@ def _seeded_per_trial(make, seed: int):
 
 
 def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = None, address: str | None = None,
-               sampler: str = "tpe", source: str = "recipe") -> dict:
+               sampler: str = "tpe", source: str = "recipe", objective: str | None = None) -> dict:
+    """objective: 'bitops' (default) or 'latency:RUNTIME:bBATCH:tTHREADS': each finished trial's model is
+    exported and timed here (deploy.bench.measure_latency), and the study minimises log10 of that median
+    beside maximising the metric; BitOps are recorded either way."""
+    from ..deploy.bench import measure_latency, parse_objective
+
     import optuna
     from optuna.trial import TrialState
 
     if trials <= 0:
         raise UserError(f"--trials: must be 1 or more, not {trials}")
+    obj = parse_objective(objective)
+    cost = "latency_ms" if obj["kind"] == "latency" else "bitops"
     techs = check_techniques(recipe, source)
     out = Path(out)
     t0 = time.perf_counter()
@@ -205,6 +212,9 @@ def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = 
             if err is None:
                 rec |= {"state": "complete", "metric": res["metric"], "bitops": res["bitops"],
                         "seconds": res["seconds"]}
+                if obj["kind"] == "latency":  # measured here, one trial at a time
+                    lat = measure_latency(rec["run"], obj)
+                    rec |= {"latency_ms": lat["median_ms"], "latency": lat}
             else:
                 rec |= {"state": "fail", "error": f"{type(err).__name__}: {err}"[:300]}
             write_json(tdir / f"{number:04d}.json", rec)        # on disk before the study hears of it
@@ -213,9 +223,11 @@ def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = 
 
         def tell(rec: dict) -> None:
             if rec["state"] == "complete":
-                study.tell(rec["number"], [rec["metric"], math.log10(max(rec["bitops"], 1.0))], skip_if_finished=True)
-                log(f"trial {rec['number']}: {rec['order']} metric {rec['metric']:.2f} BitOps {rec['bitops']:.3g} "
-                    f"({rec.get('seconds', 0):.0f} s)")
+                c = math.log10(max(rec["bitops"], 1.0)) if cost == "bitops" else math.log10(max(rec[cost], 1e-6))
+                study.tell(rec["number"], [rec["metric"], c], skip_if_finished=True)
+                lat = f" latency {rec['latency_ms']:.3f} ms" if cost != "bitops" else ""
+                log(f"trial {rec['number']}: {rec['order']} metric {rec['metric']:.2f} BitOps {rec['bitops']:.3g}"
+                    f"{lat} ({rec.get('seconds', 0):.0f} s)")
             else:
                 study.tell(rec["number"], state=TrialState.FAIL, skip_if_finished=True)
                 log(f"trial {rec['number']}: failed ({rec.get('error')})")
@@ -236,9 +248,12 @@ def run_search(recipe: Recipe, out: Path, *, trials: int, workers: int | None = 
             finish(number, params, res, err)
         records = [read_trial(f) for f in sorted(tdir.glob("*.json"))]
         result = {"recipe": recipe.name, "techniques": techs, "sampler": sampler,
-                  "objectives": ["maximize metric", "minimize BitOps (told as log10 BitOps)"],
+                  "objectives": ["maximize metric", "minimize BitOps (told as log10 BitOps)" if cost == "bitops" else
+                                 f"minimize measured latency, {obj['runtime']} batch {obj['batch']} threads "
+                                 f"{obj['threads']} (told as log10 ms)"], "objective": obj,
                   "space": {k: list(v) for k, v in space.items()}, "trials_requested": trials,
-                  "pareto": [{k: t[k] for k in ("number", "order", "chain", "metric", "bitops")} for t in pareto(records)],
+                  "pareto": [{k: t[k] for k in ("number", "order", "chain", "metric", "bitops", "latency_ms") if k in t}
+                             for t in pareto(records, cost)],
                   "trials": records, "seconds": round(time.perf_counter() - t0, 1),
                   "device": study_device(recipe)}
         write_search_report(out, result)

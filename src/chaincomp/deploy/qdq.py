@@ -1,0 +1,163 @@
+"""The Q/DQ form (QuantizeLinear/DequantizeLinear around float operators), what TensorRT, OpenVINO and
+Qualcomm's tools read and what Brevitas, NNCF, ModelOpt and ORT's own quantizer write. Why apart from
+int8.py: that pass writes ORT's QOperator ops (QLinearConv...) itself; this one rewrites the same exact
+lowered graph into the portable form and leaves the fusion to the runtime.
+
+A quantized conv  QuantizeLinear(s_a) -> ConvInteger -> Cast -> Mul -> Add  becomes
+    QuantizeLinear(s_a) [-> Clip on codes, below 8 bits] -> DequantizeLinear(s_a)
+    -> Conv(DequantizeLinear(int8 codes, per-channel s_w, axis 0), DequantizeLinear(int32 bias, s_a*s_w))
+with the model's exact integer weight codes (BN folded into s_w; a negative folded scale negates the
+channel's codes; codes times k with scale / k where they have room, for a k times finer int32 bias, as
+Int8Pass does; uint8 + 128 where uint8 x int8 kernels could saturate, lowering.may_saturate). The QAT
+activation scales are the QuantizeLinear scales already in the graph; the clip of a layer below 8 bits
+moves after QuantizeLinear, onto the codes (clamp(round(v/s)) either way), so a runtime sees
+DQ -> Conv -> Q and can fuse it. Linear layers: DQ -> MatMul -> Add. Values PyTorch keeps in float stay
+float (no calibrated scales): a runtime runs those convs in float, exactly as PyTorch.
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from .lowering import Graph
+
+
+def to_qdq(g: Graph) -> dict[str, list[int]]:
+    """Rewrite g in place; returns the per-channel code multipliers of layers that have them."""
+    a = g.arrays
+    cons: dict[str, list] = {}
+    for n in g.nodes:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    out, skip, multipliers, convs = [], set(), {}, set()
+
+    def op(op_type: str, inputs: list[str], hint: str, output: str | None = None, **attrs) -> str:
+        name = output or g._name(f"{hint}/{op_type}")
+        out.append(helper.make_node(op_type, inputs, [name], name=g._name(f"{hint}/{op_type}"), **attrs))
+        return name
+
+    def chain(n) -> list | None:
+        c = [n]
+        for want in ("Cast", "Mul", "Add"):
+            nxt = cons.get(c[-1].output[0], [])
+            if len(nxt) != 1 or nxt[0].op_type != want:
+                return None
+            c.append(nxt[0])
+        return c
+
+    for n in g.nodes:
+        if id(n) in skip:
+            continue
+        if n.op_type == "Clip" and len(cons.get(n.output[0], [])) == 1 and \
+                cons[n.output[0]][0].op_type == "QuantizeLinear" and n.input[1] in a:
+            q = cons[n.output[0]][0]  # the clip of a layer below 8 bits: on the codes, after the quantizer
+            s, zp = float(a[q.input[1]]), int(a[q.input[2]])
+            lo, hi = (int(np.round(float(a[n.input[k]]) / s)) + zp for k in (1, 2))
+            codes = op("QuantizeLinear", [n.input[0], *q.input[1:]], n.name.split("/")[0])
+            op("Clip", [codes, g.init(np.array(max(lo, 0), np.uint8), "lo"), g.init(np.array(min(hi, 255), np.uint8),
+                                                                                   "hi")], "clip", output=q.output[0])
+            skip.add(id(q))
+            continue
+        c = chain(n) if n.op_type in ("ConvInteger", "MatMulInteger") else None
+        if c is None:
+            out.append(n)
+            continue
+        skip |= {id(x) for x in c}
+        xq, w, xzp, wz_name = n.input
+        layer = w.rsplit(".weight_q", 1)[0]
+        sx = float(a[g.scales[xq]])
+        mult = a[c[2].input[1]].reshape(-1).astype(np.float64)
+        b = a[c[3].input[1]].reshape(-1).astype(np.float64)
+        xdq = op("DequantizeLinear", [xq, g.scales[xq], xzp], layer)
+        wz = int(a[wz_name])
+        if n.op_type == "MatMulInteger":  # (in, out) codes, per-column scale
+            wdq = op("DequantizeLinear", [w, g.f32(mult / sx, f"{layer}.w_scale"),
+                                          g.init(np.full(mult.size, wz, a[wz_name].dtype), f"{layer}.w_zp")],
+                     layer, axis=1)
+            y = op("MatMul", [xdq, wdq], layer)
+            op("Add", [y, c[3].input[1]], layer, output=c[3].output[0])
+            continue
+        q = a[w].astype(np.int16) - wz
+        k = np.maximum(1, 64 // np.maximum(np.abs(q).reshape(q.shape[0], -1).max(1), 1)) if wz == 0 else \
+            np.ones(q.shape[0], np.int64)
+        sign = np.where(mult < 0, -1, 1)
+        sw = np.abs(mult) / sx / k
+        wname = f"{layer}.weight_q"
+        a[wname] = (q * (sign * k).reshape(-1, 1, 1, 1) + wz).astype(a[w].dtype)
+        if (k > 1).any():
+            multipliers[layer] = k.tolist()
+        wdq = op("DequantizeLinear", [wname, g.f32(sw, f"{layer}.w_scale"),
+                                      g.init(np.full(sw.size, wz, a[wz_name].dtype), f"{layer}.w_zp")], layer, axis=0)
+        bs = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
+        bias = np.round(b / np.maximum(bs.astype(np.float64), 1e-30))
+        attrs = {at.name: helper.get_attribute_value(at) for at in n.attribute}
+        if (sw > 0).all() and np.abs(bias).max() < 2 ** 31:
+            bdq = op("DequantizeLinear", [g.init(bias.astype(np.int32), f"{layer}.bias_int32"), g.init(bs, f"{layer}.b_scale"),
+                                          g.init(np.zeros(sw.size, np.int32), f"{layer}.b_zp")], layer, axis=0)
+            convs.add(op("Conv", [xdq, wdq, bdq], layer, output=c[3].output[0], **attrs))
+        else:  # a dead channel or a bias beyond int32: float bias
+            y = op("Conv", [xdq, wdq], layer, **attrs)
+            op("Add", [y, c[3].input[1]], layer, output=c[3].output[0])
+    g.nodes = _requantize_outputs(g, out, convs)
+    return multipliers
+
+
+CODE_OPS = ("Relu", "MaxPool", "Flatten")
+
+
+def _requantize_outputs(g: Graph, nodes: list, convs: set[str]) -> list:
+    """Put Q -> DQ right after a quantized conv (after its ReLU) when every consumer quantizes the value
+    (through ReLU/MaxPool/Flatten) at one scale, so the runtime sees DQ -> Conv -> Q and fuses it: exact,
+    since MaxPool commutes with rounding and requantizing grid values at the same scale changes nothing.
+    Consumers at another scale (an exit head beside the backbone) get a copy of the conv and its path,
+    rather than rounding twice."""
+    cons: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    a = g.arrays
+    extra: dict[int, list] = {}  # id of a node -> nodes to emit right after it
+    renames: list[tuple] = []
+    for conv in [n for n in nodes if n.op_type == "Conv" and n.output[0] in convs]:
+        path, t = [], conv.output[0]
+        while len(cons.get(t, [])) == 1 and cons[t][0].op_type in CODE_OPS:
+            path.append(cons[t][0])
+            t = path[-1].output[0]
+        users = [u for u in cons.get(t, []) if u.op_type == "QuantizeLinear"]
+        floats = len(users) < len(cons.get(t, []))  # a float consumer (features handed on) keeps the original
+        groups: dict[tuple, list] = {}
+        for u in users:
+            groups.setdefault((float(a[u.input[1]]), int(a[u.input[2]])), []).append(u)
+        layer = conv.output[0].split("/")[0]
+        for k, (_, qs) in enumerate(groups.items()):
+            s_name, zp_name = qs[0].input[1:3]
+            chain = [conv, *path]
+            if k or floats:  # a copy of the conv and its path for this group
+                copy, src = [], None
+                for n in chain:
+                    c = helper.make_node(n.op_type, [src or i for i in n.input][:1] + list(n.input[1:]) if src else
+                                         list(n.input), [g._name(f"{layer}/{n.op_type}")], name=g._name(layer))
+                    c.attribute.extend(n.attribute)
+                    copy.append(c)
+                    src = c.output[0]
+                for u in qs:
+                    u.input[0] = src
+            # Q -> DQ after the conv's ReLU (fused into the conv's requantization) or after the conv
+            c = copy if k or floats else chain
+            i = 1 if len(c) > 1 and c[1].op_type == "Relu" else 0
+            y = c[i].output[0]
+            q = helper.make_node("QuantizeLinear", [y + "~", s_name, zp_name], [g._name(f"{layer}/QuantizeLinear")],
+                                 name=g._name(layer))
+            dq = helper.make_node("DequantizeLinear", [q.output[0], s_name, zp_name], [y], name=g._name(layer))
+            renames.append((c[i], y + "~"))
+            if k or floats:
+                extra.setdefault(id(chain[-1]), []).extend([*c[:i + 1], q, dq, *c[i + 1:]])
+            else:
+                extra.setdefault(id(c[i]), []).extend([q, dq])
+    for n, new in renames:
+        n.output[0] = new
+    out = []
+    for n in nodes:
+        out.append(n)
+        out.extend(extra.get(id(n), []))
+    return out
