@@ -36,10 +36,14 @@ def add_device(p: argparse.ArgumentParser, what: str = "train and evaluate") -> 
 
 
 def with_device(cfg, args: argparse.Namespace):
-    """The recipe with `--device` merged in at the edge; CUDA asked for where there is none: one line."""
-    if getattr(args, "device", None) is None:
-        return cfg
+    """The recipe with `--device` merged in at the edge; CUDA asked for where there is none (by the flag or
+    by the recipe's `device:`) is one line, before any output folder is made."""
     from ..device import resolve
+
+    if getattr(args, "device", None) is None:
+        if getattr(cfg, "device", None) is not None:
+            resolve(cfg.device, "recipe field device")
+        return cfg
 
     resolve(args.device, "--device")
     return cfg.model_copy(update={"device": args.device.strip().lower()})
