@@ -20,14 +20,13 @@ import yaml
 from torch import nn
 
 from . import __version__, faults, progress
-from .arch import load_into
+from .arch import initial_model
 from .data import load_data, model_kwargs
 from .data.base import TaskData
 from .errors import UserError
 from .exits.model import ExitNetwork
 from .io import RunLock, atomic_write_text, load_weights, read_json, save_weights, write_json
 from .ledger import measure
-from .models import build_model
 from .recipe import Recipe
 from .stages import Context, make_stage, rebuild, settle
 from .train import fit
@@ -92,9 +91,8 @@ def stage_names(recipe: Recipe) -> list[str]:
 
 def train_baseline(recipe: Recipe, data: TaskData) -> nn.Module:
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model.name, width=recipe.model.width, **model_kwargs(data))
-    if recipe.model.weights:
-        load_into(model, load_weights(recipe.model.weights), f"model.weights ({recipe.model.weights})")
+    model, given = initial_model(recipe.model, data.sample_input(2), model_kwargs(data))
+    if given:
         return model
     fit(model, data, recipe.baseline.fit_config(), stage="baseline", seed=recipe.seed)
     return model
