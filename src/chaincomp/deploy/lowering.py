@@ -171,11 +171,21 @@ def _pool(g: Graph, name: str, m: nn.Module, v: Val, ref: torch.Tensor) -> str:
     (h, w), (oh, ow) = v.t.shape[-2:], ref.shape[-2:]
     if (oh, ow) == (1, 1):
         return g.op("GlobalAveragePool" if isinstance(m, nn.AdaptiveAvgPool2d) else "GlobalMaxPool", [v.name], name)
-    if h % oh or w % ow:
-        raise Unsupported(f"{name} ({type(m).__name__} {h}x{w} -> {oh}x{ow}, not a whole kernel)")
+    kh, kw = _uniform_windows(h, oh), _uniform_windows(w, ow)
+    if kh is None or kw is None:
+        raise Unsupported(f"{name} ({type(m).__name__} {h}x{w} -> {oh}x{ow}, windows of unequal size)")
     g.fixed_size = True
     op = "AveragePool" if isinstance(m, nn.AdaptiveAvgPool2d) else "MaxPool"
-    return g.op(op, [v.name], name, kernel_shape=[h // oh, w // ow], strides=[h // oh, w // ow])
+    return g.op(op, [v.name], name, kernel_shape=[kh[0], kw[0]], strides=[kh[1], kw[1]])
+
+
+def _uniform_windows(size: int, out: int) -> tuple[int, int] | None:
+    """(kernel, stride) of PyTorch's adaptive pooling windows [floor(i*size/out), ceil((i+1)*size/out)) when
+    they are all equally wide and equally spaced (3 -> 2: kernel 2, stride 1), else None."""
+    starts = [i * size // out for i in range(out)]
+    widths = {-(-(i + 1) * size // out) - s for i, s in enumerate(starts)}
+    steps = {b - a for a, b in zip(starts, starts[1:])} or {1}
+    return (widths.pop(), steps.pop()) if len(widths) == 1 and len(steps) == 1 else None
 
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
