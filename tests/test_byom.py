@@ -21,6 +21,7 @@ from chaincomp.data.folders import from_datasets, load_imagefolder
 from chaincomp.deploy.export import export_run
 from chaincomp.errors import UserError
 from chaincomp.models.imported import allow_imports, instantiate, to_blocks
+from chaincomp.qmodules import QuantConv2d, QuantLinear
 from conftest import fails_with_one_line
 
 NETS = ["BottleneckResNet", "MobileNetV2", "SENet", "ConcatNet"]
@@ -134,7 +135,8 @@ def _exported(out: Path, **kw) -> dict:
 @pytest.mark.parametrize("name", NETS)
 def test_every_technique_from_the_api(name, tmp_path):
     torch.manual_seed(0)
-    user_model = getattr(byom_nets, name)(num_classes=10, in_channels=1)
+    kw = {"widths": (4, 8)} if name == "BottleneckResNet" else {}
+    user_model = getattr(byom_nets, name)(num_classes=10, in_channels=1, **kw)
     before = {k: v.clone() for k, v in user_model.state_dict().items()}
     r = compress(user_model, DIGITS, chain=CHAIN, baseline=BASELINE, out=tmp_path / "o")
     assert all(torch.equal(v, user_model.state_dict()[k]) for k, v in before.items())   # the user's object untouched
@@ -143,6 +145,10 @@ def test_every_technique_from_the_api(name, tmp_path):
     assert stages[0]["params"] < base["params"] and stages[1]["params"] < stages[0]["params"]
     assert stages[2]["bitops"] < stages[1]["bitops"] / 3          # 8-bit weights and activations
     assert r.model.exit_points and len(stages[3]["exit_histogram"]) == len(r.model.exit_points) + 1
+    layers = [m for m in r.model.modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear, QuantConv2d, QuantLinear)]
+    assert layers and all(isinstance(m, (QuantConv2d, QuantLinear)) for m in layers)   # depthwise, SE, exits too
+    if name == "MobileNetV2":
+        assert any(isinstance(m, QuantConv2d) and m.groups == m.in_channels > 1 for m in layers)
     with allow_imports(given={"model": user_model}):
         run = load_run(r.out)                                     # rebuilt from the checkpoint
         assert run.entry == json.loads((r.out / "checkpoints" / "04-early_exit.json").read_text())["entry"]
@@ -184,11 +190,16 @@ def test_named_exit_points_and_student_import(tmp_path, user_module):
     obj["chain"] = [{"technique": "distill", "student": {"import": "my_vision_nets:ConcatNet",
                                                          "kwargs": {"num_classes": 3, "in_channels": 1}},
                      "epochs": 1, "batch_size": 16},
-                    {"technique": "early_exit", "points": ["pool"], "epochs": 1, "batch_size": 16}]
+                    {"technique": "early_exit", "points": ["pool"], "epochs": 1, "batch_size": 16},
+                    {"technique": "fmc", "points": "auto"}]
     p.write_text(yaml.safe_dump(obj))
     assert main(["run", str(p), "--out", str(tmp_path / "o")]) == 0
     run = load_run(tmp_path / "o")
     assert run.model.exit_points == [run.model.module_ends["pool"]]
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    fmc_points = res["stages"][2]["notes"]["fmc_points"]       # block outputs, found on the traced graph
+    assert res["stages"][2]["fmc_ratio"] > 1 and "blocks.0" in fmc_points
+    assert res["stages"][2]["dram_bytes"] < res["stages"][1]["dram_bytes"]
     assert any(n.endswith(".b1.0") for n, _ in run.model.named_modules())   # the student is the ConcatNet
     obj["chain"][1]["points"] = ["stem.0"]       # inside a block: no single map carries everything there
     p.write_text(yaml.safe_dump(obj))
@@ -196,6 +207,27 @@ def test_named_exit_points_and_student_import(tmp_path, user_module):
         from chaincomp.chain import run_chain
         from chaincomp.recipe import load_recipe
         run_chain(load_recipe(str(p))[0], tmp_path / "o2")
+
+
+class Branchy(torch.nn.Module):
+    """Control flow that depends on the data: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.sum() > 0:
+            x = x * 2
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_model_that_does_not_trace_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="Branchy does not trace with torch.fx") as e:
+        compress(Branchy(), DIGITS, chain=["prune"], out=tmp_path / "o")
+    assert "\n" not in str(e.value)
 
 
 def test_resume_after_a_kill(tmp_path, user_module):

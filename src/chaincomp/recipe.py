@@ -53,14 +53,15 @@ class DataConfig(BaseModel):
     limit_test: int | None = Field(None, ge=1, le=10_000_000)
     val_size: int = Field(5000, ge=1, le=1_000_000)
     scale: int = Field(2, ge=2, le=4)
-    size: tuple[Annotated[int, Field(ge=1, le=8192)], Annotated[int, Field(ge=1, le=8192)]] | None = Field(
-        None, description="imagefolder: resize every image to [H, W]")
+    size: tuple[int, int] | None = Field(None, description="imagefolder: resize every image to [H, W]")
     augment: AugmentConfig | None = Field(None, description="imagefolder: training augmentation")
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> "DataConfig":
         if self.name == "imagefolder" and not self.path:
-            raise ValueError("data.path: the imagefolder dataset needs a path (folder or zip with train/ and test/)")
+            raise ValueError("imagefolder needs `path`: a folder or zip with train/ and test/ class folders")
+        if self.size and not all(1 <= v <= 8192 for v in self.size):
+            raise ValueError("size: height and width in 1..8192")
         if self.name != "imagefolder" and (self.size or self.augment):
             raise ValueError(f"data: size and augment are options of imagefolder, not of {self.name}")
         return self
@@ -70,7 +71,7 @@ class DataConfig(BaseModel):
         return _without_defaults(handler, self, ("size", "augment"))
 
 
-ImportTarget = Annotated[str, Field(min_length=3, max_length=300, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
+IMPORT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
 class ModelConfig(BaseModel):
@@ -79,8 +80,9 @@ class ModelConfig(BaseModel):
     name: str = "digits_cnn"
     width: float = Field(1.0, gt=0, le=8)
     weights: str | None = Field(None, description="start from these weights (.safetensors) instead of training")
-    import_: ImportTarget | None = Field(None, alias="import", description="package.module:callable building the "
-                                         "model (an nn.Module class, or a factory of a module given --allow-import)")
+    import_: str | None = Field(None, alias="import", max_length=300, pattern=IMPORT_PATTERN,
+                                description="package.module:callable building the model (an nn.Module class, "
+                                            "or a factory of a module given --allow-import)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the import callable")
     given: bool = Field(False, description="set by compress(model_object): the structure is that object's")
 

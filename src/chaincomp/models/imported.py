@@ -244,7 +244,8 @@ def build(spec: dict, weights: dict | None = None, where: str = "model") -> Sequ
         given = GIVEN.get().get(spec["given"])
         if given is None:
             raise UserError(f"{where}: this run's model was passed to compress() as an object ({spec.get('class')}); "
-                            "pass the same model again (compress(model, ..., resume=True) or load_run(..., model=))")
+                            "pass the same model again (compress(model, ..., resume=True), or load within "
+                            "chaincomp.models.imported.allow_imports(given={'model': model}))")
         raw = copy.deepcopy(given)
     else:
         raw = instantiate(spec["import"], spec.get("kwargs"), where)

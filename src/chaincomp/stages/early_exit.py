@@ -13,7 +13,7 @@ Recipe:
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field
 from torch import nn
@@ -30,7 +30,7 @@ from .registry import register
 
 class EarlyExitConfig(StageConfig):
     technique: Literal["early_exit"] = "early_exit"
-    points: Literal["all"] | list[int | Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+    points: Literal["all"] | list[int | str] = Field(
         "all", max_length=1024, description="block indices or module paths (imported models); all: every block "
                                             "(zoo) or the points found on the traced graph (imported)")
     head: Literal["pool", "bof"] = "pool"
