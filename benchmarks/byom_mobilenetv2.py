@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--width", type=float, default=1.0, help="MobileNetV2 width multiplier")
     ap.add_argument("--epochs", type=int, default=30, help="baseline epochs; stages get a share of it")
     ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--dataset", default="cifar10", help="cifar10 (the benchmark); digits only to smoke-test the script")
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args()
 
@@ -50,13 +51,14 @@ def main() -> int:
     from chaincomp.models.imported import allow_imports
 
     torch.manual_seed(0)
-    model = MobileNetV2(num_classes=10, in_channels=3, width_mult=a.width, last=1280 if a.width >= 1 else 256)
+    model = MobileNetV2(num_classes=10, in_channels=1 if a.dataset == "digits" else 3, width_mult=a.width,
+                        last=1280 if a.width >= 1 else 256)
     e = max(1, a.epochs // 3)
     chain = [{"technique": "distill", "student": {"width": 0.75}, "epochs": e, "lr": 0.05},
              {"technique": "prune", "ratio": 0.3, "steps": 2, "epochs": e, "round_to": 8},
              {"technique": "quantize", "weight_bits": 8, "act_bits": 8, "epochs": max(1, e // 2)},
              {"technique": "early_exit", "epochs": e, "max_drop": 1.0}]
-    data = {"name": "cifar10", **({"path": a.data} if a.data else {}),
+    data = {"name": a.dataset, **({"path": a.data} if a.data else {}),
             **({"limit_train": a.limit_train} if a.limit_train else {})}
     t0 = time.time()
     r = compress(model, data, chain=chain, out=a.out, seed=0, resume=a.resume,
@@ -65,7 +67,7 @@ def main() -> int:
         m = export_run(a.out, out=Path(a.out) / "export" / "model.onnx", kernels="exact")
     res = r.results
     rows = [("baseline (own)", res["baseline"])] + [(s["name"], s) for s in res["stages"]]
-    lines = [f"\n## MobileNetV2 (width {a.width}) on CIFAR-10, {time.strftime('%Y-%m-%d')}", "",
+    lines = [f"\n## MobileNetV2 (width {a.width}) on {a.dataset}, {time.strftime('%Y-%m-%d')}", "",
              f"command: `{' '.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}`  ",
              f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}  ",
              f"wall time: {time.time() - t0:.0f} s (measured)", "",

@@ -252,3 +252,24 @@ def test_resume_after_a_kill(tmp_path, user_module):
     p = run(tmp_path / "o", "--resume")
     assert p.returncode == 0, p.stderr
     assert ledger(tmp_path / "o") == ledger(tmp_path / "ref")
+
+
+def test_import_spec_with_weights_starts_from_them(tmp_path, user_module):
+    from chaincomp.arch import initial_model
+    from chaincomp.io import save_weights
+    from chaincomp.recipe import ModelConfig
+    import my_vision_nets
+
+    torch.manual_seed(3)
+    user = my_vision_nets.SENet(num_classes=3, in_channels=1).eval()
+    save_weights(tmp_path / "w.safetensors", user.state_dict())
+    cfg = ModelConfig.model_validate({"import": "my_vision_nets:SENet", "kwargs": {"num_classes": 3, "in_channels": 1},
+                                      "weights": str(tmp_path / "w.safetensors")})
+    x = torch.randn(2, 1, 8, 8)
+    model, loaded = initial_model(cfg, x, {})
+    assert loaded and torch.equal(model.eval()(x), user(x))
+    assert model.chaincomp_arch["model"] == {"import": "my_vision_nets:SENet",
+                                             "kwargs": {"num_classes": 3, "in_channels": 1}, "input": [1, 8, 8]}
+    bad = cfg.model_copy(update={"kwargs": {"num_classes": 5, "in_channels": 1}})
+    with pytest.raises(UserError, match="weights: do not fit"):
+        initial_model(bad, x, {})
