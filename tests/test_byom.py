@@ -273,3 +273,20 @@ def test_import_spec_with_weights_starts_from_them(tmp_path, user_module):
     bad = cfg.model_copy(update={"kwargs": {"num_classes": 5, "in_channels": 1}})
     with pytest.raises(UserError, match="weights: do not fit"):
         initial_model(bad, x, {})
+
+
+class WithConv1d(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.seq = torch.nn.Conv1d(4, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(self.seq(x.flatten(2)).mean(2))
+
+
+def test_a_layer_quantize_cannot_take_is_named_not_skipped(tmp_path):
+    with pytest.raises(UserError, match=r"module head\.seq \(Conv1d\)"):
+        compress(WithConv1d(), DIGITS, chain=[{"technique": "quantize", "epochs": 0}], out=tmp_path / "o")

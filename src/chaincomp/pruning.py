@@ -83,10 +83,16 @@ def make_pruner(model: nn.Module, example: torch.Tensor, *, importance: str = "l
     """A MetaPruner that never prunes the model's outputs; `ratios` prunes given layers by given shares."""
     model.eval()
     kw = dict(pruning_ratio_dict=ratios) if ratios else {}
-    return tp.pruner.MetaPruner(
-        model, example, importance=importance_of(importance), global_pruning=global_pruning, pruning_ratio=ratio,
-        iterative_steps=steps, ignored_layers=output_layers(model, example) + ignored(model, list(ignore)),
-        max_pruning_ratio=max_layer_ratio, round_to=round_to, output_transform=sum_outputs, **kw)
+    keep = output_layers(model, example) + ignored(model, list(ignore))
+    try:
+        return tp.pruner.MetaPruner(
+            model, example, importance=importance_of(importance), global_pruning=global_pruning, pruning_ratio=ratio,
+            iterative_steps=steps, ignored_layers=keep, max_pruning_ratio=max_layer_ratio, round_to=round_to,
+            output_transform=sum_outputs, **kw)
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError, NotImplementedError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"prune: Torch-Pruning cannot build the dependency graph of {type(model).__name__} "
+                        f"({type(e).__name__}: {first})") from None
 
 
 def prune_to_shares(model: nn.Module, kept: dict[str, float], example: torch.Tensor) -> None:
