@@ -92,6 +92,14 @@ def test_import_spec_security(tmp_path, capsys, user_module):
         instantiate("my_vision_nets:ConcatNet", {"nope": 1})   # a class is called freely, but must accept them
 
 
+def test_api_allow_import_lets_a_factory_run(tmp_path, user_module):
+    spec = {"import": "my_vision_nets:make_concat", "kwargs": {"num_classes": 10, "in_channels": 1}}
+    with pytest.raises(UserError, match="allow_import"):
+        compress(spec, DIGITS, baseline={"epochs": 0}, out=tmp_path / "a")
+    r = compress(spec, DIGITS, baseline={"epochs": 0}, out=tmp_path / "b", allow_import=["my_vision_nets"])
+    assert r.results["model"] == "my_vision_nets:make_concat" and r.results["baseline"]["params"] > 0
+
+
 def test_imagefolder_keeps_greyscale_and_splits_by_seed(tmp_path):
     root = image_tree(tmp_path / "imgs")
     d = load_imagefolder(str(root), val_size=6, seed=1)
@@ -162,7 +170,7 @@ def _recipe(tmp_path: Path, name: str, tree: Path, **model) -> Path:
     obj = {"name": f"byom-{name}", "seed": 0,
            "data": {"name": "imagefolder", "path": str(tree), "val_size": 9, "augment": {"flip": True}},
            "model": {"import": f"my_vision_nets:{name}", "kwargs": {"num_classes": 3, "in_channels": 1}, **model},
-           "baseline": BASELINE | {"batch_size": 16},
+           "baseline": BASELINE | {"batch_size": 16, "epochs": 6},
            "chain": [CHAIN[0] | {"batch_size": 16}, CHAIN[1] | {"batch_size": 16},
                      CHAIN[2] | {"batch_size": 16}, CHAIN[3] | {"batch_size": 16, "points": "all"}]}
     p = tmp_path / f"{name}.yaml"
@@ -172,11 +180,12 @@ def _recipe(tmp_path: Path, name: str, tree: Path, **model) -> Path:
 
 @pytest.mark.parametrize("name", NETS)
 def test_every_technique_from_a_recipe(name, tmp_path, user_module, capsys):
-    tree = image_tree(tmp_path / "my_images")
+    tree = image_tree(tmp_path / "my_images", n_train=30)
     out = tmp_path / "run"
     assert main(["run", str(_recipe(tmp_path, name, tree)), "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == f"my_vision_nets:{name}" and res["dataset"] == "imagefolder"
+    assert res["baseline"]["metric"] > 50          # 3 classes: the baseline learned the user's images
     assert main(["export", str(out), "--kernels", KERNELS, "--tolerance", TOLERANCE]) == 0
     manifest = json.loads((out / "export" / "model.manifest.json").read_text())
     assert manifest["check"]["passed"] and manifest["check"]["prediction_agreement"] >= 97 and manifest["kind"] == "exits"
