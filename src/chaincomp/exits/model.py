@@ -54,12 +54,15 @@ def resolve_points(model: nn.Module, points: list[int | str] | str, where: str =
     found there: "all" means those (after residual merges and changes of spatial size), and a module path
     (e.g. "layer2" or "features.6") means the block that module ends; a zoo model exits after any block."""
     n = len(model.blocks)
-    auto, ends = getattr(model, "auto_exits", None), getattr(model, "module_ends", None) or {}
+    auto, ends = getattr(model, "auto_exits", None), getattr(model, "module_ends", None)
     if points == "all":
         return list(auto) if auto is not None else list(range(n - 1))
     out = set()
     for p in points:
         if isinstance(p, str):
+            if ends is None or not ends:
+                raise UserError(f"{where}: '{p}': module paths name exit points of your own (imported) models; "
+                                f"give block indices below {n - 1} for a zoo model")
             if p not in ends:
                 raise UserError(f"{where}: '{p}' does not end a block of the traced model (an exit needs one map "
                                 f"carrying everything forward); choose one of {sorted(ends)[:12]}")
