@@ -14,7 +14,7 @@ def _pruned(name: str, ratio: float, **kw) -> nn.Module:
     m = build_model(name, **kw).eval()
     x = torch.rand(2, kw.get("in_channels", 3), 32, 32)
     tp.pruner.MetaPruner(m, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
-                         ignored_layers=output_layers(m), output_transform=sum_outputs).step()
+                         ignored_layers=output_layers(m, x), output_transform=sum_outputs).step()
     return m
 
 

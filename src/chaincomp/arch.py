@@ -10,7 +10,8 @@ from torch import nn
 
 from .errors import UserError
 from .fmc.maps import find_hooks
-from .models import build_model
+from .io import load_weights
+from .models import build_model, imported
 from .qmodules import QuantConv2d, QuantLinear
 
 Replay = Callable[[nn.Module, dict, torch.Tensor], nn.Module]
@@ -78,6 +79,18 @@ def rebuild(arch: dict, state: dict[str, torch.Tensor], sample: torch.Tensor, re
                         "use the checkpoint of this recipe's model") from None
     model.chaincomp_arch = arch
     return model
+
+
+def initial_model(cfg, sample: torch.Tensor, zoo_kwargs: dict) -> tuple[nn.Module, bool]:
+    """The model a recipe's `model` section names, and whether it came with weights (then it is not trained).
+    An imported model loads its weights before it is cut into blocks (the file has the user's names)."""
+    if cfg.import_:
+        weights = load_weights(cfg.weights) if cfg.weights else None
+        return imported.build(cfg.spec(sample.shape[1:]), weights, "model"), weights is not None
+    model = build_model(cfg.name, width=cfg.width, **zoo_kwargs)
+    if cfg.weights:
+        load_into(model, load_weights(cfg.weights), f"model.weights ({cfg.weights})")
+    return model, bool(cfg.weights)
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

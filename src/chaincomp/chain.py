@@ -22,14 +22,13 @@ from torch import nn
 
 from . import __version__, baselines, faults, progress
 from . import device as devices
-from .arch import load_into
+from .arch import initial_model
 from .data import load_data, model_kwargs
 from .data.base import TaskData
 from .errors import UserError
 from .exits.model import ExitNetwork
 from .io import RunLock, atomic_write_text, load_weights, read_model_json, save_weights, write_json
 from .ledger import measure
-from .models import build_model
 from .recipe import Recipe
 from .stages import Context, make_stage, rebuild, settle
 from .train import fit
@@ -159,9 +158,8 @@ def train_baseline(recipe: Recipe, data: TaskData, *, reuse: bool = True) -> nn.
     """The recipe's baseline: its `model.weights`, else the cached one of the same digest (`chaincomp
     train`, see baselines.py), else trained here."""
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model.name, width=recipe.model.width, **model_kwargs(data))
-    if recipe.model.weights:
-        load_into(model, load_weights(recipe.model.weights), f"model.weights ({recipe.model.weights})")
+    model, given = initial_model(recipe.model, data.sample_input(2), model_kwargs(data))
+    if given:
         return model
     if reuse and baselines.load_cached(model, baselines.of_recipe(recipe), progress.log):
         return model

@@ -23,15 +23,35 @@ def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, WEIGHTED)}
 
 
-def output_layers(model: nn.Module) -> list[nn.Module]:
-    """The last conv/linear of the final head and of every exit head: their outputs are classes."""
-    out = []
-    heads = [model.head] + (list(model.exits.values()) if hasattr(model, "exits") else [])
-    for h in heads:
-        layers = [m for m in h.modules() if isinstance(m, WEIGHTED)]
-        if layers:
-            out.append(layers[-1])
-    return out
+def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The conv/linear layers whose outputs reach a model output through no other weighted layer (the
+    classifier of the final head and of every exit head), found on the traced autograd graph rather
+    than from attribute names, so any model's classifiers keep their classes."""
+    made: dict = {}
+
+    def hook(m, _i, o) -> None:   # returns None: a forward hook's return value would replace the output
+        if isinstance(o, torch.Tensor) and o.grad_fn is not None:
+            made.setdefault(o.grad_fn, m)
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, WEIGHTED)]
+    try:
+        with torch.enable_grad():
+            outs = as_list(model(example[:2].detach().clone().requires_grad_(True)))
+    finally:
+        for h in hooks:
+            h.remove()
+    found, seen = [], set()
+    stack = [o.grad_fn for o in outs if o.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in made:
+            if made[fn] not in found:
+                found.append(made[fn])
+            continue
+        stack.extend(f for f, _ in fn.next_functions)
+    return found
 
 
 def ignored(model: nn.Module, globs: list[str]) -> list[nn.Module]:
@@ -63,10 +83,16 @@ def make_pruner(model: nn.Module, example: torch.Tensor, *, importance: str = "l
     """A MetaPruner that never prunes the model's outputs; `ratios` prunes given layers by given shares."""
     model.eval()
     kw = dict(pruning_ratio_dict=ratios) if ratios else {}
-    return tp.pruner.MetaPruner(
-        model, example, importance=importance_of(importance), global_pruning=global_pruning, pruning_ratio=ratio,
-        iterative_steps=steps, ignored_layers=output_layers(model) + ignored(model, list(ignore)),
-        max_pruning_ratio=max_layer_ratio, round_to=round_to, output_transform=sum_outputs, **kw)
+    keep = output_layers(model, example) + ignored(model, list(ignore))
+    try:
+        return tp.pruner.MetaPruner(
+            model, example, importance=importance_of(importance), global_pruning=global_pruning, pruning_ratio=ratio,
+            iterative_steps=steps, ignored_layers=keep, max_pruning_ratio=max_layer_ratio, round_to=round_to,
+            output_transform=sum_outputs, **kw)
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError, NotImplementedError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"prune: Torch-Pruning cannot build the dependency graph of {type(model).__name__} "
+                        f"({type(e).__name__}: {first})") from None
 
 
 def prune_to_shares(model: nn.Module, kept: dict[str, float], example: torch.Tensor) -> None:

@@ -9,9 +9,9 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from .device import DeviceName
 from .errors import UserError
@@ -35,28 +35,89 @@ Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Threads = Annotated[int | None, Field(ge=1, le=1024)]
 
 
+def _without_defaults(handler, obj: BaseModel, fields: tuple[str, ...]) -> dict:
+    """Dump without `fields` left at their defaults, so recipes written before those fields keep their digest
+    (and so their checkpoints)."""
+    d = handler(obj)
+    for f in fields:
+        info = type(obj).model_fields[f]
+        key = info.alias or f
+        if key in d and getattr(obj, f) == info.get_default(call_default_factory=True):
+            del d[key]
+    return d
+
+
+class AugmentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    flip: bool = Field(False, description="random horizontal flips of training images")
+    crop: int = Field(0, ge=0, le=256, description="random crops after zero-padding by this many pixels")
+
+
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Literal["digits", "cifar10", "camvid", "sr", "sr_sample"] = "digits"
+    name: Literal["digits", "cifar10", "camvid", "sr", "sr_sample", "imagefolder"] = "digits"
     path: str | None = Field(None, description="archive or folder; default $CHAINCOMP_DATA or ~/.cache/chaincomp/data")
     limit_train: int | None = Field(None, ge=1, le=10_000_000)
     limit_test: int | None = Field(None, ge=1, le=10_000_000)
     val_size: int = Field(5000, ge=1, le=1_000_000)
     scale: int = Field(2, ge=2, le=4)
+    size: tuple[int, int] | None = Field(None, description="imagefolder: resize every image to [H, W]")
+    augment: AugmentConfig | None = Field(None, description="imagefolder: training augmentation")
 
     @model_validator(mode="after")
-    def _path_is_used(self) -> "DataConfig":
+    def _folder_needs_path(self) -> "DataConfig":
+        if self.name == "imagefolder" and not self.path:
+            raise ValueError("imagefolder needs `path`: a folder or zip with train/ and test/ class folders")
+        if self.size and not all(1 <= v <= 8192 for v in self.size):
+            raise ValueError("size: height and width in 1..8192")
+        if self.name != "imagefolder" and (self.size or self.augment):
+            raise ValueError(f"data: size and augment are options of imagefolder, not of {self.name}")
         if self.path is not None and self.name in ("digits", "sr_sample"):
             raise ValueError(f"path: dataset '{self.name}' is built in and reads no files; remove path "
-                             "(or name a dataset that reads it: cifar10, camvid, sr)")
+                             "(or name a dataset that reads it: cifar10, camvid, sr, imagefolder)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _without_defaults(handler, self, ("size", "augment"))
+
+
+IMPORT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A zoo model by `name`, or the user's own: `import: package.module:callable` with `kwargs`."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = "digits_cnn"
     width: float = Field(1.0, gt=0, le=8)
     weights: str | None = Field(None, description="start from these weights (.safetensors) instead of training")
+    import_: str | None = Field(None, alias="import", max_length=300, pattern=IMPORT_PATTERN,
+                                description="package.module:callable building the model (an nn.Module class, "
+                                            "or a factory of a module given --allow-import)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the import callable")
+    given: bool = Field(False, description="set by compress(model_object): the structure is that object's")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if self.import_ is None:
+            if self.kwargs or self.given:
+                raise ValueError("model.kwargs: only with model.import")
+            return self
+        if "name" in self.model_fields_set and self.name != self.import_:
+            raise ValueError("model: give either name (a zoo model) or import (your own), not both")
+        if "width" in self.model_fields_set and self.width != 1.0:
+            raise ValueError("model.width: applies to zoo models; an imported model is built as its kwargs say")
+        self.name = self.import_
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _without_defaults(handler, self, ("import_", "kwargs", "given"))
+
+    def spec(self, input_shape) -> dict:
+        """What a checkpoint records to rebuild an imported model (see models.imported.build)."""
+        s = {"import": self.import_, "kwargs": dict(self.kwargs), "input": [int(v) for v in input_shape]}
+        return s | ({"given": "model"} if self.given else {})
 
 
 class BaselineConfig(BaseModel):

@@ -71,15 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
                 q.set_defaults(func=_unavailable(module, e))
             continue
         mod.register(sub)
+    for q in sub.choices.values():   # every command may read a recipe naming a model factory
+        if "--allow-import" not in q._option_string_actions and q.prefix_chars == "-":
+            q.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
+                           help="let recipes call factory functions of MODULE (repeatable); nn.Module classes "
+                                "need no permission")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..models.imported import allow_imports
+
     try:
         faults.check_env()          # a garbage fault-injection value is one line, before any work
-        return args.func(args)
+        with allow_imports(getattr(args, "allow_import", None) or ()):
+            return args.func(args)
     except UserError as e:
         print(f"chaincomp: error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -20,6 +20,10 @@ def load_data(cfg, seed: int = 0) -> TaskData:
     elif name == "sr":
         from .sr import load_sr
         data = load_sr(cfg.path, scale=cfg.scale, seed=seed)
+    elif name == "imagefolder":
+        from .folders import load_imagefolder
+        data = load_imagefolder(cfg.path, size=cfg.size, augment=cfg.augment.model_dump() if cfg.augment else None,
+                                val_size=cfg.val_size, seed=seed)
     elif name == "sr_sample":
         from .sr import load_sr_sample
         data = load_sr_sample(scale=cfg.scale, seed=seed)

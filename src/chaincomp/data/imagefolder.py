@@ -41,6 +41,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CHAINCOMP_CACHE") or Path.home() / ".cache" / "chaincomp" / "cache").expanduser()
 
 
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def image_mode(data: bytes, where: str) -> str:
+    """'L' for a greyscale image (stays one channel), else 'RGB'."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return "L" if im.mode in GREY_MODES else "RGB"
+    except Exception as e:  # noqa: BLE001
+        raise BadImage(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
+
+
 def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTS)
 
@@ -155,19 +167,21 @@ class BadImage(UserError):
 
 
 def decode_image(data: bytes, where: str, *, size: tuple[int, int] | None = None,
-                 resize: bool = False) -> np.ndarray:
-    """Bytes -> (H, W, 3) uint8 RGB. `size` is (H, W); a mismatch is an error unless `resize`."""
+                 resize: bool = False, mode: str = "RGB") -> np.ndarray:
+    """Bytes -> (H, W, C) uint8, C = 3 (mode RGB) or 1 (mode L, greyscale). `size` is (H, W); a
+    mismatch is an error unless `resize`."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
+            if im.mode != mode:
+                im = im.convert(mode)
             if size is not None and im.size != (size[1], size[0]):
                 if not resize:
                     raise UserError(f"{where}: image is {im.size[1]}x{im.size[0]} (HxW), expected "
                                     f"{size[0]}x{size[1]}; fix the file or ask for resizing")
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            arr = np.asarray(im, dtype=np.uint8)
+            return arr[..., None] if arr.ndim == 2 else arr
     except UserError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
@@ -207,8 +221,8 @@ def list_image_folder(tree: Tree, sub: str = "", classes: list[str] | None = Non
 
 
 def decode_images(tree: Tree, files: list[str], *, size: tuple[int, int] | None = None, resize: bool = False,
-                  skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Decode files into one (N, H, W, 3) uint8 array, plus a bool mask of those that decoded.
+                  skip_bad: bool = False, mode: str = "RGB") -> tuple[np.ndarray, np.ndarray]:
+    """Decode files into one (N, H, W, C) uint8 array, plus a bool mask of those that decoded.
 
     Without `size`, the first readable image fixes it. Skipped images leave zeros and a False in the mask.
     """
@@ -217,7 +231,7 @@ def decode_images(tree: Tree, files: list[str], *, size: tuple[int, int] | None 
     bad: list[str] = []
     for i, rel in enumerate(files):
         try:
-            img = decode_image(tree.read(rel), tree.where(rel), size=size, resize=resize)
+            img = decode_image(tree.read(rel), tree.where(rel), size=size, resize=resize, mode=mode)
         except BadImage:
             if not skip_bad:
                 raise
@@ -225,7 +239,7 @@ def decode_images(tree: Tree, files: list[str], *, size: tuple[int, int] | None 
             continue
         if out is None:
             size = size or img.shape[:2]
-            out = np.zeros((len(files), size[0], size[1], 3), dtype=np.uint8)
+            out = np.zeros((len(files), size[0], size[1], img.shape[2]), dtype=np.uint8)
         out[i] = img
         ok[i] = True
     if bad:
@@ -233,13 +247,13 @@ def decode_images(tree: Tree, files: list[str], *, size: tuple[int, int] | None 
     if out is None:
         if files:
             raise UserError(f"{tree.where(files[0])}: none of the {len(files)} images could be read")
-        out = np.zeros((0, *(size or (0, 0)), 3), dtype=np.uint8)
+        out = np.zeros((0, *(size or (0, 0)), 1 if mode == "L" else 3), dtype=np.uint8)
     return out, ok
 
 
 @dataclass
 class ImageFolder:
-    images: np.ndarray  # (N, H, W, 3) uint8
+    images: np.ndarray  # (N, H, W, C) uint8
     labels: np.ndarray  # (N,) int64
     classes: list[str]
     files: list[str]
@@ -247,11 +261,11 @@ class ImageFolder:
 
 def read_image_folder(path: str | Path | Tree, sub: str = "", *, size: tuple[int, int] | None = None,
                       resize: bool = False, skip_bad: bool = False,
-                      classes: list[str] | None = None) -> ImageFolder:
+                      classes: list[str] | None = None, mode: str = "RGB") -> ImageFolder:
     """Read a whole class-per-folder tree (see the module docstring for how faults are handled)."""
     tree = path if isinstance(path, Tree) else open_tree(path)
     listing = list_image_folder(tree, sub, classes)
-    images, ok = decode_images(tree, listing.files, size=size, resize=resize, skip_bad=skip_bad)
+    images, ok = decode_images(tree, listing.files, size=size, resize=resize, skip_bad=skip_bad, mode=mode)
     files = [f for f, k in zip(listing.files, ok) if k]
     return ImageFolder(images[ok], listing.labels[ok], listing.classes, files)
 

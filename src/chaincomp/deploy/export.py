@@ -142,8 +142,8 @@ def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str
         model, done = _graph_of(module, sample, kernels, input_codes, next_use)
     except Unsupported as e:
         if any(isinstance(m, QUANT_TYPES) for m in module.modules()):
-            raise UserError(f"export: no integer lowering for module {e}; quantized models must use zoo "
-                            "layers (conv, linear, BN, ReLU, pooling)") from None
+            raise UserError(f"export: no integer lowering for module {e}; quantized models need conv, linear, BN, "
+                            "activations, pooling, add/mul/cat and reshapes") from None
         _torch_export(module, sample, path, str(e))
         return "torch.onnx", {"fused": {}, "calibrated": [], "features": None, "multipliers": {}, "copied": []}
     onnx.checker.check_model(model)

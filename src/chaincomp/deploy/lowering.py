@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+from torch.fx import GraphModule
 
 from ..errors import UserError
 from ..exits.heads import BagOfFeaturesHead
@@ -188,11 +189,21 @@ def _pool(g: Graph, name: str, m: nn.Module, v: Val, ref: torch.Tensor) -> str:
     (h, w), (oh, ow) = v.t.shape[-2:], ref.shape[-2:]
     if (oh, ow) == (1, 1):
         return g.op("GlobalAveragePool" if isinstance(m, nn.AdaptiveAvgPool2d) else "GlobalMaxPool", [v.name], name)
-    if h % oh or w % ow:
-        raise Unsupported(f"{name} ({type(m).__name__} {h}x{w} -> {oh}x{ow}, not a whole kernel)")
+    kh, kw = _uniform_windows(h, oh), _uniform_windows(w, ow)
+    if kh is None or kw is None:
+        raise Unsupported(f"{name} ({type(m).__name__} {h}x{w} -> {oh}x{ow}, windows of unequal size)")
     g.fixed_size = True
     op = "AveragePool" if isinstance(m, nn.AdaptiveAvgPool2d) else "MaxPool"
-    return g.op(op, [v.name], name, kernel_shape=[h // oh, w // ow], strides=[h // oh, w // ow])
+    return g.op(op, [v.name], name, kernel_shape=[kh[0], kw[0]], strides=[kh[1], kw[1]])
+
+
+def _uniform_windows(size: int, out: int) -> tuple[int, int] | None:
+    """(kernel, stride) of PyTorch's adaptive pooling windows [floor(i*size/out), ceil((i+1)*size/out)) when
+    they are all equally wide and equally spaced (3 -> 2: kernel 2, stride 1), else None."""
+    starts = [i * size // out for i in range(out)]
+    widths = {-(-(i + 1) * size // out) - s for i, s in enumerate(starts)}
+    steps = {b - a for a, b in zip(starts, starts[1:])} or {1}
+    return (widths.pop(), steps.pop()) if len(widths) == 1 and len(steps) == 1 else None
 
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -227,6 +238,8 @@ def _lower(g: Graph, name: str, m: nn.Module, v: Val) -> Val:
     with torch.no_grad():
         if isinstance(m, nn.Sequential) and t.forward is nn.Sequential.forward:
             return lower_seq(g, _children(name, m), v)
+        if isinstance(m, GraphModule):
+            return lower_graph(g, name, m, v)
         if t is zoo.Sequential:
             return lower_seq(g, [*_children(f"{name}.blocks" if name else "blocks", m.blocks),
                                  (f"{name}.head" if name else "head", m.head)], v)
@@ -267,3 +280,117 @@ def _lower(g: Graph, name: str, m: nn.Module, v: Val) -> Val:
         if t in POOLS:
             return Val(_pool(g, name, m, v, ref), ref)
     raise Unsupported(f"{name or 'model'} ({t.__name__} with these settings)")
+
+
+# ---------------------------------------------------------------- any traced block (models.imported)
+# A user's model is cut into torch.fx GraphModules; their graph is walked node by node: modules go through
+# `lower` above (quantized layers keep their integer codes, a conv read only by a BN is folded with it),
+# functions and tensor methods map to ONNX ops below. Values PyTorch computes are kept beside the ONNX
+# names (`Val.t`), so shape arithmetic (x.size(0), view(...)) is evaluated, never exported.
+
+FN_OPS = {"add": "Add", "iadd": "Add", "add_": "Add", "mul": "Mul", "imul": "Mul", "mul_": "Mul", "sub": "Sub",
+          "truediv": "Div", "div": "Div", "relu": "Relu", "relu_": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh",
+          "hardswish": "HardSwish", "hardsigmoid": "HardSigmoid"}
+SHAPE_FNS = {"size", "getattr", "getitem", "dim"}
+IDENTITY_FNS = {"contiguous", "dropout", "clone", "detach"}
+
+
+def _fn_name(n) -> str:
+    t = n.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def _concrete(a, env):
+    import torch.fx as fx
+    if isinstance(a, fx.Node):
+        x = env[a]
+        return x.t.clone() if isinstance(x, Val) else x
+    if isinstance(a, (list, tuple)):
+        return type(a)(_concrete(b, env) for b in a)
+    return a
+
+
+def _operand(g: Graph, a, env, hint: str) -> str:
+    import torch.fx as fx
+    if isinstance(a, fx.Node) and isinstance(env[a], Val):
+        return env[a].name
+    return g.f32(np.asarray(_concrete(a, env), np.float32), f"{hint}.const")
+
+
+def _lower_fn(g: Graph, name: str, n, env) -> Val | object:
+    kind = _fn_name(n)
+    args = [_concrete(a, env) for a in n.args]
+    kwargs = {k: _concrete(v, env) for k, v in n.kwargs.items()}
+    with torch.no_grad():
+        ref = getattr(args[0], n.target)(*args[1:], **kwargs) if n.op == "call_method" else n.target(*args, **kwargs)
+    if not isinstance(ref, torch.Tensor) or kind in SHAPE_FNS:
+        if isinstance(ref, torch.Tensor):
+            raise Unsupported(f"{name} ({kind} on a tensor in the traced graph)")
+        return ref      # shapes and numbers: evaluated here, never exported
+    x = env[n.args[0]] if n.args and n.args[0] in env else None
+    hint = f"{name}.{n.name}"
+    if kind in IDENTITY_FNS:
+        return Val(x.name, ref)
+    if kind in ("relu6", "hardtanh"):
+        lo, hi = (0.0, 6.0) if kind == "relu6" else (n.kwargs.get("min_val", args[1] if len(args) > 1 else -1.0),
+                                                    n.kwargs.get("max_val", args[2] if len(args) > 2 else 1.0))
+        return Val(g.op("Clip", [x.name, g.f32(lo, "lo"), g.f32(hi, "hi")], hint), ref)
+    if kind in FN_OPS:
+        op = FN_OPS[kind]
+        if op in ("Add", "Mul", "Sub", "Div"):
+            a, b = (n.args[0], n.args[1]) if len(n.args) > 1 else (n.args[0], n.kwargs.get("other"))
+            return Val(g.op(op, [_operand(g, a, env, hint), _operand(g, b, env, hint)], hint), ref)
+        attrs = {"alpha": 1 / 6, "beta": 0.5} if op == "HardSigmoid" else {}
+        return Val(g.op(op, [x.name], hint, **attrs), ref)
+    if kind == "silu":
+        return Val(g.op("Mul", [x.name, g.op("Sigmoid", [x.name], hint)], hint), ref)
+    if kind in ("cat", "concat"):
+        parts = n.args[0]
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        return Val(g.op("Concat", [env[p].name for p in parts], hint, axis=int(dim) % ref.dim()), ref)
+    if kind in ("flatten", "view", "reshape"):
+        if ref.dim() == 2 and x.t.dim() >= 2 and ref.shape[0] == x.t.shape[0]:
+            return Val(g.op("Flatten", [x.name], hint, axis=1), ref)
+        g.fixed_size = g.fixed_size or x.t.dim() == 4
+        shape = g.init(np.array([0, *ref.shape[1:]], np.int64), f"{hint}.shape")
+        return Val(g.op("Reshape", [x.name, shape], hint), ref)
+    if kind == "mean" and x.t.dim() == 4 and ref.dim() in (2, 4) and ref.shape[-1:] in ((1,), (x.t.shape[1],)) \
+            and ref.numel() == x.t.shape[0] * x.t.shape[1]:
+        y = g.op("GlobalAveragePool", [x.name], hint)
+        return Val(y if ref.dim() == 4 else g.op("Flatten", [y], hint, axis=1), ref)
+    pools = {"adaptive_avg_pool2d": lambda: nn.AdaptiveAvgPool2d(args[1]),
+             "adaptive_max_pool2d": lambda: nn.AdaptiveMaxPool2d(args[1]),
+             "avg_pool2d": lambda: nn.AvgPool2d(*args[1:], **kwargs),
+             "max_pool2d": lambda: nn.MaxPool2d(*args[1:], **kwargs)}
+    if kind in pools:
+        return Val(_pool(g, hint, pools[kind](), x, ref), ref)
+    raise Unsupported(f"{name} (operation '{kind}' of the traced graph has no ONNX lowering here)")
+
+
+def lower_graph(g: Graph, name: str, gm, v: Val) -> Val:
+    """A torch.fx GraphModule (one block or the head of an imported model), node by node."""
+    env, folded = {}, set()
+    prefix = f"{name}." if name else ""
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            env[n] = v
+        elif n.op == "get_attr":
+            t = gm.get_parameter(n.target) if "." in n.target or hasattr(gm, n.target) else None
+            env[n] = Val(g.f32(_np(t), f"{prefix}{n.target}"), t.detach())
+        elif n.op == "call_module":
+            if n in folded:
+                continue
+            m, x = gm.get_submodule(n.target), env[n.args[0]]
+            users = list(n.users)
+            bn = gm.get_submodule(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
+            if isinstance(m, nn.Conv2d) and type(bn) is nn.BatchNorm2d:
+                env[n] = env[users[0]] = g.note(lower_conv(g, f"{prefix}{n.target}", m, x, bn))
+                folded.add(users[0])
+            else:
+                env[n] = lower(g, f"{prefix}{n.target}", m, x)
+        elif n.op in ("call_function", "call_method"):
+            out = _lower_fn(g, name, n, env)
+            env[n] = g.note(out) if isinstance(out, Val) else out
+        elif n.op == "output":
+            return env[n.args[0]]
+    raise Unsupported(f"{name} (a traced graph without output)")

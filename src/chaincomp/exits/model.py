@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .heads import make_head
 
 
@@ -48,16 +49,34 @@ def block_channels(blocks: nn.ModuleList, sample: torch.Tensor) -> list[int]:
     return chans
 
 
-def attach_exits(model: nn.Module, points: list[int] | str, head: str, num_classes: int,
+def resolve_points(model: nn.Module, points: list[int | str] | str, where: str = "early_exit.points") -> list[int]:
+    """Block indices of exit points. A model cut from its traced graph (`models.imported`) carries the points
+    found there: "all" means those (after residual merges and changes of spatial size), and a module path
+    (e.g. "layer2" or "features.6") means the block that module ends; a zoo model exits after any block."""
+    n = len(model.blocks)
+    auto, ends = getattr(model, "auto_exits", None), getattr(model, "module_ends", None)
+    if points == "all":
+        return list(auto) if auto is not None else list(range(n - 1))
+    out = set()
+    for p in points:
+        if isinstance(p, str):
+            if ends is None or not ends:
+                raise UserError(f"{where}: '{p}': module paths name exit points of your own (imported) models; "
+                                f"give block indices below {n - 1} for a zoo model")
+            if p not in ends:
+                raise UserError(f"{where}: '{p}' does not end a block of the traced model (an exit needs one map "
+                                f"carrying everything forward); choose one of {sorted(ends)[:12]}")
+            out.add(ends[p])
+        else:
+            out.add(int(p) % n)
+    return sorted(p for p in out if p < n - 1)
+
+
+def attach_exits(model: nn.Module, points: list[int | str] | str, head: str, num_classes: int,
                  sample: torch.Tensor, options: dict | None = None) -> ExitNetwork:
     """Wrap a blocks/head model into an ExitNetwork with a fresh exit head after each chosen block."""
     blocks = model.blocks
-    n = len(blocks)
-    if points == "all":
-        pts = list(range(n - 1))
-    else:
-        pts = sorted(set(int(p) % n for p in points))
-        pts = [p for p in pts if p < n - 1]
+    pts = resolve_points(model, points)
     chans = block_channels(blocks, sample)
     if isinstance(model, ExitNetwork):
         existing = {int(k): v for k, v in model.exits.items()}
@@ -65,6 +84,9 @@ def attach_exits(model: nn.Module, points: list[int] | str, head: str, num_class
         existing = {}
     heads = {p: existing.get(p) or make_head(head, chans[p], num_classes, options) for p in pts}
     net = ExitNetwork(blocks, model.head, heads)
+    for attr in ("auto_exits", "module_ends"):   # what the traced graph found stays known to later stages
+        if hasattr(model, attr):
+            setattr(net, attr, getattr(model, attr))
     net.chaincomp_arch = getattr(model, "chaincomp_arch", {"model": {}, "transforms": []})
     return net
 

@@ -133,7 +133,8 @@ class FmcHooks:
         inputs, produced, coded, hooks = [], [], {}, []
         for m in model.modules():
             if isinstance(m, WEIGHTED):
-                hooks.append(m.register_forward_pre_hook(lambda _m, inp: inputs.append(id(inp[0]))))
+                # the tensor itself, not its id: a freed input's id may be reused by a later coded map
+                hooks.append(m.register_forward_pre_hook(lambda _m, inp: inputs.append(inp[0])))
         for p, m in self.modules.items():
             def after(_m, _i, out, p=p):
                 now, c = self.handles[p].total(), counted[p]
@@ -152,9 +153,9 @@ class FmcHooks:
                 h.remove()
         for i, nbytes in produced:
             prof.layers[i].out_bytes = nbytes
-        for i, key in enumerate(inputs):
-            if key in coded:
-                prof.layers[i].in_bytes = coded[key][1]
+        for i, t in enumerate(inputs):
+            if id(t) in coded and coded[id(t)][0] is t:
+                prof.layers[i].in_bytes = coded[id(t)][1]
         return prof
 
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import UserError
 from . import classification as _cls
+from . import imported
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}": _cls.cifar_resnet(d) for d in (8, 14, 20, 32, 44, 56, 110)},
@@ -39,8 +40,11 @@ def _register_optional() -> None:
 _register_optional()
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a zoo model; the spec is recorded on the model so a checkpoint can rebuild it."""
+def build_model(name: str | None = None, **kwargs) -> nn.Module:
+    """Build a zoo model; the spec is recorded on the model so a checkpoint can rebuild it. A spec with
+    `import` (or `given`) is a user's own model, cut into blocks by `imported.build`."""
+    if name is None and imported.is_spec(kwargs):
+        return imported.build(kwargs)
     if name not in ZOO:
         raise UserError(f"model.name: unknown model '{name}'; choose one of {', '.join(sorted(ZOO))}")
     model = ZOO[name](**kwargs)

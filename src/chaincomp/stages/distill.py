@@ -15,14 +15,15 @@ Recipe:
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from torch import nn
 
-from ..models import build_model
+from ..io import load_weights
+from ..models import build_model, imported
 from ..pruning import prune_to_shares, weighted_layers
 from ..train import multi_loss, task_loss
 from .base import Context, Stage, StageConfig
@@ -30,9 +31,18 @@ from .registry import register, replay
 
 
 class StudentSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str | None = Field(None, description="zoo model; null keeps the teacher's architecture")
     width: float = Field(0.5, gt=0, le=8, description="channel width relative to the teacher's")
+    import_: str | None = Field(None, alias="import", max_length=300, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+                                description="your own student: package.module:callable (as model.import)")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(None, description="the imported student's starting weights (.safetensors)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):   # recipes written before `import` keep their digest
+        d = handler(self)
+        return {k: v for k, v in d.items() if k not in ("import", "kwargs", "weights") or v}
 
 
 class DistillConfig(StageConfig):
@@ -49,8 +59,39 @@ def kd_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, temperature: f
     return F.kl_div(F.log_softmax(student_out / t, -1), F.softmax(teacher_out / t, -1), reduction="batchmean") * t * t
 
 
+def _replay_exits(student: nn.Module, teacher: nn.Module, t: dict) -> dict:
+    if t["type"] == "exits" and len(student.blocks) != len(teacher.blocks):
+        # Same relative depth when the student has another number of blocks.
+        n_t, n_s = len(teacher.blocks), len(student.blocks)
+        t = {**t, "points": sorted({round(p * (n_s - 1) / max(1, n_t - 1)) for p in teacher.exit_points})}
+    return t
+
+
+def imported_student(teacher: nn.Module, spec: StudentSpec, sample: torch.Tensor) -> nn.Module:
+    """Your own student (`import`), or the teacher's own architecture made uniformly narrower: every layer
+    keeps `width` of the channels the teacher kept (channel pruning of a fresh copy; classifiers whole)."""
+    arch = teacher.chaincomp_arch
+    if spec.import_:
+        weights = load_weights(spec.weights) if spec.weights else None
+        student = imported.build({"import": spec.import_, "kwargs": dict(spec.kwargs),
+                                  "input": [int(v) for v in sample.shape[1:]]}, weights, "distill.student")
+        for t in arch["transforms"]:
+            student = replay(student, _replay_exits(student, teacher, t), sample)
+        return student
+    student = build_model(**arch["model"])
+    kept = pruned_shares(teacher, build_model(**arch["model"]))
+    for t in arch["transforms"]:
+        student = replay(student, t, sample)
+    shares = {n: min(1.0, kept.get(n, 1.0) * spec.width) for n in weighted_layers(student)}
+    if any(s < 1 for s in shares.values()):
+        prune_to_shares(student, shares, sample)
+    return student
+
+
 def build_student(teacher: nn.Module, spec: StudentSpec, sample: torch.Tensor) -> nn.Module:
     arch = teacher.chaincomp_arch
+    if imported.is_spec(arch["model"]) or spec.import_:
+        return imported_student(teacher, spec, sample)
     base = dict(arch["model"])
     name = base.pop("name")
     teacher_width = float(base.pop("width", 1.0))

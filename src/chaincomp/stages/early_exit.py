@@ -21,7 +21,7 @@ from torch import nn
 from ..arch import record
 from ..errors import UserError
 from ..exits.calibrate import calibrate_rule
-from ..exits.model import ExitNetwork, attach_exits
+from ..exits.model import ExitNetwork, attach_exits, resolve_points
 from ..ledger import exit_costs
 from ..qmodules import quantize_like
 from .base import Context, Stage, StageConfig
@@ -30,7 +30,9 @@ from .registry import register
 
 class EarlyExitConfig(StageConfig):
     technique: Literal["early_exit"] = "early_exit"
-    points: Literal["all"] | list[int] = "all"
+    points: Literal["all"] | list[int | str] = Field(
+        "all", max_length=1024, description="block indices or module paths (imported models); all: every block "
+                                            "(zoo) or the points found on the traced graph (imported)")
     head: Literal["pool", "bof"] = "pool"
     criterion: Literal["confidence", "entropy"] = "confidence"
     threshold: float | None = Field(None, ge=0, le=100)
@@ -73,9 +75,16 @@ class EarlyExit(Stage):
         data = ctx.data
         if data.task != "classification":
             raise UserError(f"chain.{ctx.stage_index}: early_exit needs a classification task, not {data.task}")
-        if isinstance(c.points, list) and any(p >= len(model.blocks) - 1 or p < -(len(model.blocks)) for p in c.points):
+        ints = [p for p in c.points if isinstance(p, int)] if isinstance(c.points, list) else []
+        if any(p >= len(model.blocks) - 1 or p < -(len(model.blocks)) for p in ints):
             raise UserError(f"chain.{ctx.stage_index}.points: block indices must be below {len(model.blocks) - 1}")
-        t = {"type": "exits", "points": c.points, "head": c.head, "num_classes": data.num_classes}
+        points = c.points
+        if hasattr(model, "auto_exits"):   # an imported model: record the blocks, found once on its graph
+            points = resolve_points(model, c.points, f"chain.{ctx.stage_index}.points")
+            if not points:
+                raise UserError(f"chain.{ctx.stage_index}.points: the traced model has no exit point before its "
+                                "last block; name module paths that end blocks")
+        t = {"type": "exits", "points": points, "head": c.head, "num_classes": data.num_classes}
         net: ExitNetwork = self.replay(model, t, data.sample_input())
         params = None
         if c.freeze_backbone:

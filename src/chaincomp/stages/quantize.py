@@ -22,10 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..arch import record, resync_fmc
+from ..errors import UserError
 from ..qmodules import QuantPlan, apply_quant, calibrate
 from ..train import on_device
 from .base import Context, Stage, StageConfig
 from .registry import register
+
+
+# Layers with weights that have no quantized twin here (Conv2d and Linear, depthwise/grouped included, have).
+UNQUANTIZABLE = (nn.modules.conv._ConvNd, nn.Bilinear, nn.Embedding, nn.RNNBase, nn.MultiheadAttention)
 
 
 class LayerBits(BaseModel):
@@ -66,6 +71,11 @@ class Quantize(Stage):
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         c: QuantizeConfig = self.config
+        other = next(((n, m) for n, m in model.named_modules() if isinstance(m, UNQUANTIZABLE)
+                      and not isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        if other:   # never a silent skip: the ledger would count a float layer as if it had the plan's bits
+            raise UserError(f"chain.{ctx.stage_index}: quantize has no quantized layer for module {other[0]} "
+                            f"({type(other[1]).__name__}); only Conv2d and Linear layers are quantized")
         overrides = {k: {f: v for f, v in o.model_dump().items() if v is not None} for k, o in c.overrides.items()}
         plan = QuantPlan(c.weight_bits, c.act_bits, c.first_last_bits, c.per_channel, c.weight_scale, overrides)
         model = self.replay(model, {"type": "quantize", "plan": plan.to_dict()}, ctx.data.sample_input())
