@@ -27,9 +27,9 @@ import torch
 from chaincomp.errors import UserError
 
 from . import bitstream, dtypes, tags
-from .baselines import METHOD_BY_ID, METHODS, scale_ids as method_scale_ids
 from .blocks import from_blocks, n_blocks, to_blocks
 from .coder import CONST, MODE_A, MODE_B, Coded, code_blocks, reconstruct, row_min_max
+from .methods import METHOD_BY_ID, METHODS, scale_ids as method_scale_ids
 from .points import SCALE_ID, SCALES, bits_for_scales
 
 # Chosen by `benchmarks/fmc_throughput.py --sweep` (see benchmarks/fmc_throughput.md): the highest

@@ -14,7 +14,7 @@ import numpy as np
 
 from chaincomp.errors import UserError
 
-from .baselines import Method
+from .methods import Method
 from .points import fractions, table, threshold_index, zero_cell
 
 CONST, MODE_A, MODE_B = 0, 1, 2
