@@ -5,17 +5,23 @@ its error against, so both evaluate lo + (hi - lo) * f with the same tables, dty
 order (endpoints are block values, hence exact in the stored dtype). The encoder scores every
 allowed (mode, scale) candidate on all blocks at once and keeps, per block, the one with the
 lowest squared error; ties keep the earlier candidate (mode A before B, scales in given order).
+
+Everything is torch over (blocks, values) tensors on the map's device, with Python loops only over
+the handful of candidates. Why it is fast: point indices come from one table lookup per value
+(`points.cells`), constant blocks are set aside before any per-value work, and mode B is only
+scored on blocks that contain a zero and at least two distinct non-zero values.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+import torch
 
 from chaincomp.errors import UserError
 
+from .dtypes import step, value_bits
 from .methods import Method
-from .points import fractions, table, threshold_index, zero_cell
+from .points import cell_exponent, fraction_lut, fractions, index_lut, table, zero_bounds
 
 CONST, MODE_A, MODE_B = 0, 1, 2
 
@@ -24,83 +30,269 @@ CONST, MODE_A, MODE_B = 0, 1, 2
 class Coded:
     """Encoder decisions for a batch of blocks."""
 
-    e0: np.ndarray  # (nb,) stored endpoints, work dtype
-    e1: np.ndarray
-    scale: np.ndarray  # (nb,) uint8 position in the stream's scale list
-    idx: np.ndarray  # (nb, n) uint8 point indices
-    mode: np.ndarray  # (nb,) int8 CONST / MODE_A / MODE_B
+    e0: torch.Tensor  # (nb,) stored endpoints, work dtype
+    e1: torch.Tensor
+    scale: torch.Tensor  # (nb,) uint8 position in the stream's scale list
+    idx: torch.Tensor  # (nb, n) uint8 point indices
+    mode: torch.Tensor  # (nb,) int8 CONST / MODE_A / MODE_B
 
-    def subset(self, sel: np.ndarray) -> "Coded":
+    def subset(self, sel: torch.Tensor) -> "Coded":
         return Coded(self.e0[sel], self.e1[sel], self.scale[sel], self.idx[sel], self.mode[sel])
 
 
-def _sse(v: np.ndarray, dec: np.ndarray) -> np.ndarray:
+def _sse(v: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     d = v - dec
-    return np.einsum("ij,ij->i", d, d)
+    return (d * d).sum(1)
 
 
-def row_min_max(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-block min and max; reducing the transposed copy is ~5x faster than axis=1 on short rows."""
-    vt = np.ascontiguousarray(v.T)
-    return vt.min(0), vt.max(0)
+def _rows(mask: torch.Tensor) -> torch.Tensor:
+    return mask.nonzero().view(-1)
 
 
-def code_blocks(v: np.ndarray, k: int, method: Method, scale_ids: tuple[int, ...]) -> Coded:
-    """Pick, per block, the (mode, scale) with the lowest squared error and its indices."""
-    p = 1 << k
-    lo, hi = row_min_max(v)
+def row_min_max(v: torch.Tensor, signed_zeros: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block min and max. Among equal values the last one counts (as numpy's reduction did):
+    that decides only the sign of a zero endpoint, which the stream stores. `signed_zeros=False`
+    promises there is no -0.0 in v and skips the check."""
+    lo, hi = v.amin(1), v.amax(1)
+    zl, zh = lo == 0, hi == 0
+    rows = (zl | zh).nonzero().view(-1)
+    if rows.numel() == 0:
+        return lo, hi
+    zero = lo.new_zeros(())
+    if signed_zeros:
+        vz = v[rows]
+        is_zero = vz == 0
+        neg = is_zero & torch.signbit(vz)
+        if bool(neg.any()):
+            order = torch.arange(1, v.shape[1] + 1, device=v.device)
+            last = (is_zero * order).argmax(1, keepdim=True)
+            zero = torch.where(neg.gather(1, last)[:, 0], -zero, zero)
+    lo[rows] = torch.where(zl[rows], zero, lo[rows])
+    hi[rows] = torch.where(zh[rows], zero, hi[rows])
+    return lo, hi
+
+
+def code_blocks(v: torch.Tensor, k: int, method: Method, scale_ids: tuple[int, ...],
+                lohi: tuple[torch.Tensor, torch.Tensor] | None = None, storage: torch.dtype = torch.float16) -> Coded:
+    """Pick, per block, the (mode, scale) with the lowest squared error and its indices.
+
+    lohi: the blocks' `row_min_max`, when the caller has it already; storage: the stored dtype
+    (implicit-scale methods set endpoint bits). For implicit-scale methods `scale` is the
+    signalled bit (0 linear, 1 log), not a table position."""
+    nb, n = v.shape
+    lo, hi = lohi if lohi is not None else row_min_max(v)
     span = hi - lo
     const = span == 0
-    t = (v - lo[:, None]) / np.where(const, 1, span)[:, None]
-    idxs, sses = [], []
-    for s in scale_ids:
-        f = fractions(s, p)
-        if method.rounding:
-            pos = np.clip(np.rint(t * (p - 1)), 0, p - 1).astype(np.uint8)
-        else:
-            pos = threshold_index(t, f)
-        idxs.append(pos)
-        sses.append(_sse(v, lo[:, None] + span[:, None] * np.take(np.asarray(f, v.dtype), pos)))
-    b_ok = method.mode_b and p - 1 >= 2
-    if b_ok:
-        zero = v == 0
-        blo = row_min_max(np.where(zero, np.inf, v))[0]
-        bhi = row_min_max(np.where(zero, -np.inf, v))[1]
-        valid = zero.any(1) & (blo < bhi)
-        blo, bhi = np.where(valid, blo, lo).astype(v.dtype), np.where(valid, bhi, hi).astype(v.dtype)
+    n_const = int(const.sum())
+    if n_const * 8 > nb:  # set constant blocks aside: their coding is fixed
+        rows = _rows(~const)
+        e0r, e1r, scr, idxr, moder = _code_rows(v.index_select(0, rows), lo[rows], hi[rows], span[rows], k, method,
+                                                scale_ids, storage)
+        e0, e1 = lo.clone(), lo.clone()
+        scale = torch.zeros(nb, dtype=torch.uint8, device=v.device)
+        idx = torch.zeros((nb, n), dtype=torch.uint8, device=v.device)
+        mode = torch.full((nb,), CONST, dtype=torch.int8, device=v.device)
+        e0[rows], e1[rows], scale[rows], idx[rows], mode[rows] = e0r, e1r, scr, idxr, moder
+        return Coded(e0, e1, scale, idx, mode)
+    e0, e1, scale, idx, mode = _code_rows(v, lo, hi, span, k, method, scale_ids, storage)
+    if n_const:
+        e0, e1 = torch.where(const, lo, e0), torch.where(const, lo, e1)
+        scale[const], idx[const], mode[const] = 0, 0, CONST
+    return Coded(e0, e1, scale, idx, mode)
+
+
+def _code_rows(v, lo, hi, span, k, method, sids, storage):
+    """`code_blocks` on rows that are (almost all) non-constant; returns (e0, e1, scale, idx, mode).
+
+    Work happens on q = t * 2^e (t = (v - lo) / span): dividing by span / 2^e instead of span gives
+    exactly 2^e times the rounded t (scaling by a power of two commutes with rounding in the
+    normal range, which t * 2^e never leaves here), so cells and comparisons equal those on t.
+    A candidate is a mode with a table per row and its stored endpoints (a, b), a < b: explicit
+    methods try every scale of the list on the block's own range; implicit-scale methods try
+    linear and log, each on the range nudged (if needed) to the endpoint parity that signals it."""
+    nr, n = v.shape
+    p, n_s, dev, wdt = 1 << k, len(sids), v.device, v.dtype
+    safe = span + (span == 0).to(span.dtype)
+    mode_a = torch.full((nr,), MODE_A, dtype=torch.int8, device=dev)
+    if method.rounding:  # min-max baseline: one uniform candidate, arithmetic index
+        t = (v - lo[:, None]) / safe[:, None]
+        idx = torch.round(t * (p - 1)).clamp_(0, p - 1).to(torch.uint8)
+        return lo, hi, torch.zeros(nr, dtype=torch.uint8, device=dev), idx, mode_a
+    fa = tuple(fractions(s, p) for s in sids)
+    ea = cell_exponent(fa)
+    ga = (1 << ea) + 1
+    c = (v - lo[:, None]).div_((safe / (1 << ea))[:, None]).ceil_().to(torch.int32)  # t in [0, 1]: no clamp
+    brows = _mode_b_rows(v, lo, hi, span) if method.mode_b and p - 1 >= 2 else None
+    has_b = brows is not None and brows[0].numel() > 0
+    a_cands = _candidates(method, n_s, lo, hi, storage)
+    if len(a_cands) == 1 and not has_b:
+        tab = a_cands[0][0]
+        return lo, hi, _positions(tab, nr, dev), _pick(index_lut(fa, ea, dev), ga, c, tab), mode_a
+    cand = []  # squared error per candidate, (nr,) each: mode A candidates, then mode B candidates
+    flut = fraction_lut(fa, ea, wdt, dev)
+    for tab, a, b in a_cands:
+        d = _pick(flut, ga, c, tab).mul_((b - a)[:, None]).add_(a[:, None]).sub_(v)
+        cand.append(d.mul_(d).sum(1))
+    b_cands = []
+    if has_b:
+        rb, blo, bhi = brows
+        vb = v.index_select(0, rb)
         bspan = bhi - blo
-        bsafe = np.where(bspan > 0, bspan, 1)
-        tb = (v - blo[:, None]) / bsafe[:, None]
-        z = -blo / bsafe
-        for s in scale_ids:
-            f = fractions(s, p - 1)
-            pos = threshold_index(tb, f)
-            at_zero = zero_cell(tb, z, f)
-            idxs.append(np.where(at_zero, 0, pos + 1).astype(np.uint8))
-            dec = np.where(at_zero, 0, blo[:, None] + bspan[:, None] * np.take(np.asarray(f, v.dtype), pos))
-            sses.append(np.where(valid, _sse(v, dec), np.inf))
-    best = np.argmin(np.stack(sses), axis=0)  # first minimum on ties
-    idx = np.take_along_axis(np.stack(idxs), best[None, :, None], axis=0)[0]
-    n_s = len(scale_ids)
-    is_b = best >= n_s
-    mode = np.where(is_b, MODE_B, MODE_A).astype(np.int8)
-    e0, e1 = (np.where(is_b, bhi, lo), np.where(is_b, blo, hi)) if b_ok else (lo, hi)
-    scale = (best % n_s).astype(np.uint8)
-    mode[const], scale[const], idx[const] = CONST, 0, 0
-    return Coded(np.where(const, lo, e0), np.where(const, lo, e1), scale, idx, mode)
+        fb = tuple(fractions(s, p - 1) for s in sids)
+        eb = cell_exponent(fb)
+        g, gb = float(1 << eb), (1 << eb) + 1
+        q = (vb - blo[:, None]).div_((bspan / g)[:, None])  # = 2^eb * tb
+        cb = q.ceil().clamp_(0, g).to(torch.int32)
+        zg = -blo / (bspan / g)  # 2^eb * z, z = where the zero falls on t
+        bounds = [zero_bounds(zg, tuple(x * g for x in f)) for f in fb]  # 2^eb * (lower, upper) per scale
+        lower, upper = torch.stack([b[0] for b in bounds]), torch.stack([b[1] for b in bounds])
+        b_cands = _candidates(method, n_s, blo, bhi, storage)
+        flut = fraction_lut(fb, eb, wdt, dev)
+        for tab, a, b in b_cands:
+            keep = _keep(q, lower, upper, tab)
+            d = _pick(flut, gb, cb, tab).mul_((b - a)[:, None]).add_(a[:, None]).mul_(keep).sub_(vb)
+            sse = torch.full((nr,), float("inf"), dtype=wdt, device=dev)  # rows without mode B
+            cand.append(sse.index_copy_(0, rb, d.mul_(d).sum(1)))
+    best, low = torch.zeros(nr, dtype=torch.int64, device=dev), cand[0]
+    for i in range(1, len(cand)):  # first minimum on ties: mode A before B, candidates in order
+        better = cand[i] < low
+        best = torch.where(better, i, best)
+        low = torch.minimum(low, cand[i])
+    n_a = len(a_cands)
+    ia = best.clamp(max=n_a - 1)[None, :]  # A candidate of each row (B rows are overwritten below)
+    tab_a = _rows_tables(a_cands, nr, dev).gather(0, ia)[0]
+    e0 = torch.stack([a for _, a, _ in a_cands]).gather(0, ia)[0]
+    e1 = torch.stack([b for _, _, b in a_cands]).gather(0, ia)[0]
+    scale = (ia[0] if method.implicit_scale else tab_a).to(torch.uint8)
+    idx = _pick(index_lut(fa, ea, dev), ga, c, tab_a if n_a > 1 else a_cands[0][0])
+    mode = mode_a
+    if has_b:
+        won = (best.index_select(0, rb) >= n_a).nonzero().view(-1)
+        if won.numel():
+            rw = rb.index_select(0, won)
+            ib = (best.index_select(0, rw) - n_a)[None, :]
+            tab_b = _rows_tables(b_cands, rb.numel(), dev).index_select(1, won).gather(0, ib)[0]
+            keep = _keep(q.index_select(0, won), lower.index_select(1, won), upper.index_select(1, won), tab_b)
+            pos = _pick(index_lut(fb, eb, dev), gb, cb.index_select(0, won), tab_b)
+            idx.index_copy_(0, rw, (pos + 1).mul_(keep))
+            scale.index_copy_(0, rw, (ib[0] if method.implicit_scale else tab_b).to(torch.uint8))
+            e0.index_copy_(0, rw, torch.stack([b for _, _, b in b_cands]).index_select(1, won).gather(0, ib)[0])
+            e1.index_copy_(0, rw, torch.stack([a for _, a, _ in b_cands]).index_select(1, won).gather(0, ib)[0])
+            mode = mode.index_fill(0, rw, MODE_B)
+    return e0, e1, scale, idx, mode
 
 
-def reconstruct(e0: np.ndarray, e1: np.ndarray, scale: np.ndarray, idx: np.ndarray, k: int,
-                method: Method, scale_ids: tuple[int, ...]) -> np.ndarray:
-    """Decoder side: values from stored endpoints, scale flags and indices (order gives the mode)."""
-    if (scale >= len(scale_ids)).any():
-        raise UserError("fmc payload has a scale flag outside the header's scale list")
+def _candidates(method: Method, n_s: int, a: torch.Tensor, b: torch.Tensor, storage):
+    """[(table, a', b')] for one mode on interpolation ranges [a, b]: explicit methods, one per
+    scale on the range itself; implicit ones, linear (parity 0) and log (parity 1) on the range
+    nudged to that parity (`nudge`), the log oriented towards zero (`implicit_table`)."""
+    if not method.implicit_scale:
+        return [(i, a, b) for i in range(n_s)]
+    out = []
+    for sigma in (0, 1):
+        a2, b2 = nudge(a, b, sigma, storage)
+        out.append((implicit_table(torch.full_like(a2, sigma, dtype=torch.uint8), a2, b2), a2, b2))
+    return out
+
+
+def implicit_table(sigma: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Table position in IMPLICIT_SCALES for signalled bit sigma on range [a, b]: 0 linear; for
+    sigma = 1 the log scale dense towards zero, i.e. rlog when the range lies at or below zero."""
+    return sigma.to(torch.uint8) * (1 + (b <= 0).to(torch.uint8))
+
+
+def nudge(a: torch.Tensor, b: torch.Tensor, sigma: int, storage) -> tuple[torch.Tensor, torch.Tensor]:
+    """Endpoints [a, b] whose stored bit patterns have XOR parity `sigma`: unchanged where they
+    already do, else widened by one code step at the top (b up), or at the bottom (a down) when b
+    is the largest finite value; a full-range block narrows by one step instead.
+
+    Why: the implicit-scale method signals linear/log in the endpoints themselves (the XOR of
+    their lowest bits), as BC1 signals its mode in their order; the price is at most one code step
+    (one float16 ulp, or 1 on integer maps) on one endpoint of the blocks whose parity is off."""
+    ca, cb = value_bits(a, storage), value_bits(b, storage)
+    off = ((ca ^ cb) & 1) != sigma
+    if not bool(off.any()):
+        return a, b
+    b_up, ok_up = step(b, True, storage)
+    a_down, ok_down = step(a, False, storage)
+    b_in, _ = step(b, False, storage)
+    use_up = off & ok_up
+    use_down = off & ~ok_up & ok_down
+    use_in = off & ~ok_up & ~ok_down
+    return torch.where(use_down, a_down, a), torch.where(use_up, b_up, torch.where(use_in, b_in, b))
+
+
+def _rows_tables(cands, rows: int, device) -> torch.Tensor:
+    """(len(cands), rows) uint8 table positions of the candidates."""
+    return torch.stack([_positions(tab, rows, device) for tab, _, _ in cands])
+
+
+def _positions(tab, n: int, device) -> torch.Tensor:
+    """Per-row table position as uint8 (a fixed table -> that position on every row)."""
+    if isinstance(tab, int):
+        return torch.full((n,), tab, dtype=torch.uint8, device=device)
+    return tab.to(torch.uint8)
+
+
+def _pick(lut: torch.Tensor, size: int, c: torch.Tensor, tab) -> torch.Tensor:
+    """lut is len(tables) concatenated tables of `size` entries; entry c of table `tab` (an int,
+    or a per-row position tensor), as one index_select over all values."""
+    if isinstance(tab, int):
+        return lut.narrow(0, tab * size, size).index_select(0, c.view(-1)).view(c.shape)
+    return lut.index_select(0, (c + tab.to(torch.int32)[:, None] * size).view(-1)).view(c.shape)
+
+
+def _keep(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, tab) -> torch.Tensor:
+    """1 where a mode-B value keeps its bulk point, 0 where it falls in the zero cell (uint8)."""
+    if isinstance(tab, int):
+        lo_, up_ = lower[tab], upper[tab]
+    else:
+        sel = tab.long()[None, :]
+        lo_, up_ = lower.gather(0, sel)[0], upper.gather(0, sel)[0]
+    return ((q <= lo_[:, None]) | (q > up_[:, None])).view(torch.uint8)
+
+
+def _lookup(lut: torch.Tensor, c: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """lut[c] (+ a per-row table offset), as one index_select over all values."""
+    if offset is not None:
+        c = c + offset[:, None]
+    return lut.index_select(0, c.view(-1)).view(c.shape)
+
+
+def _mode_b_rows(v, lo, hi, span):
+    """(rows, their non-zero min, non-zero max) where mode B is valid: the block holds a zero and at
+    least two distinct non-zero values."""
+    cand = _rows((lo <= 0) & (hi >= 0) & (span > 0))
+    if cand.numel() == 0:
+        return cand, lo[:0], hi[:0]
+    vc = v.index_select(0, cand)
+    zero = (vc == 0).view(torch.uint8)
+    big = 2 * float(torch.maximum(hi.index_select(0, cand), -lo.index_select(0, cand)).max()) + 1
+    shift = zero.to(v.dtype) * big  # zeros move out of the way of the min and of the max; others get + 0
+    blo = (vc + shift).amin(1)
+    bhi = (vc - shift).amax(1)
+    ok = (zero.amax(1) > 0) & (blo < bhi)
+    if bool(ok.all()):
+        return cand, blo, bhi
+    return cand[ok], blo[ok], bhi[ok]
+
+
+def reconstruct(e0: torch.Tensor, e1: torch.Tensor, scale: torch.Tensor | None, idx: torch.Tensor, k: int,
+                method: Method, scale_ids: tuple[int, ...]) -> torch.Tensor:
+    """Decoder side: values from stored endpoints, scale flags and indices (order gives the mode;
+    for implicit-scale methods the endpoints give the scale too, and `scale` is ignored).
+
+    The 2^k points of each block are computed once per block and gathered by index."""
     mode_b = e0 > e1
-    if mode_b.any() and not (method.mode_b and (1 << k) - 1 >= 2):
+    if bool(mode_b.any()) and not (method.mode_b and (1 << k) - 1 >= 2):
         raise UserError(f"fmc payload uses endpoint mode B, which method '{method.name}' with "
                         f"{k}-bit indices never writes")
-    a, b = np.where(mode_b, e1, e0), np.where(mode_b, e0, e1)
-    combo = scale.astype(np.intp) + len(scale_ids) * mode_b
-    frac = table(scale_ids, k, e0.dtype)[combo[:, None], idx]
-    dec = a[:, None] + (b - a)[:, None] * frac
-    return np.where(mode_b[:, None] & (idx == 0), 0, dec).astype(e0.dtype, copy=False)
+    a, b = torch.where(mode_b, e1, e0), torch.where(mode_b, e0, e1)
+    if method.implicit_scale:  # no flag in the stream: `scale` is the endpoints' parity bit
+        scale = implicit_table(scale, a, b)
+    elif bool((scale >= len(scale_ids)).any()):
+        raise UserError("fmc payload has a scale flag outside the header's scale list")
+    combo = scale.long() + len(scale_ids) * mode_b.long()
+    pts = a[:, None] + (b - a)[:, None] * table(scale_ids, k, e0.dtype, e0.device)[combo]
+    pts[:, 0].masked_fill_(mode_b, 0)
+    return pts.gather(1, idx.long())
