@@ -104,12 +104,14 @@ def code_blocks(v: torch.Tensor, k: int, method: Method, scale_ids: tuple[int, .
 def _code_rows(v, lo, hi, span, k, method, sids, storage):
     """`code_blocks` on rows that are (almost all) non-constant; returns (e0, e1, scale, idx, mode).
 
-    Work happens on q = t * 2^e (t = (v - lo) / span): dividing by span / 2^e instead of span gives
-    exactly 2^e times the rounded t (scaling by a power of two commutes with rounding in the
-    normal range, which t * 2^e never leaves here), so cells and comparisons equal those on t.
-    A candidate is a mode with a table per row and its stored endpoints (a, b), a < b: explicit
-    methods try every scale of the list on the block's own range; implicit-scale methods try
-    linear and log, each on the range nudged (if needed) to the endpoint parity that signals it."""
+    Indices come from q = t * 2^e (t = (v - lo) / span): dividing by span / 2^e instead of span
+    gives exactly 2^e times the rounded t (scaling by a power of two commutes with rounding in the
+    normal range, which q never leaves here), so cells and comparisons equal those on t. Squared
+    errors are (v - (lo + span * f))^2 with the reference's operation order: they are exact on
+    small integer maps, where different candidates often tie exactly, and ties must stay ties.
+    A candidate is a mode with a table per row: explicit methods try every scale of the list;
+    implicit-scale methods try linear and the log scale oriented towards zero, and the winner's
+    endpoints are then nudged to the parity that signals its scale (`nudge`)."""
     nr, n = v.shape
     p, n_s, dev, wdt = 1 << k, len(sids), v.device, v.dtype
     safe = span + (span == 0).to(span.dtype)
@@ -124,75 +126,104 @@ def _code_rows(v, lo, hi, span, k, method, sids, storage):
     c = (v - lo[:, None]).div_((safe / (1 << ea))[:, None]).ceil_().to(torch.int32)  # t in [0, 1]: no clamp
     brows = _mode_b_rows(v, lo, hi, span) if method.mode_b and p - 1 >= 2 else None
     has_b = brows is not None and brows[0].numel() > 0
-    a_cands = _candidates(method, n_s, lo, hi, storage)
-    if len(a_cands) == 1 and not has_b:
-        tab = a_cands[0][0]
-        return lo, hi, _positions(tab, nr, dev), _pick(index_lut(fa, ea, dev), ga, c, tab), mode_a
+    a_tabs = _tables(method, n_s, lo, hi)
+    if len(a_tabs) == 1 and not has_b:
+        e0, e1 = _signal(method, lo, hi, 0, storage)
+        return e0, e1, torch.zeros(nr, dtype=torch.uint8, device=dev), \
+            _pick(index_lut(fa, ea, dev), ga, c, a_tabs[0]), mode_a
     cand = []  # squared error per candidate, (nr,) each: mode A candidates, then mode B candidates
     flut = fraction_lut(fa, ea, wdt, dev)
-    for tab, a, b in a_cands:
-        d = _pick(flut, ga, c, tab).mul_((b - a)[:, None]).add_(a[:, None]).sub_(v)
+    for tab in a_tabs:
+        d = _pick(flut, ga, c, tab).mul_(span[:, None]).add_(lo[:, None]).sub_(v)
         cand.append(d.mul_(d).sum(1))
-    b_cands = []
+    b_tabs = []
     if has_b:
         rb, blo, bhi = brows
-        vb = v.index_select(0, rb)
+        valid = None
+        if nr > rb.numel() * 4 // 3:
+            full = False
+        else:  # (nearly) every row: compute on all of them (no copies), invalid rows score inf
+            full = True
+            if rb.numel() < nr:
+                valid = torch.zeros(nr, dtype=torch.bool, device=dev).index_fill_(0, rb, True)
+                blo = torch.ones_like(lo).index_copy_(0, rb, blo)  # placeholders [1, 2] on invalid rows
+                bhi = torch.full_like(hi, 2).index_copy_(0, rb, bhi)
+                rb = torch.arange(nr, device=dev)
+        vb = v if full else v.index_select(0, rb)
         bspan = bhi - blo
         fb = tuple(fractions(s, p - 1) for s in sids)
         eb = cell_exponent(fb)
         g, gb = float(1 << eb), (1 << eb) + 1
-        q = (vb - blo[:, None]).div_((bspan / g)[:, None])  # = 2^eb * tb
-        cb = q.ceil().clamp_(0, g).to(torch.int32)
-        zg = -blo / (bspan / g)  # 2^eb * z, z = where the zero falls on t
-        bounds = [zero_bounds(zg, tuple(x * g for x in f)) for f in fb]  # 2^eb * (lower, upper) per scale
-        lower, upper = torch.stack([b[0] for b in bounds]), torch.stack([b[1] for b in bounds])
-        b_cands = _candidates(method, n_s, blo, bhi, storage)
+        ub = bspan / g
+        qb = (vb - blo[:, None]).div_(ub[:, None])  # = 2^eb * tb
+        cb = qb.ceil().clamp_(0, g).to(torch.int32)
+        zg = -blo / ub  # 2^eb * z, z = where the zero falls on t
+        if bool((blo > 0).all()):  # bulk above zero (ReLU maps): every table's zero cell is q <= z / 2
+            lower = torch.full((1, zg.numel()), -float("inf"), dtype=wdt, device=dev)
+            upper = (zg / 2)[None, :]
+            shared = _keep(qb, lower, upper, 0)
+        else:
+            bounds = [zero_bounds(zg, tuple(x * g for x in f)) for f in fb]  # 2^eb * (lower, upper) per scale
+            lower, upper = torch.stack([b[0] for b in bounds]), torch.stack([b[1] for b in bounds])
+            shared = None
+        b_tabs = _tables(method, n_s, blo, bhi)
         flut = fraction_lut(fb, eb, wdt, dev)
-        for tab, a, b in b_cands:
-            keep = _keep(q, lower, upper, tab)
-            d = _pick(flut, gb, cb, tab).mul_((b - a)[:, None]).add_(a[:, None]).mul_(keep).sub_(vb)
-            sse = torch.full((nr,), float("inf"), dtype=wdt, device=dev)  # rows without mode B
-            cand.append(sse.index_copy_(0, rb, d.mul_(d).sum(1)))
+        for tab in b_tabs:
+            keep = shared if shared is not None else _keep(qb, lower, upper, tab)
+            d = _pick(flut, gb, cb, tab).mul_(bspan[:, None]).add_(blo[:, None]).mul_(keep).sub_(vb)  # zero cell: 0
+            sse_b = d.mul_(d).sum(1)
+            if full:
+                cand.append(sse_b if valid is None else sse_b.masked_fill_(~valid, float("inf")))
+            else:
+                cand.append(torch.full((nr,), float("inf"), dtype=wdt, device=dev).index_copy_(0, rb, sse_b))
     best, low = torch.zeros(nr, dtype=torch.int64, device=dev), cand[0]
     for i in range(1, len(cand)):  # first minimum on ties: mode A before B, candidates in order
         better = cand[i] < low
         best = torch.where(better, i, best)
         low = torch.minimum(low, cand[i])
-    n_a = len(a_cands)
-    ia = best.clamp(max=n_a - 1)[None, :]  # A candidate of each row (B rows are overwritten below)
-    tab_a = _rows_tables(a_cands, nr, dev).gather(0, ia)[0]
-    e0 = torch.stack([a for _, a, _ in a_cands]).gather(0, ia)[0]
-    e1 = torch.stack([b for _, _, b in a_cands]).gather(0, ia)[0]
-    scale = (ia[0] if method.implicit_scale else tab_a).to(torch.uint8)
-    idx = _pick(index_lut(fa, ea, dev), ga, c, tab_a if n_a > 1 else a_cands[0][0])
+    n_a = len(a_tabs)
+    ia = best.clamp(max=n_a - 1)  # A candidate of each row (B rows are overwritten below)
+    tab_a = _rows_tables(a_tabs, nr, dev).gather(0, ia[None, :])[0]
+    scale = (ia if method.implicit_scale else tab_a).to(torch.uint8)
+    idx = _pick(index_lut(fa, ea, dev), ga, c, tab_a if n_a > 1 else a_tabs[0])
+    e0, e1 = lo, hi
     mode = mode_a
     if has_b:
         won = (best.index_select(0, rb) >= n_a).nonzero().view(-1)
         if won.numel():
             rw = rb.index_select(0, won)
-            ib = (best.index_select(0, rw) - n_a)[None, :]
-            tab_b = _rows_tables(b_cands, rb.numel(), dev).index_select(1, won).gather(0, ib)[0]
-            keep = _keep(q.index_select(0, won), lower.index_select(1, won), upper.index_select(1, won), tab_b)
+            ib = best.index_select(0, rw) - n_a
+            tab_b = _rows_tables(b_tabs, rb.numel(), dev).index_select(1, won).gather(0, ib[None, :])[0]
+            keep = _keep(qb.index_select(0, won), lower.index_select(1, won), upper.index_select(1, won),
+                         0 if shared is not None else tab_b)
             pos = _pick(index_lut(fb, eb, dev), gb, cb.index_select(0, won), tab_b)
             idx.index_copy_(0, rw, (pos + 1).mul_(keep))
-            scale.index_copy_(0, rw, (ib[0] if method.implicit_scale else tab_b).to(torch.uint8))
-            e0.index_copy_(0, rw, torch.stack([b for _, _, b in b_cands]).index_select(1, won).gather(0, ib)[0])
-            e1.index_copy_(0, rw, torch.stack([a for _, a, _ in b_cands]).index_select(1, won).gather(0, ib)[0])
+            scale.index_copy_(0, rw, (ib if method.implicit_scale else tab_b).to(torch.uint8))
+            e0 = lo.index_copy(0, rw, bhi.index_select(0, won))  # mode B: e0 > e1
+            e1 = hi.index_copy(0, rw, blo.index_select(0, won))
             mode = mode.index_fill(0, rw, MODE_B)
+    if method.implicit_scale:
+        is_b = mode == MODE_B
+        a, b = torch.where(is_b, e1, e0), torch.where(is_b, e0, e1)
+        a, b = nudge(a, b, scale, storage)
+        e0, e1 = torch.where(is_b, b, a), torch.where(is_b, a, b)
     return e0, e1, scale, idx, mode
 
 
-def _candidates(method: Method, n_s: int, a: torch.Tensor, b: torch.Tensor, storage):
-    """[(table, a', b')] for one mode on interpolation ranges [a, b]: explicit methods, one per
-    scale on the range itself; implicit ones, linear (parity 0) and log (parity 1) on the range
-    nudged to that parity (`nudge`), the log oriented towards zero (`implicit_table`)."""
+def _tables(method: Method, n_s: int, a: torch.Tensor, b: torch.Tensor) -> list:
+    """Table per candidate for ranges [a, b]: each scale of the list (explicit methods), or linear
+    and the log oriented towards zero (implicit methods; `implicit_table`)."""
     if not method.implicit_scale:
-        return [(i, a, b) for i in range(n_s)]
-    out = []
-    for sigma in (0, 1):
-        a2, b2 = nudge(a, b, sigma, storage)
-        out.append((implicit_table(torch.full_like(a2, sigma, dtype=torch.uint8), a2, b2), a2, b2))
-    return out
+        return list(range(n_s))
+    below = b <= 0
+    if not bool(below.any()):
+        return [0, 1]
+    return [0, 2 if bool(below.all()) else implicit_table(torch.ones_like(a, dtype=torch.uint8), a, b)]
+
+
+def _signal(method: Method, a: torch.Tensor, b: torch.Tensor, sigma, storage):
+    """Implicit methods: the range nudged to the parity of its scale bit; others: unchanged."""
+    return nudge(a, b, sigma, storage) if method.implicit_scale else (a, b)
 
 
 def implicit_table(sigma: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -201,30 +232,41 @@ def implicit_table(sigma: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tor
     return sigma.to(torch.uint8) * (1 + (b <= 0).to(torch.uint8))
 
 
-def nudge(a: torch.Tensor, b: torch.Tensor, sigma: int, storage) -> tuple[torch.Tensor, torch.Tensor]:
-    """Endpoints [a, b] whose stored bit patterns have XOR parity `sigma`: unchanged where they
-    already do, else widened by one code step at the top (b up), or at the bottom (a down) when b
-    is the largest finite value; a full-range block narrows by one step instead.
+def nudge(a: torch.Tensor, b: torch.Tensor, sigma, storage) -> tuple[torch.Tensor, torch.Tensor]:
+    """Endpoints [a, b] whose stored bit patterns have XOR parity `sigma` (an int or per-row
+    tensor): unchanged where they already do, else moved by one code step at the end away from
+    zero, outwards (b up for ranges above zero, a down for ranges at or below it), or at the other
+    end when the range already reaches the dtype's limit. Neither the order of the endpoints (the
+    mode) nor the side of zero of b (the log orientation) ever changes.
 
     Why: the implicit-scale method signals linear/log in the endpoints themselves (the XOR of
-    their lowest bits), as BC1 signals its mode in their order; the price is at most one code step
-    (one float16 ulp, or 1 on integer maps) on one endpoint of the blocks whose parity is off."""
-    ca, cb = value_bits(a, storage), value_bits(b, storage)
-    off = ((ca ^ cb) & 1) != sigma
+    their lowest bits), as BC1 signals its mode in their order; the price is one code step (one
+    16-bit float ulp, or 1 on integer maps) on one endpoint of the blocks whose parity is off."""
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.to(torch.int32)
+    off = ((value_bits(a, storage) ^ value_bits(b, storage)) & 1) != sigma
     if not bool(off.any()):
         return a, b
-    b_up, ok_up = step(b, True, storage)
-    a_down, ok_down = step(a, False, storage)
-    b_in, _ = step(b, False, storage)
-    use_up = off & ok_up
-    use_down = off & ~ok_up & ok_down
-    use_in = off & ~ok_up & ~ok_down
-    return torch.where(use_down, a_down, a), torch.where(use_up, b_up, torch.where(use_in, b_in, b))
+    b_up, ok_b_up = step(b, True, storage)
+    a_down, ok_a_down = step(a, False, storage)
+    b_down, _ = step(b, False, storage)
+    a_up, _ = step(a, True, storage)
+    pos = b > 0
+    # above zero: b up, else a down (b stays > 0); at or below zero: a down, else b up while b < 0
+    # (b stays <= 0); else (the range spans the dtype) one step inwards at b, or at a
+    move_b_up = off & ok_b_up & torch.where(pos, torch.ones_like(pos), ~ok_a_down & (b < 0))
+    move_a_down = off & ~move_b_up & ok_a_down
+    rest = off & ~move_b_up & ~move_a_down
+    move_b_down = rest & (b_down > a) & (pos == (b_down > 0))
+    move_a_up = rest & ~move_b_down
+    a2 = torch.where(move_a_down, a_down, torch.where(move_a_up, a_up, a))
+    b2 = torch.where(move_b_up, b_up, torch.where(move_b_down, b_down, b))
+    return a2, b2
 
 
-def _rows_tables(cands, rows: int, device) -> torch.Tensor:
-    """(len(cands), rows) uint8 table positions of the candidates."""
-    return torch.stack([_positions(tab, rows, device) for tab, _, _ in cands])
+def _rows_tables(tabs: list, rows: int, device) -> torch.Tensor:
+    """(len(tabs), rows) uint8 table positions."""
+    return torch.stack([_positions(tab, rows, device) for tab in tabs])
 
 
 def _positions(tab, n: int, device) -> torch.Tensor:
@@ -243,13 +285,17 @@ def _pick(lut: torch.Tensor, size: int, c: torch.Tensor, tab) -> torch.Tensor:
 
 
 def _keep(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, tab) -> torch.Tensor:
-    """1 where a mode-B value keeps its bulk point, 0 where it falls in the zero cell (uint8)."""
+    """1 where a mode-B value keeps its bulk point, 0 where it falls in the zero cell (uint8);
+    lower / upper are per (table, row)."""
     if isinstance(tab, int):
         lo_, up_ = lower[tab], upper[tab]
     else:
         sel = tab.long()[None, :]
         lo_, up_ = lower.gather(0, sel)[0], upper.gather(0, sel)[0]
-    return ((q <= lo_[:, None]) | (q > up_[:, None])).view(torch.uint8)
+    above = q > up_[:, None]
+    if bool(torch.isinf(lo_).all()):  # the zero is the lowest point: one comparison
+        return above.view(torch.uint8)
+    return ((q <= lo_[:, None]) | above).view(torch.uint8)
 
 
 def _lookup(lut: torch.Tensor, c: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,16 +311,28 @@ def _mode_b_rows(v, lo, hi, span):
     cand = _rows((lo <= 0) & (hi >= 0) & (span > 0))
     if cand.numel() == 0:
         return cand, lo[:0], hi[:0]
-    vc = v.index_select(0, cand)
-    zero = (vc == 0).view(torch.uint8)
-    big = 2 * float(torch.maximum(hi.index_select(0, cand), -lo.index_select(0, cand)).max()) + 1
-    shift = zero.to(v.dtype) * big  # zeros move out of the way of the min and of the max; others get + 0
-    blo = (vc + shift).amin(1)
-    bhi = (vc - shift).amax(1)
-    ok = (zero.amax(1) > 0) & (blo < bhi)
+    if cand.numel() * 4 > v.shape[0] * 3:  # most rows: work on all of them, no copy
+        rows = torch.arange(v.shape[0], device=v.device)
+        blo, bhi, ok = _nonzero_range(v, lo, hi)
+        ok &= torch.zeros_like(ok).index_fill_(0, cand, True)
+        return rows[ok], blo[ok], bhi[ok]
+    blo, bhi, ok = _nonzero_range(v.index_select(0, cand), lo.index_select(0, cand), hi.index_select(0, cand))
     if bool(ok.all()):
         return cand, blo, bhi
     return cand[ok], blo[ok], bhi[ok]
+
+
+def _nonzero_range(vc, lo, hi):
+    """Per row: min and max of the non-zero values, and whether the row has a zero and two
+    distinct non-zero values. Rows with lo = 0 (ReLU) have a zero and their max is non-zero."""
+    zero = vc == 0
+    big = 2 * float(torch.maximum(hi, -lo).max()) + 1
+    shift = zero.to(vc.dtype) * big  # zeros move out of the way of the min and of the max; others get + 0
+    blo = (vc + shift).amin(1)
+    if bool((lo == 0).all()):
+        return blo, hi, blo < hi
+    bhi = (vc - shift).amax(1)
+    return blo, bhi, (zero.view(torch.uint8).amax(1) > 0) & (blo < bhi)
 
 
 def reconstruct(e0: torch.Tensor, e1: torch.Tensor, scale: torch.Tensor | None, idx: torch.Tensor, k: int,

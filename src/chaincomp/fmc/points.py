@@ -125,13 +125,14 @@ def index_lut(fracs: tuple[tuple[float, ...], ...], e: int, device) -> torch.Ten
     return _lut(("index", fracs, e), build, torch.uint8, device)
 
 
-def fraction_lut(fracs: tuple[tuple[float, ...], ...], e: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Like `index_lut`, but the entry is the selected point's fraction (in `dtype`)."""
+def fraction_lut(fracs: tuple[tuple[float, ...], ...], e: int, dtype: torch.dtype, device,
+                 scale: float = 1.0) -> torch.Tensor:
+    """Like `index_lut`, but the entry is the selected point's fraction times `scale` (in `dtype`)."""
     def build():
         grid = np.arange((1 << e) + 1)
         return np.concatenate([np.asarray(f, dtype=np.float64)[np.searchsorted(
-            np.array([m * 2.0 ** e for m in midpoints(f)]), grid, side="left")] for f in fracs])
-    return _lut(("fraction", fracs, e), build, dtype, device)
+            np.array([m * 2.0 ** e for m in midpoints(f)]), grid, side="left")] for f in fracs]) * scale
+    return _lut(("fraction", fracs, e, scale), build, dtype, device)
 
 
 def threshold_index(t: torch.Tensor, frac: tuple[float, ...]) -> torch.Tensor:
