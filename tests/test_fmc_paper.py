@@ -3,6 +3,7 @@ order, linear/log scale from the endpoint parity, and how it fits into the codec
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -160,3 +161,13 @@ def test_hooks_take_the_preset():
     assert s["encoded_bytes"] == HEADER_BYTES + s["raw_bytes"] // 4
     with pytest.raises(UserError, match="fixes index_bits"):
         attach_codec(model, ["1"], preset="paper", index_bits=3)
+
+
+def test_paper_streams_are_pinned():
+    """The preset's format is fixed: these streams (CRC32 of the whole container) must not change
+    (a change of the implicit-scale rule or of the nudge would break every stored stream)."""
+    x = relu_map((2, 16, 16, 16), seed=7)
+    y = (torch.randn(1, 8, 8, 8, generator=torch.Generator().manual_seed(1)) * 3).half()
+    assert zlib.crc32(encode(x, preset="paper")) == 2244387913
+    assert zlib.crc32(encode(y, preset="paper")) == 3175372890
+    assert zlib.crc32(encode(x, preset="paper", mode="vbr")) == 1173232833

@@ -23,11 +23,9 @@ import torch
 from torch import nn
 
 from chaincomp.errors import UserError
-from chaincomp.fmc import decode, encode
-from chaincomp.fmc import bitstream as bs
-from chaincomp.fmc import tags as tg
-from chaincomp.fmc.methods import METHOD_BY_ID, METHODS, Method, scale_ids as method_scale_ids
-from chaincomp.fmc.points import SCALE_ID, SCALES, bits_for_scales, fractions
+from chaincomp.fmc import bitstream as bs, decode, encode, tags as tg
+from chaincomp.fmc.methods import METHOD_BY_ID, METHODS, scale_ids as method_scale_ids
+from chaincomp.fmc.points import bits_for_scales, fractions
 
 # =============================================================================== reference (numpy)
 # dtypes ---------------------------------------------------------------------------------------

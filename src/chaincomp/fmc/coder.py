@@ -112,7 +112,7 @@ def _code_rows(v, lo, hi, span, k, method, sids, storage):
     A candidate is a mode with a table per row: explicit methods try every scale of the list;
     implicit-scale methods try linear and the log scale oriented towards zero, and the winner's
     endpoints are then nudged to the parity that signals its scale (`nudge`)."""
-    nr, n = v.shape
+    nr = v.shape[0]
     p, n_s, dev, wdt = 1 << k, len(sids), v.device, v.dtype
     safe = span + (span == 0).to(span.dtype)
     mode_a = torch.full((nr,), MODE_A, dtype=torch.int8, device=dev)
