@@ -187,7 +187,7 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
     sdt = storage.dtype
     v = to_blocks(storage, block, dtypes.work_dtype(sdt))
     k, b, fb = index_bits, bits_in, flag_bits(m, len(sids))
-    signed = sdt.is_floating_point and bool((storage.view(torch.int16) == -0x8000).any())  # any -0.0
+    signed = dtypes.has_negative_zero(storage)
     lohi = row_min_max(v, signed)
     coded = code_blocks(v, k, m, sids, lohi, sdt)
     counts = {"A": 0, "B": 0, "const": 0, "scale": [0] * len(sids)}
@@ -255,11 +255,12 @@ def _distinct_at_most(v: torch.Tensor, d: int) -> torch.Tensor:
             repeat |= head[:, i] == head[:, j]
     maybe = repeat.nonzero().view(-1)
     if maybe.numel():
-        w = v[maybe]
-        inf = torch.tensor(float("inf"), dtype=v.dtype, device=v.device)
+        w = v.index_select(0, maybe)
+        top = float(w.abs().max()) + 1
+        big = 4 * top  # a peeled value moves above every value still there
         for _ in range(d):
-            w = torch.where(w == w.amin(1, keepdim=True), inf, w)
-        out[maybe] = torch.isinf(w).all(1)
+            w = torch.add(w, w == w.amin(1, keepdim=True), alpha=big)
+        out[maybe] = w.amin(1) >= big - top
     return out
 
 
@@ -274,7 +275,7 @@ def _vbr_tags(v: torch.Tensor, lohi, k: int, m, sids, storage: torch.dtype) -> t
     if k < 2:
         return tag, empty
     if k == 2:  # exact with 1 bit <=> at most two distinct values
-        maybe = ((v == lo[:, None]) | (v == hi[:, None])).all(1) & ~const
+        maybe = ((v == lo[:, None]) | (v == hi[:, None])).view(torch.uint8).amin(1).bool() & ~const
     else:
         maybe = _distinct_at_most(v, 1 << (k - 1)) & ~const
     where = maybe.nonzero().view(-1)

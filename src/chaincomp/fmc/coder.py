@@ -324,15 +324,18 @@ def _mode_b_rows(v, lo, hi, span):
 
 def _nonzero_range(vc, lo, hi):
     """Per row: min and max of the non-zero values, and whether the row has a zero and two
-    distinct non-zero values. Rows with lo = 0 (ReLU) have a zero and their max is non-zero."""
+    distinct non-zero values. Rows with lo = 0 (ReLU) have a zero and their max is non-zero, so
+    only rows with negative values need the max and the zero test."""
     zero = vc == 0
-    big = 2 * float(torch.maximum(hi, -lo).max()) + 1
-    shift = zero.to(vc.dtype) * big  # zeros move out of the way of the min and of the max; others get + 0
-    blo = (vc + shift).amin(1)
-    if bool((lo == 0).all()):
-        return blo, hi, blo < hi
-    bhi = (vc - shift).amax(1)
-    return blo, bhi, (zero.view(torch.uint8).amax(1) > 0) & (blo < bhi)
+    big = 2 * float(torch.maximum(hi, -lo).max()) + 1  # zeros move above every value; others get + 0
+    blo = torch.add(vc, zero, alpha=big).amin(1)
+    bhi, ok = hi.clone(), lo == 0
+    neg = (lo < 0).nonzero().view(-1)
+    if neg.numel():
+        vn, zn = vc.index_select(0, neg), zero.index_select(0, neg)
+        bhi.index_copy_(0, neg, torch.add(vn, zn, alpha=-big).amax(1))
+        ok.index_copy_(0, neg, zn.view(torch.uint8).amax(1) > 0)
+    return blo, bhi, ok & (blo < bhi)
 
 
 def reconstruct(e0: torch.Tensor, e1: torch.Tensor, scale: torch.Tensor | None, idx: torch.Tensor, k: int,

@@ -67,11 +67,17 @@ def bits_value(raw: torch.Tensor, storage: torch.dtype, work: torch.dtype) -> to
 
 
 def _non_finite(x: torch.Tensor) -> bool:
-    """Any NaN/Inf; 16-bit floats from the exponent bits (no float pass)."""
+    """Any NaN/Inf: the largest magnitude bit pattern reaches the all-ones exponent (integer
+    passes only; boolean reductions are slow on CPU)."""
     if x.dtype == torch.float32:
-        return not bool(torch.isfinite(x).all())
-    mask = 0x7C00 if x.dtype == torch.float16 else 0x7F80
-    return bool(((x.view(torch.int16) & mask) == mask).any())
+        return int((x.view(torch.int32) & 0x7FFFFFFF).amax()) >= 0x7F800000
+    exp = 0x7C00 if x.dtype == torch.float16 else 0x7F80
+    return int((x.view(torch.int16) & 0x7FFF).amax()) >= exp
+
+
+def has_negative_zero(x: torch.Tensor) -> bool:
+    """Any -0.0 in a 16-bit float tensor: its pattern 0x8000 is the smallest int16."""
+    return x.is_floating_point() and int(x.view(torch.int16).amin()) == -0x8000
 
 
 def prepare(x, bits_in: int) -> tuple[torch.Tensor, int, float]:
