@@ -30,7 +30,7 @@ from chaincomp.errors import UserError
 
 from . import bitstream, dtypes, tags
 from .blocks import from_blocks, n_blocks, to_blocks
-from .coder import CONST, MODE_A, MODE_B, Coded, code_blocks, reconstruct, row_min_max
+from .coder import CONST, MODE_A, MODE_B, Coded, code_blocks, reconstruct, row_min, row_min_max
 from .methods import METHOD_BY_ID, METHODS, flag_bits, scale_ids as method_scale_ids
 from .points import SCALE_ID, SCALES, bits_for_scales
 
@@ -259,8 +259,8 @@ def _distinct_at_most(v: torch.Tensor, d: int) -> torch.Tensor:
         top = float(w.abs().max()) + 1
         big = 4 * top  # a peeled value moves above every value still there
         for _ in range(d):
-            w = torch.add(w, w == w.amin(1, keepdim=True), alpha=big)
-        out[maybe] = w.amin(1) >= big - top
+            w = torch.add(w, w == row_min(w)[:, None], alpha=big)
+        out[maybe] = row_min(w) >= big - top
     return out
 
 
@@ -275,7 +275,7 @@ def _vbr_tags(v: torch.Tensor, lohi, k: int, m, sids, storage: torch.dtype) -> t
     if k < 2:
         return tag, empty
     if k == 2:  # exact with 1 bit <=> at most two distinct values
-        maybe = ((v == lo[:, None]) | (v == hi[:, None])).view(torch.uint8).amin(1).bool() & ~const
+        maybe = row_min(((v == lo[:, None]) | (v == hi[:, None])).view(torch.uint8)).bool() & ~const
     else:
         maybe = _distinct_at_most(v, 1 << (k - 1)) & ~const
     where = maybe.nonzero().view(-1)

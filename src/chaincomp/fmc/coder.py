@@ -49,11 +49,31 @@ def _rows(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().view(-1)
 
 
+def _row_reduce(v: torch.Tensor, op, reduce) -> torch.Tensor:
+    """Per-row min or max. Short rows (16 values: the paper's blocks) reduce by halving, elementwise
+    over all rows at once, which is faster than the strided row reduction."""
+    n = v.shape[1]
+    if n > 32 or n & (n - 1):
+        return reduce(v, 1)
+    while v.shape[1] > 1:
+        h = v.shape[1] // 2
+        v = op(v[:, :h], v[:, h:])
+    return v[:, 0]
+
+
+def row_min(v: torch.Tensor) -> torch.Tensor:
+    return _row_reduce(v, torch.minimum, torch.amin)
+
+
+def row_max(v: torch.Tensor) -> torch.Tensor:
+    return _row_reduce(v, torch.maximum, torch.amax)
+
+
 def row_min_max(v: torch.Tensor, signed_zeros: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-block min and max. Among equal values the last one counts (as numpy's reduction did):
     that decides only the sign of a zero endpoint, which the stream stores. `signed_zeros=False`
     promises there is no -0.0 in v and skips the check."""
-    lo, hi = v.amin(1), v.amax(1)
+    lo, hi = row_min(v), row_max(v)
     zl, zh = lo == 0, hi == 0
     rows = (zl | zh).nonzero().view(-1)
     if rows.numel() == 0:
@@ -245,23 +265,29 @@ def nudge(a: torch.Tensor, b: torch.Tensor, sigma, storage) -> tuple[torch.Tenso
     if isinstance(sigma, torch.Tensor):
         sigma = sigma.to(torch.int32)
     off = ((value_bits(a, storage) ^ value_bits(b, storage)) & 1) != sigma
-    if not bool(off.any()):
+    rows = off.nonzero().view(-1)
+    if rows.numel() == 0:
         return a, b
-    b_up, ok_b_up = step(b, True, storage)
-    a_down, ok_a_down = step(a, False, storage)
-    b_down, _ = step(b, False, storage)
-    a_up, _ = step(a, True, storage)
-    pos = b > 0
-    # above zero: b up, else a down (b stays > 0); at or below zero: a down, else b up while b < 0
-    # (b stays <= 0); else (the range spans the dtype) one step inwards at b, or at a
-    move_b_up = off & ok_b_up & torch.where(pos, torch.ones_like(pos), ~ok_a_down & (b < 0))
-    move_a_down = off & ~move_b_up & ok_a_down
-    rest = off & ~move_b_up & ~move_a_down
-    move_b_down = rest & (b_down > a) & (pos == (b_down > 0))
-    move_a_up = rest & ~move_b_down
-    a2 = torch.where(move_a_down, a_down, torch.where(move_a_up, a_up, a))
-    b2 = torch.where(move_b_up, b_up, torch.where(move_b_down, b_down, b))
-    return a2, b2
+    ar, br = a.index_select(0, rows), b.index_select(0, rows)
+    pos = br > 0
+    # above zero: b up (b stays > 0); at or below zero: a down (b stays <= 0)
+    b_up, ok_b_up = step(br, True, storage)
+    a_down, ok_a_down = step(ar, False, storage)
+    move_b_up = pos & ok_b_up
+    move_a_down = ~pos & ok_a_down
+    a2, b2 = torch.where(move_a_down, a_down, ar), torch.where(move_b_up, b_up, br)
+    stuck = ~(move_b_up | move_a_down)
+    if bool(stuck.any()):  # the end away from zero is the dtype's limit: use the other end
+        b_down, _ = step(br, False, storage)
+        a_up, _ = step(ar, True, storage)
+        alt_a_down = stuck & pos & ok_a_down  # b stays > 0
+        alt_b_up = stuck & ~pos & (br < 0) & ok_b_up  # b stays <= 0
+        rest = stuck & ~alt_a_down & ~alt_b_up  # the range spans the dtype: one step inwards
+        in_b = rest & (b_down > ar) & (pos == (b_down > 0))
+        in_a = rest & ~in_b
+        a2 = torch.where(alt_a_down, a_down, torch.where(in_a, a_up, a2))
+        b2 = torch.where(alt_b_up, b_up, torch.where(in_b, b_down, b2))
+    return a.index_copy(0, rows, a2), b.index_copy(0, rows, b2)
 
 
 def _rows_tables(tabs: list, rows: int, device) -> torch.Tensor:
@@ -328,12 +354,12 @@ def _nonzero_range(vc, lo, hi):
     only rows with negative values need the max and the zero test."""
     zero = vc == 0
     big = 2 * float(torch.maximum(hi, -lo).max()) + 1  # zeros move above every value; others get + 0
-    blo = torch.add(vc, zero, alpha=big).amin(1)
+    blo = row_min(torch.add(vc, zero, alpha=big))
     bhi, ok = hi.clone(), lo == 0
     neg = (lo < 0).nonzero().view(-1)
     if neg.numel():
         vn, zn = vc.index_select(0, neg), zero.index_select(0, neg)
-        bhi.index_copy_(0, neg, torch.add(vn, zn, alpha=-big).amax(1))
+        bhi.index_copy_(0, neg, row_max(torch.add(vn, zn, alpha=-big)))
         ok.index_copy_(0, neg, zn.view(torch.uint8).amax(1) > 0)
     return blo, bhi, ok & (blo < bhi)
 
