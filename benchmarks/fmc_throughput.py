@@ -259,7 +259,10 @@ def main() -> None:
     ap.add_argument("--paper", action="store_true", help="preset paper against flagged / linear-only neighbours")
     ap.add_argument("--speed", action="store_true", help="MB/s on a typical map, 1 and 2 threads, and a profile")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.sweep:
         print_sweep(sweep())
     elif args.paper:

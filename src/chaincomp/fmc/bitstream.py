@@ -5,9 +5,11 @@ module only decides *how* they become bytes, so the byte layout can be audited i
 
 Packing is vectorised with numpy over whole arrays, on the host (the bytes end up there anyway):
 k-bit indices become bytes with one integer multiply per machine word (`pack_fields`), 16-bit
-endpoints through their big-endian bytes, and chunks that do not start on a byte boundary are
-joined with one flat unpack -> concatenate -> `np.packbits`. There is no Python loop per block or
-per value; the only loops run over the handful of fields.
+endpoints through their big-endian bytes, and records or chunks that do not start on a byte
+boundary are moved into place with byte shifts (eight records of r bits span exactly r bytes, so
+records are placed by their position in such a group). Nothing is expanded to one byte per bit
+except the per-block endpoint fields. There is no Python loop per block or per value; the only
+loops run over the handful of fields, the eight positions in a group, and the chunks.
 
 Container layout (little endian), version 1::
 
@@ -126,18 +128,22 @@ def pack_fields(values: np.ndarray, width: int) -> np.ndarray:
     v = v.astype(np.uint8, copy=False)
     if width == 1:
         out = np.packbits(v)
-    elif width == 2:  # 4 values per byte
-        w = np.ascontiguousarray(v).view(np.uint32).astype(np.uint64)
-        out = ((w * _u64((1 << 30) + (1 << 20) + (1 << 10) + 1)) >> _u64(24)).astype(np.uint8)
+    elif width == 2:  # 4 values per byte: the product's top byte (in place: no temporaries)
+        w = np.ascontiguousarray(v).view(np.uint32).copy()
+        w *= np.uint32((1 << 30) + (1 << 20) + (1 << 10) + 1)
+        out = w.view(np.uint8)[3::4]
     elif width == 4:  # 2 values per byte
-        w = np.ascontiguousarray(v).view(np.uint16).astype(np.uint32)
-        out = ((w * np.uint32(4097)) >> np.uint32(8)).astype(np.uint8)
+        w = np.ascontiguousarray(v).view(np.uint16).copy()
+        w *= np.uint16(4097)
+        out = w.view(np.uint8)[1::2]
     else:  # width 3: 8 values -> 3 bytes, from two 12-bit halves of 4 values each
         w = v.astype(np.uint16).view(np.uint64)
-        h = ((w * _u64(_K3)) >> _u64(48)) & _u64(0xFFF)
-        h = h.astype(np.uint32).reshape(-1, 2)
-        word = (h[:, 0] << np.uint32(12)) | h[:, 1]  # 24 bits
-        out = np.stack([(word >> np.uint32(16)), (word >> np.uint32(8)), word], axis=1).astype(np.uint8).reshape(-1)
+        w *= _u64(_K3)
+        w >>= _u64(48)  # 12 bits: 4 values
+        h = w.astype(np.uint32).reshape(-1, 2)
+        h[:, 0] <<= np.uint32(12)
+        h[:, 0] |= h[:, 1]  # 24 bits: 8 values, big-endian in bytes 2, 1, 0 of the word
+        out = np.ascontiguousarray(h[:, 0]).view(np.uint8).reshape(-1, 4)[:, 2::-1].reshape(-1)
     return out[:nbytes]
 
 
@@ -158,18 +164,32 @@ def unpack_fields(data: np.ndarray, width: int, count: int) -> np.ndarray:
     data = data[:need]
     if width == 1:
         out = np.unpackbits(data)
-    elif width == 2:
+    elif width == 2:  # spread each byte over 4 bytes (in place)
         b = data.astype(np.uint32)
-        out = (((b * np.uint32(1 + (1 << 10) + (1 << 20) + (1 << 30))) >> np.uint32(6))
-               & np.uint32(0x03030303)).view(np.uint8)
+        b *= np.uint32(1 + (1 << 10) + (1 << 20) + (1 << 30))
+        b >>= np.uint32(6)
+        b &= np.uint32(0x03030303)
+        out = b.view(np.uint8)
     elif width == 4:
         b = data.astype(np.uint16)
-        out = (((b * np.uint16(1 + (1 << 12))) >> np.uint16(4)) & np.uint16(0x0F0F)).view(np.uint8)
-    else:
-        t = data.reshape(-1, 3).astype(np.uint32)
-        word = (t[:, 0] << np.uint32(16)) | (t[:, 1] << np.uint32(8)) | t[:, 2]
-        h = np.stack([word >> np.uint32(12), word & np.uint32(0xFFF)], axis=1).reshape(-1).astype(np.uint64)
-        out = (((h * _u64(_K3)) >> _u64(9)) & _u64(0x0007000700070007)).view(np.uint16).astype(np.uint8)
+        b *= np.uint16(1 + (1 << 12))
+        b >>= np.uint16(4)
+        b &= np.uint16(0x0F0F)
+        out = b.view(np.uint8)
+    else:  # 3 bytes -> two 12-bit halves -> 4 values each
+        t = data.reshape(-1, 3)
+        h = np.empty((t.shape[0], 2), np.uint64)
+        h[:, 0] = t[:, 0]
+        h[:, 0] <<= _u64(4)
+        h[:, 0] |= t[:, 1] >> 4
+        h[:, 1] = t[:, 1] & 15
+        h[:, 1] <<= _u64(8)
+        h[:, 1] |= t[:, 2]
+        h = h.reshape(-1)
+        h *= _u64(_K3)
+        h >>= _u64(9)
+        h &= _u64(0x0007000700070007)
+        out = h.view(np.uint16).astype(np.uint8)
     return out[:count]
 
 
@@ -197,10 +217,52 @@ def _padded(n: int, k: int) -> int:
     return -(-n // group) * group
 
 
+def _shr(a: np.ndarray, s: int) -> np.ndarray:
+    """Rows of bytes (MSB first) moved s bits (0..7) to the right: one more byte per row."""
+    rows, w = a.shape
+    lanes = np.zeros((rows, w + 1), np.uint16)
+    lanes[:, :w] = a
+    lanes <<= 8 - s  # byte j's kept bits in the high half, its spilled bits in the low half
+    out = (lanes >> 8).astype(np.uint8)
+    out[:, 1:] |= (lanes[:, :-1] & 0xFF).astype(np.uint8)
+    return out
+
+
+def _shl(a: np.ndarray, s: int) -> np.ndarray:
+    """Rows of bytes moved s bits (0..7) to the left (the first s bits drop out), same width."""
+    if s == 0:
+        return np.ascontiguousarray(a)
+    a16 = a.astype(np.uint16)
+    out = ((a16 << s) & 0xFF).astype(np.uint8)
+    out[:, :-1] |= (a16[:, 1:] >> (8 - s)).astype(np.uint8)
+    return out
+
+
+def _meta_bytes(meta: list[tuple[np.ndarray, int]], rows: int) -> tuple[np.ndarray, int]:
+    """Per-row fields -> (rows, ceil(bits / 8)) left-aligned bytes, and the number of bits."""
+    mbits = sum(w for _, w in meta)
+    mb = -(-mbits // 8)
+    bits = np.zeros((rows, 8 * mb), np.uint8)
+    at = 0
+    for v, w in meta:
+        bits[:, at:at + w] = field_bits(v, w)
+        at += w
+    return np.packbits(bits.reshape(-1)).reshape(rows, mb), mbits
+
+
+def _meta_fields(mbytes: np.ndarray, widths: list[int]) -> list[np.ndarray]:
+    bits = np.unpackbits(np.ascontiguousarray(mbytes).reshape(-1)).reshape(mbytes.shape[0], -1)
+    fields, at = [], 0
+    for w in widths:
+        fields.append(bits_field(bits[:, at:at + w]))
+        at += w
+    return fields
+
+
 # ------------------------------------------------------------------------------ writer / reader
 class Writer:
-    """Appends chunks to the payload; `finish` joins them (bytes when every chunk is whole bytes,
-    otherwise via one flat unpack -> concatenate -> pack over the bits)."""
+    """Appends chunks to the payload; `finish` joins them. Chunks are packed bytes; one that does
+    not start on a byte boundary is moved into place with byte shifts, never expanded to bits."""
 
     def __init__(self) -> None:
         self.chunks: list[tuple[np.ndarray, int]] = []  # (packed bytes MSB first, number of bits)
@@ -213,41 +275,92 @@ class Writer:
         values = np.asarray(values).reshape(-1)
         self.chunks.append((pack_fields(values, width), values.size * width))
 
+    def meta(self, meta: list[tuple[np.ndarray, int]], rows: int) -> None:
+        """Per-row fields, row after row (the VBR endpoint section)."""
+        mbytes, mbits = _meta_bytes(meta, rows)
+        self.chunks.append(_records(mbytes, mbits, rows))
+
     def records(self, meta: list[tuple[np.ndarray, int]], idx: np.ndarray, k: int) -> None:
         """Interleaved records [meta fields | indices] per row (the CBR layout)."""
         rows, n = idx.shape
-        mbits = sum(w for _, w in meta)
-        meta_bits = np.concatenate([field_bits(v, w) for v, w in meta], axis=1) if meta else \
-            np.zeros((rows, 0), np.uint8)
+        mbytes, mbits = _meta_bytes(meta, rows)
         npad = _padded(n, k)
         if npad != n:
             idx = np.concatenate([idx, np.zeros((rows, npad - n), np.uint8)], axis=1)
-        idx_bytes = pack_fields(idx.reshape(-1), k).reshape(rows, npad * k // 8)
-        if mbits % 8 == 0 and n * k % 8 == 0:
-            meta_bytes = np.packbits(meta_bits.reshape(-1)).reshape(rows, mbits // 8)
-            self.chunks.append((np.concatenate([meta_bytes, idx_bytes], axis=1).reshape(-1),
-                                rows * (mbits + n * k)))
-            return
-        idx_bits = np.unpackbits(idx_bytes.reshape(-1)).reshape(rows, npad * k)[:, :n * k]
-        self.bits(np.concatenate([meta_bits, idx_bits], axis=1))
+        ib = pack_fields(idx.reshape(-1), k).reshape(rows, npad * k // 8)
+        s0 = mbits % 8
+        rb = -(-(mbits + n * k) // 8)
+        rec = np.zeros((rows, rb), np.uint8)
+        rec[:, :mbytes.shape[1]] = mbytes
+        if s0 == 0:
+            rec[:, mbits // 8:] = ib[:, :rb - mbits // 8]
+        else:  # indices start inside the last meta byte
+            rec[:, mbits // 8:] |= _shr(ib, s0)[:, :rb - mbits // 8]
+        self.chunks.append(_records(rec, mbits + n * k, rows))
 
     def finish(self) -> tuple[bytes, int]:
         nbits = sum(n for _, n in self.chunks)
-        if all(n % 8 == 0 for _, n in self.chunks[:-1]):
-            data = np.concatenate([c for c, _ in self.chunks]) if self.chunks else np.zeros(0, np.uint8)
-        else:
-            data = np.packbits(np.concatenate([np.unpackbits(c)[:n] for c, n in self.chunks]))
-        return data.tobytes(), nbits
+        out = np.zeros((nbits + 7) // 8 + 1, np.uint8)
+        pos = 0
+        for data, n in self.chunks:
+            if n == 0:
+                continue
+            nb = (n + 7) // 8
+            if pos % 8 == 0:
+                out[pos // 8:pos // 8 + nb] |= data[:nb]
+            else:
+                sh = _shr(data[:nb].reshape(1, -1), pos % 8)[0]
+                out[pos // 8:pos // 8 + sh.size] |= sh
+            pos += n
+        return out[:(nbits + 7) // 8].tobytes(), nbits
+
+
+def _records(rec: np.ndarray, r: int, rows: int) -> tuple[np.ndarray, int]:
+    """(rows, ceil(r / 8)) left-aligned records of r bits -> one packed chunk, record i at bit i * r.
+
+    Eight records span exactly r bytes, so they are laid out group by group: record p of every
+    group moves (p * r) % 8 bits right and lands at byte (p * r) // 8 of its group."""
+    if r % 8 == 0:
+        return rec.reshape(-1), rows * r
+    rb = rec.shape[1]
+    groups = -(-rows // 8)
+    if groups * 8 != rows:
+        rec = np.concatenate([rec, np.zeros((groups * 8 - rows, rb), np.uint8)])
+    out = np.zeros((groups, r), np.uint8)
+    for p in range(8):
+        o, s = p * r // 8, p * r % 8
+        sh = _shr(rec[p::8], s)
+        width = min(sh.shape[1], r - o)  # what would pass the group's end is zero padding
+        out[:, o:o + width] |= sh[:, :width]
+    return out.reshape(-1)[:(rows * r + 7) // 8], rows * r
+
+
+def _unrecords(data: np.ndarray, r: int, rows: int) -> np.ndarray:
+    """Inverse of `_records`: (rows, ceil(r / 8)) left-aligned records (trailing bits not cleared)."""
+    rb = -(-r // 8)
+    if r % 8 == 0:
+        return data[:rows * rb].reshape(rows, rb)
+    groups = -(-rows // 8)
+    grp = np.zeros(groups * r + 1, np.uint8)
+    grp[:data.size] = data[:groups * r + 1]
+    body = grp[:groups * r].reshape(groups, r)
+    rec = np.empty((groups * 8, rb), np.uint8)
+    for p in range(8):
+        o, s = p * r // 8, p * r % 8
+        window = np.zeros((groups, rb + 1), np.uint8)
+        width = min(rb + 1, r - o)
+        window[:, :width] = body[:, o:o + width]  # a record ends inside its group: later bytes are padding
+        rec[p::8] = _shl(window, s)[:, :rb]
+    return rec[:rows]
 
 
 class BitReader:
-    """Sequential reader over the payload that reports truncation as a UserError; byte-aligned
-    reads take bytes directly, others go through the payload unpacked once to bits."""
+    """Sequential reader over the payload that reports truncation as a UserError. Reads move bytes
+    (shifting when they do not start on a byte boundary); only small bit fields are unpacked."""
 
     def __init__(self, payload: bytes, n_bits: int):
         self.data = np.frombuffer(payload, np.uint8)
         self.n_bits = n_bits
-        self._bits: np.ndarray | None = None
         self.pos = 0
 
     def _advance(self, count: int) -> int:
@@ -258,49 +371,53 @@ class BitReader:
         self.pos += count
         return start
 
-    def _unpacked(self) -> np.ndarray:
-        if self._bits is None:
-            self._bits = np.unpackbits(self.data)[:self.n_bits]
-        return self._bits
-
     def _packed(self, start: int, count: int) -> np.ndarray:
-        """Bytes holding bits [start, start + count), MSB first (zero padded)."""
+        """Bytes holding bits [start, start + count), MSB first (bits after them not cleared)."""
+        first, nb = start // 8, (count + 7) // 8
         if start % 8 == 0:
-            return self.data[start // 8:(start + count + 7) // 8]
-        return np.packbits(self._unpacked()[start:start + count])
+            return self.data[first:first + nb]
+        window = np.zeros(nb + 1, np.uint8)
+        chunk = self.data[first:first + nb + 1]
+        window[:chunk.size] = chunk
+        return _shl(window.reshape(1, -1), start % 8)[0, :nb]
 
     def take(self, count: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """`count` bits as a 0/1 uint8 array."""
         start = self._advance(count)
-        out = self._unpacked()[start:start + count]
+        out = np.unpackbits(self._packed(start, count))[:count]
         return out.reshape(shape) if shape is not None else out
 
     def fields(self, count: int, width: int) -> np.ndarray:
         start = self._advance(count * width)
         return unpack_fields(self._packed(start, count * width), width, count)
 
+    def meta(self, rows: int, widths: list[int]) -> list[np.ndarray]:
+        """Inverse of `Writer.meta`."""
+        r = sum(widths)
+        start = self._advance(rows * r)
+        return _meta_fields(_unrecords(self._packed(start, rows * r), r, rows)[:, :-(-r // 8)], widths)
+
     def records(self, rows: int, widths: list[int], n: int, k: int) -> tuple[list[np.ndarray], np.ndarray]:
         """Inverse of `Writer.records`: the meta fields (int32 each) and the (rows, n) uint8 indices."""
         mbits = sum(widths)
-        start = self._advance(rows * (mbits + n * k))
+        r = mbits + n * k
+        start = self._advance(rows * r)
+        rec = _unrecords(self._packed(start, rows * r), r, rows)
+        s0, mb = mbits % 8, mbits // 8
         npad = _padded(n, k)
-        if mbits % 8 == 0 and n * k % 8 == 0 and start % 8 == 0:
-            rec = self.data[start // 8:start // 8 + rows * (mbits + n * k) // 8].reshape(rows, -1)
-            meta_bits = np.unpackbits(np.ascontiguousarray(rec[:, :mbits // 8]).reshape(-1)).reshape(rows, mbits)
-            idx_bytes = rec[:, mbits // 8:]
-        else:
-            rec = self._unpacked()[start:start + rows * (mbits + n * k)].reshape(rows, mbits + n * k)
-            meta_bits = rec[:, :mbits]
-            idx_bits = rec[:, mbits:]
-            if npad != n:
-                idx_bits = np.concatenate([idx_bits, np.zeros((rows, (npad - n) * k), np.uint8)], axis=1)
-            idx_bytes = np.packbits(idx_bits.reshape(-1))
+        ib = npad * k // 8
+        tail = np.zeros((rows, ib + 1), np.uint8)
+        part = rec[:, mb:]
+        tail[:, :part.shape[1]] = part
+        idx_bytes = _shl(tail, s0)[:, :ib]
+        if npad * k > n * k:  # padding values of a row are not in the stream: clear their bits
+            keep = n * k
+            mask = np.unpackbits(np.zeros(ib, np.uint8))
+            mask[:keep] = 1
+            idx_bytes &= np.packbits(mask)
         idx = unpack_fields(np.ascontiguousarray(idx_bytes).reshape(-1), k, rows * npad).reshape(rows, npad)[:, :n]
-        fields, at = [], 0
-        for w in widths:
-            fields.append(bits_field(meta_bits[:, at:at + w]))
-            at += w
-        return fields, idx
+        meta = rec[:, :-(-mbits // 8)] if mbits else np.zeros((rows, 0), np.uint8)
+        return _meta_fields(meta, widths), idx
 
     def finish(self) -> None:
         if self.pos != self.n_bits:

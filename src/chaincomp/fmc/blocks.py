@@ -30,13 +30,16 @@ def _edge_pad(x: torch.Tensor, sizes: tuple[int, int, int]) -> torch.Tensor:
     return x
 
 
-def to_blocks(x: torch.Tensor, block: tuple[int, int, int], dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(N, C, H, W) -> (n_blocks, bc*bh*bw) in `dtype`, blocks in (N, C, H, W) raster order."""
+def to_blocks(x: torch.Tensor, block: tuple[int, int, int], dtype: torch.dtype | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C, H, W) -> (n_blocks, bc*bh*bw) in `dtype` (into `out` if given), blocks in (N, C, H, W)
+    raster order."""
     bc, bh, bw = block
     n = x.shape[0]
     _, gc, gh, gw = grid(tuple(x.shape), block)
     x = _edge_pad(x, (gc * bc, gh * bh, gw * bw))
-    out = torch.empty((n * gc * gh * gw, bc * bh * bw), dtype=dtype or x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((n * gc * gh * gw, bc * bh * bw), dtype=dtype or x.dtype, device=x.device)
     out.view(n, gc, gh, gw, bc, bh, bw).copy_(x.view(n, gc, bc, gh, bh, gw, bw).permute(0, 1, 3, 5, 2, 4, 6))
     return out
 

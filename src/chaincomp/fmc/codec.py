@@ -33,6 +33,7 @@ from .blocks import from_blocks, n_blocks, to_blocks
 from .coder import CONST, MODE_A, MODE_B, Coded, code_blocks, reconstruct, row_min, row_min_max
 from .methods import METHOD_BY_ID, METHODS, flag_bits, scale_ids as method_scale_ids
 from .points import SCALE_ID, SCALES, bits_for_scales
+from .scratch import scratch
 
 # Chosen by `benchmarks/fmc_throughput.py --sweep` (see benchmarks/fmc_throughput.md): the highest
 # mean SNR over ReLU / sparse ReLU / Gaussian / CNN float16 maps among configs whose counted CBR
@@ -185,7 +186,9 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
     index_bits, mode = cfg["index_bits"], cfg["mode"]
     storage, dcode, qscale = dtypes.prepare(x, bits_in)
     sdt = storage.dtype
-    v = to_blocks(storage, block, dtypes.work_dtype(sdt))
+    work = dtypes.work_dtype(sdt)
+    v = to_blocks(storage, block, out=scratch("blocks", (n_blocks(tuple(x.shape), block), math.prod(block)), work,
+                                               storage.device))
     k, b, fb = index_bits, bits_in, flag_bits(m, len(sids))
     signed = dtypes.has_negative_zero(storage)
     lohi = row_min_max(v, signed)
@@ -210,7 +213,7 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
         for plane in tags.encode_tags(tag, lengths):
             out.bits(host(plane))
         for c, kk in ((coded.subset(tag == tags.NORMAL), k), (low, k - 1)):  # all their endpoints, then all indices
-            out.bits(np.concatenate([bitstream.field_bits(vals, w) for vals, w in meta(c)], axis=1))
+            out.meta(meta(c), c.e0.numel())
             out.fields(host(c.idx), kk)
         out.fields(host(dtypes.value_bits(coded.e0[tag == tags.CONST], sdt)), b)
     payload, nbits = out.finish()
@@ -255,11 +258,12 @@ def _distinct_at_most(v: torch.Tensor, d: int) -> torch.Tensor:
             repeat |= head[:, i] == head[:, j]
     maybe = repeat.nonzero().view(-1)
     if maybe.numel():
-        w = v.index_select(0, maybe)
+        w = torch.index_select(v, 0, maybe, out=scratch("peel", (maybe.numel(), n), v.dtype, v.device))
         top = float(w.abs().max()) + 1
         big = 4 * top  # a peeled value moves above every value still there
+        eq = scratch("peeled", w.shape, torch.bool, v.device)
         for _ in range(d):
-            w = torch.add(w, w == row_min(w)[:, None], alpha=big)
+            w.add_(torch.eq(w, row_min(w)[:, None], out=eq), alpha=big)
         out[maybe] = row_min(w) >= big - top
     return out
 
@@ -326,9 +330,7 @@ def decode(data: bytes, device=None) -> torch.Tensor:
             if sel.numel() and kk < 1:
                 raise UserError("fmc payload has low-index blocks but index_bits is 1")
             if sel.numel():
-                meta = reader.take(sel.numel() * (2 * b + fb), (sel.numel(), 2 * b + fb))
-                fields = [bitstream.bits_field(meta[:, :b]), bitstream.bits_field(meta[:, b:2 * b]),
-                          bitstream.bits_field(meta[:, 2 * b:])]
+                fields = reader.meta(sel.numel(), [b, b, fb])
                 dec[sel] = rebuild(fields, reader.fields(sel.numel() * n, kk).reshape(sel.numel(), n), kk)
         const = (tag == tags.CONST).nonzero().view(-1)
         vals = torch.from_numpy(reader.fields(const.numel(), b)).to(dev)

@@ -22,6 +22,7 @@ from chaincomp.errors import UserError
 from .dtypes import step, value_bits
 from .methods import Method
 from .points import cell_exponent, fraction_lut, fractions, index_lut, table, zero_bounds
+from .scratch import scratch
 
 CONST, MODE_A, MODE_B = 0, 1, 2
 
@@ -53,12 +54,14 @@ def _row_reduce(v: torch.Tensor, op, reduce) -> torch.Tensor:
     """Per-row min or max. Short rows (16 values: the paper's blocks) reduce by halving, elementwise
     over all rows at once, which is faster than the strided row reduction."""
     n = v.shape[1]
-    if n > 32 or n & (n - 1):
+    if n > 32 or n & (n - 1) or n == 1:
         return reduce(v, 1)
-    while v.shape[1] > 1:
-        h = v.shape[1] // 2
-        v = op(v[:, :h], v[:, h:])
-    return v[:, 0]
+    h = n // 2
+    s = op(v[:, :h], v[:, h:], out=scratch("halving", (v.shape[0], h), v.dtype, v.device))
+    while h > 1:
+        h //= 2
+        op(s[:, :h], s[:, h:2 * h], out=s[:, :h])
+    return s[:, 0].clone()
 
 
 def row_min(v: torch.Tensor) -> torch.Tensor:
@@ -106,8 +109,8 @@ def code_blocks(v: torch.Tensor, k: int, method: Method, scale_ids: tuple[int, .
     n_const = int(const.sum())
     if n_const * 8 > nb:  # set constant blocks aside: their coding is fixed
         rows = _rows(~const)
-        e0r, e1r, scr, idxr, moder = _code_rows(v.index_select(0, rows), lo[rows], hi[rows], span[rows], k, method,
-                                                scale_ids, storage)
+        vr = torch.index_select(v, 0, rows, out=scratch("rows", (rows.numel(), n), v.dtype, v.device))
+        e0r, e1r, scr, idxr, moder = _code_rows(vr, lo[rows], hi[rows], span[rows], k, method, scale_ids, storage)
         e0, e1 = lo.clone(), lo.clone()
         scale = torch.zeros(nb, dtype=torch.uint8, device=v.device)
         idx = torch.zeros((nb, n), dtype=torch.uint8, device=v.device)
@@ -143,7 +146,9 @@ def _code_rows(v, lo, hi, span, k, method, sids, storage):
     fa = tuple(fractions(s, p) for s in sids)
     ea = cell_exponent(fa)
     ga = (1 << ea) + 1
-    c = (v - lo[:, None]).div_((safe / (1 << ea))[:, None]).ceil_().to(torch.int32)  # t in [0, 1]: no clamp
+    q = torch.sub(v, lo[:, None], out=scratch("q", v.shape, wdt, dev))
+    q.div_((safe / (1 << ea))[:, None]).ceil_()  # t in [0, 1]: no clamp
+    c = scratch("c", v.shape, torch.int32, dev).copy_(q)
     brows = _mode_b_rows(v, lo, hi, span) if method.mode_b and p - 1 >= 2 else None
     has_b = brows is not None and brows[0].numel() > 0
     a_tabs = _tables(method, n_s, lo, hi)
@@ -154,7 +159,7 @@ def _code_rows(v, lo, hi, span, k, method, sids, storage):
     cand = []  # squared error per candidate, (nr,) each: mode A candidates, then mode B candidates
     flut = fraction_lut(fa, ea, wdt, dev)
     for tab in a_tabs:
-        d = _pick(flut, ga, c, tab).mul_(span[:, None]).add_(lo[:, None]).sub_(v)
+        d = _pick(flut, ga, c, tab, out=q).mul_(span[:, None]).add_(lo[:, None]).sub_(v)
         cand.append(d.mul_(d).sum(1))
     b_tabs = []
     if has_b:
@@ -169,14 +174,15 @@ def _code_rows(v, lo, hi, span, k, method, sids, storage):
                 blo = torch.ones_like(lo).index_copy_(0, rb, blo)  # placeholders [1, 2] on invalid rows
                 bhi = torch.full_like(hi, 2).index_copy_(0, rb, bhi)
                 rb = torch.arange(nr, device=dev)
-        vb = v if full else v.index_select(0, rb)
+        vb = v if full else torch.index_select(v, 0, rb, out=scratch("vb", (rb.numel(), v.shape[1]), wdt, dev))
         bspan = bhi - blo
         fb = tuple(fractions(s, p - 1) for s in sids)
         eb = cell_exponent(fb)
         g, gb = float(1 << eb), (1 << eb) + 1
         ub = bspan / g
-        qb = (vb - blo[:, None]).div_(ub[:, None])  # = 2^eb * tb
-        cb = qb.ceil().clamp_(0, g).to(torch.int32)
+        qb = torch.sub(vb, blo[:, None], out=scratch("qb", vb.shape, wdt, dev)).div_(ub[:, None])  # = 2^eb * tb
+        tmp = torch.ceil(qb, out=scratch("q", vb.shape, wdt, dev)).clamp_(0, g)
+        cb = scratch("cb", vb.shape, torch.int32, dev).copy_(tmp)
         zg = -blo / ub  # 2^eb * z, z = where the zero falls on t
         if bool((blo > 0).all()):  # bulk above zero (ReLU maps): every table's zero cell is q <= z / 2
             lower = torch.full((1, zg.numel()), -float("inf"), dtype=wdt, device=dev)
@@ -190,7 +196,7 @@ def _code_rows(v, lo, hi, span, k, method, sids, storage):
         flut = fraction_lut(fb, eb, wdt, dev)
         for tab in b_tabs:
             keep = shared if shared is not None else _keep(qb, lower, upper, tab)
-            d = _pick(flut, gb, cb, tab).mul_(bspan[:, None]).add_(blo[:, None]).mul_(keep).sub_(vb)  # zero cell: 0
+            d = _pick(flut, gb, cb, tab, out=tmp).mul_(bspan[:, None]).add_(blo[:, None]).mul_(keep).sub_(vb)  # 0 cell: 0
             sse_b = d.mul_(d).sum(1)
             if full:
                 cand.append(sse_b if valid is None else sse_b.masked_fill_(~valid, float("inf")))
@@ -302,12 +308,17 @@ def _positions(tab, n: int, device) -> torch.Tensor:
     return tab.to(torch.uint8)
 
 
-def _pick(lut: torch.Tensor, size: int, c: torch.Tensor, tab) -> torch.Tensor:
+def _pick(lut: torch.Tensor, size: int, c: torch.Tensor, tab, out: torch.Tensor | None = None) -> torch.Tensor:
     """lut is len(tables) concatenated tables of `size` entries; entry c of table `tab` (an int,
-    or a per-row position tensor), as one index_select over all values."""
+    or a per-row position tensor), as one index_select over all values (into `out` if given)."""
+    if out is None:
+        out = torch.empty(c.shape, dtype=lut.dtype, device=c.device)
     if isinstance(tab, int):
-        return lut.narrow(0, tab * size, size).index_select(0, c.view(-1)).view(c.shape)
-    return lut.index_select(0, (c + tab.to(torch.int32)[:, None] * size).view(-1)).view(c.shape)
+        torch.index_select(lut.narrow(0, tab * size, size), 0, c.view(-1), out=out.view(-1))
+    else:
+        at = torch.add(c, tab.to(torch.int32)[:, None] * size, out=scratch("pick", c.shape, torch.int32, c.device))
+        torch.index_select(lut, 0, at.view(-1), out=out.view(-1))
+    return out
 
 
 def _keep(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, tab) -> torch.Tensor:
@@ -318,7 +329,7 @@ def _keep(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, tab) -> tor
     else:
         sel = tab.long()[None, :]
         lo_, up_ = lower.gather(0, sel)[0], upper.gather(0, sel)[0]
-    above = q > up_[:, None]
+    above = torch.gt(q, up_[:, None], out=scratch("keep", q.shape, torch.bool, q.device))
     if bool(torch.isinf(lo_).all()):  # the zero is the lowest point: one comparison
         return above.view(torch.uint8)
     return ((q <= lo_[:, None]) | above).view(torch.uint8)
@@ -352,9 +363,9 @@ def _nonzero_range(vc, lo, hi):
     """Per row: min and max of the non-zero values, and whether the row has a zero and two
     distinct non-zero values. Rows with lo = 0 (ReLU) have a zero and their max is non-zero, so
     only rows with negative values need the max and the zero test."""
-    zero = vc == 0
+    zero = torch.eq(vc, 0, out=scratch("zero", vc.shape, torch.bool, vc.device))
     big = 2 * float(torch.maximum(hi, -lo).max()) + 1  # zeros move above every value; others get + 0
-    blo = row_min(torch.add(vc, zero, alpha=big))
+    blo = row_min(torch.add(vc, zero, alpha=big, out=scratch("nonzero", vc.shape, vc.dtype, vc.device)))
     bhi, ok = hi.clone(), lo == 0
     neg = (lo < 0).nonzero().view(-1)
     if neg.numel():
@@ -382,4 +393,4 @@ def reconstruct(e0: torch.Tensor, e1: torch.Tensor, scale: torch.Tensor | None, 
     combo = scale.long() + len(scale_ids) * mode_b.long()
     pts = a[:, None] + (b - a)[:, None] * table(scale_ids, k, e0.dtype, e0.device)[combo]
     pts[:, 0].masked_fill_(mode_b, 0)
-    return pts.gather(1, idx.long())
+    return pts.gather(1, scratch("idx64", idx.shape, torch.int64, idx.device).copy_(idx))
