@@ -239,22 +239,28 @@ def _shl(a: np.ndarray, s: int) -> np.ndarray:
 
 
 def _meta_bytes(meta: list[tuple[np.ndarray, int]], rows: int) -> tuple[np.ndarray, int]:
-    """Per-row fields -> (rows, ceil(bits / 8)) left-aligned bytes, and the number of bits."""
+    """Per-row fields (at most 64 bits in all) -> (rows, ceil(bits / 8)) left-aligned bytes, and the
+    number of bits: each row is one big-endian 64-bit word."""
     mbits = sum(w for _, w in meta)
-    mb = -(-mbits // 8)
-    bits = np.zeros((rows, 8 * mb), np.uint8)
+    word = np.zeros(rows, np.uint64)
     at = 0
     for v, w in meta:
-        bits[:, at:at + w] = field_bits(v, w)
+        if w:
+            word |= np.asarray(v).astype(np.uint64) << np.uint64(64 - at - w)
         at += w
-    return np.packbits(bits.reshape(-1)).reshape(rows, mb), mbits
+    return word.astype(">u8").view(np.uint8).reshape(rows, 8)[:, :-(-mbits // 8)], mbits
 
 
 def _meta_fields(mbytes: np.ndarray, widths: list[int]) -> list[np.ndarray]:
-    bits = np.unpackbits(np.ascontiguousarray(mbytes).reshape(-1)).reshape(mbytes.shape[0], -1)
+    """Inverse of `_meta_bytes`: int32 fields."""
+    rows, mb = mbytes.shape
+    full = np.zeros((rows, 8), np.uint8)
+    full[:, :mb] = mbytes
+    word = full.view(">u8").reshape(rows).astype(np.uint64)
     fields, at = [], 0
     for w in widths:
-        fields.append(bits_field(bits[:, at:at + w]))
+        fields.append(((word >> np.uint64(64 - at - w)) & np.uint64((1 << w) - 1)).astype(np.int32) if w else
+                      np.zeros(rows, np.int32))
         at += w
     return fields
 
@@ -315,43 +321,54 @@ class Writer:
         return out[:(nbits + 7) // 8].tobytes(), nbits
 
 
+def _group_layout(r: int, rb: int):
+    """Byte offset and bit shift of record p (0..7) inside a group of eight r-bit records."""
+    p = np.arange(8)
+    return p * r // 8, (p * r % 8).astype(np.uint16)[None, :, None]
+
+
 def _records(rec: np.ndarray, r: int, rows: int) -> tuple[np.ndarray, int]:
     """(rows, ceil(r / 8)) left-aligned records of r bits -> one packed chunk, record i at bit i * r.
 
     Eight records span exactly r bytes, so they are laid out group by group: record p of every
-    group moves (p * r) % 8 bits right and lands at byte (p * r) // 8 of its group."""
+    group moves (p * r) % 8 bits right (all groups and positions in one array operation) and
+    lands at byte (p * r) // 8 of its group."""
     if r % 8 == 0:
         return rec.reshape(-1), rows * r
     rb = rec.shape[1]
     groups = -(-rows // 8)
-    if groups * 8 != rows:
-        rec = np.concatenate([rec, np.zeros((groups * 8 - rows, rb), np.uint8)])
-    out = np.zeros((groups, r), np.uint8)
-    for p in range(8):
-        o, s = p * r // 8, p * r % 8
-        sh = _shr(rec[p::8], s)
-        width = min(sh.shape[1], r - o)  # what would pass the group's end is zero padding
-        out[:, o:o + width] |= sh[:, :width]
-    return out.reshape(-1)[:(rows * r + 7) // 8], rows * r
+    lanes = np.zeros((groups * 8, rb + 1), np.uint16)
+    lanes[:rows, :rb] = rec
+    lanes = lanes.reshape(groups, 8, rb + 1)
+    offset, shift = _group_layout(r, rb)
+    lanes <<= 8 - shift  # each byte's kept bits in the high half, its spilled bits in the low half
+    moved = (lanes >> 8).astype(np.uint8)
+    moved[:, :, 1:] |= (lanes[:, :, :-1] & 0xFF).astype(np.uint8)
+    out = np.zeros((groups, r + rb + 1), np.uint8)
+    for p in range(8):  # consecutive records share a byte: OR them in one position at a time
+        out[:, offset[p]:offset[p] + rb + 1] |= moved[:, p]
+    return out[:, :r].reshape(-1)[:(rows * r + 7) // 8], rows * r
 
 
-def _unrecords(data: np.ndarray, r: int, rows: int) -> np.ndarray:
-    """Inverse of `_records`: (rows, ceil(r / 8)) left-aligned records (trailing bits not cleared)."""
-    rb = -(-r // 8)
-    if r % 8 == 0:
-        return data[:rows * rb].reshape(rows, rb)
+def _unrecords(data: np.ndarray, r: int, rows: int, start: int = 0, length: int | None = None) -> np.ndarray:
+    """Inverse of `_records`, for bits [start, start + length) of every record: (rows,
+    ceil(length / 8)) left-aligned bytes (bits after `length` not cleared)."""
+    length = r - start if length is None else length
+    nb = -(-length // 8)
+    if r % 8 == 0 and start % 8 == 0:
+        return data[:rows * r // 8].reshape(rows, r // 8)[:, start // 8:start // 8 + nb]
     groups = -(-rows // 8)
-    grp = np.zeros(groups * r + 1, np.uint8)
-    grp[:data.size] = data[:groups * r + 1]
-    body = grp[:groups * r].reshape(groups, r)
-    rec = np.empty((groups * 8, rb), np.uint8)
+    body = np.zeros((groups + 1) * r, np.uint8)  # one spare group: windows may run past a record's end
+    body[:min(data.size, groups * r)] = data[:groups * r]
+    grid = body.reshape(groups + 1, r)
+    first = (np.arange(8) * r + start)  # bit where the wanted part of record p starts in its group
+    offset, shift = first // 8, (first % 8).astype(np.uint16)[None, :, None]
+    window = np.zeros((groups, 8, nb + 1), np.uint16)
     for p in range(8):
-        o, s = p * r // 8, p * r % 8
-        window = np.zeros((groups, rb + 1), np.uint8)
-        width = min(rb + 1, r - o)
-        window[:, :width] = body[:, o:o + width]  # a record ends inside its group: later bytes are padding
-        rec[p::8] = _shl(window, s)[:, :rb]
-    return rec[:rows]
+        take = min(nb + 1, r - offset[p])
+        window[:, p, :take] = grid[:groups, offset[p]:offset[p] + take]
+    out = ((window[:, :, :-1] << shift) & 0xFF) | (window[:, :, 1:] >> (8 - shift))
+    return out.astype(np.uint8).reshape(groups * 8, nb)[:rows]
 
 
 class BitReader:
@@ -395,28 +412,24 @@ class BitReader:
         """Inverse of `Writer.meta`."""
         r = sum(widths)
         start = self._advance(rows * r)
-        return _meta_fields(_unrecords(self._packed(start, rows * r), r, rows)[:, :-(-r // 8)], widths)
+        return _meta_fields(_unrecords(self._packed(start, rows * r), r, rows), widths)
 
     def records(self, rows: int, widths: list[int], n: int, k: int) -> tuple[list[np.ndarray], np.ndarray]:
         """Inverse of `Writer.records`: the meta fields (int32 each) and the (rows, n) uint8 indices."""
         mbits = sum(widths)
         r = mbits + n * k
         start = self._advance(rows * r)
-        rec = _unrecords(self._packed(start, rows * r), r, rows)
-        s0, mb = mbits % 8, mbits // 8
+        data = self._packed(start, rows * r)
         npad = _padded(n, k)
-        ib = npad * k // 8
-        tail = np.zeros((rows, ib + 1), np.uint8)
-        part = rec[:, mb:]
-        tail[:, :part.shape[1]] = part
-        idx_bytes = _shl(tail, s0)[:, :ib]
-        if npad * k > n * k:  # padding values of a row are not in the stream: clear their bits
-            keep = n * k
-            mask = np.unpackbits(np.zeros(ib, np.uint8))
-            mask[:keep] = 1
-            idx_bytes &= np.packbits(mask)
+        idx_bytes = _unrecords(data, r, rows, mbits, n * k)
+        if npad != n:  # padding values of a row are not in the stream: clear their bits
+            full = np.zeros((rows, npad * k // 8), np.uint8)
+            full[:, :idx_bytes.shape[1]] = idx_bytes
+            mask = np.zeros(npad * k, np.uint8)
+            mask[:n * k] = 1
+            idx_bytes = full & np.packbits(mask)
         idx = unpack_fields(np.ascontiguousarray(idx_bytes).reshape(-1), k, rows * npad).reshape(rows, npad)[:, :n]
-        meta = rec[:, :-(-mbits // 8)] if mbits else np.zeros((rows, 0), np.uint8)
+        meta = _unrecords(data, r, rows, 0, mbits) if mbits else np.zeros((rows, 0), np.uint8)
         return _meta_fields(meta, widths), idx
 
     def finish(self) -> None:
