@@ -2,7 +2,10 @@
 
 Usage:
     python benchmarks/fmc_throughput.py            # throughput table (ASC and the baselines), defaults
-    python benchmarks/fmc_throughput.py --paper    # same at the paper's 4x4 blocks, 2-bit indices
+    python benchmarks/fmc_throughput.py --paper    # the paper's operating point (preset "paper") against
+                                                   # the same tables with a scale flag, and without log
+    python benchmarks/fmc_throughput.py --speed    # codec speed on a typical map, threads 1 and 2,
+                                                   # and where the encoder's time goes
     python benchmarks/fmc_throughput.py --sweep    # block shape x index bits x scales sweep
 
 Maps (float16, the 16-bit maps of the paper's headline):
@@ -12,11 +15,13 @@ Maps (float16, the 16-bit maps of the paper's headline):
 - "sparse": the same with a higher threshold, ~88% zeros (a deep-layer ReLU map).
 - "cnn": outputs of a random conv-BN-ReLU-conv-BN-ReLU net applied to 1/f^2 images.
 Ratio = raw bytes (numel * 2) / len(stream), header included. SNR = 10 log10(sum x^2 / sum e^2).
-MB/s = raw MB per second of wall time, one process, median of `repeats` runs.
+MB/s = raw MB per second of wall time, one process, median of `repeats` runs (`--speed` also gives
+the best run and process CPU time, which a machine shared with other jobs distorts less).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import math
 import statistics
 import time
@@ -91,7 +96,7 @@ def measure(x: torch.Tensor, repeats: int = 1, **cfg) -> dict:
         dec_t.append(time.perf_counter() - t1)
         enc_t.append(t1 - t0)
     mb = stats["raw_bytes"] / 1e6
-    return {"ratio": stats["ratio"], "snr": snr_db(x, y),
+    return {"ratio": stats["ratio"], "payload": stats["payload_ratio"], "snr": snr_db(x, y),
             "max_err": float((x.double() - y.double()).abs().max() / x.double().abs().max()),
             "enc": mb / statistics.median(enc_t), "dec": mb / statistics.median(dec_t),
             "bpv": stats["bits_per_value"], "hist": stats["mode_histogram"]}
@@ -164,16 +169,106 @@ def throughput(shape=(8, 64, 56, 56), repeats: int = 3, **cfg) -> None:
                       f"{m['max_err']:.4f} | {m['enc']:.1f} | {m['dec']:.1f} |")
 
 
+def paper_table(shape=(8, 64, 56, 56), repeats: int = 3) -> None:
+    """The paper's operating point against its neighbours at 16-value blocks and 2-bit indices."""
+    print(f"map shape {shape} float16 ({math.prod(shape) * 2 / 1e6:.1f} MB raw), median of {repeats}")
+    head = ("map", "config", "payload x", "ratio", "bits/value", "SNR dB", "max err / peak", "encode MB/s",
+            "decode MB/s")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    configs = [("preset paper (parity-signalled scale)", dict(preset="paper")),
+               ("asc linear+log, 1-bit flag", dict(block=(1, 4, 4), index_bits=2, scales=("linear", "log"))),
+               ("asc linear+log+rlog, 2-bit flag", dict(block=(1, 4, 4), index_bits=2,
+                                                       scales=("linear", "log", "rlog"))),
+               ("asc linear only", dict(block=(1, 4, 4), index_bits=2, scales=("linear",))),
+               ("single_mode", dict(block=(1, 4, 4), index_bits=2, method="single_mode")),
+               ("minmax", dict(block=(1, 4, 4), index_bits=2, method="minmax"))]
+    for name in MAPS:
+        x = MAPS[name](shape, seed=0)
+        for label, cfg in configs:
+            m = measure(x, repeats=repeats, mode="cbr", **cfg)
+            print(f"| {name} | {label} | {m['payload']:.3f} | {m['ratio']:.4f} | {m['bpv']:.4f} | {m['snr']:.2f} | "
+                  f"{m['max_err']:.4f} | {m['enc']:.1f} | {m['dec']:.1f} |")
+
+
+def speed(repeats: int = 15) -> None:
+    """Encode/decode MB/s on a typical map, 1 and 2 threads: best and median wall, best CPU time.
+
+    The same command with PYTHONPATH at an older checkout's src measures that codec (before/after)."""
+    cases = [("64x64x64 float32 (relu)", torch.relu(pink_field((1, 64, 64, 64)) - 0.25)),
+             ("64x64x64 float32 (gauss)", pink_field((1, 64, 64, 64), seed=1)),
+             ("8x64x56x56 float16 (relu)", relu_map((8, 64, 56, 56)))]
+    configs = [("default cbr", dict(mode="cbr")), ("default vbr", {}), ("preset paper", dict(preset="paper"))]
+    threads = torch.get_num_threads()
+    print("| map | config | threads | encode MB/s best / median (CPU) | decode MB/s best / median (CPU) |")
+    print("|---|---|---|---|---|")
+    for n_threads in (1, 2):
+        torch.set_num_threads(n_threads)
+        for label, x in cases:
+            raw = x.numel() * 2 / 1e6  # the map at 16 bits, as the codec counts it
+            for name, cfg in configs:
+                try:
+                    data = encode_with_stats(x, **cfg)[0]
+                except TypeError:  # an older codec without presets (for before/after runs)
+                    print(f"| {label} | {name} | {n_threads} | n/a | n/a |")
+                    continue
+                decode(data)
+                ew, ec, dw, dc = [], [], [], []
+                for _ in range(repeats):
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    data = encode_with_stats(x, **cfg)[0]
+                    c1, w1 = time.process_time(), time.perf_counter()
+                    decode(data)
+                    c2, w2 = time.process_time(), time.perf_counter()
+                    ew.append(w1 - w0), ec.append(c1 - c0), dw.append(w2 - w1), dc.append(c2 - c1)
+                print(f"| {label} | {name} | {n_threads} | {raw / min(ew):.0f} / {raw / statistics.median(ew):.0f} "
+                      f"({raw / min(ec):.0f}) | {raw / min(dw):.0f} / {raw / statistics.median(dw):.0f} "
+                      f"({raw / min(dc):.0f}) |")
+    torch.set_num_threads(threads)
+    print()
+    profile_encoder(cases[0][1])
+
+
+def profile_encoder(x: torch.Tensor, repeats: int = 10) -> None:
+    """Where the encoder's time goes: torch op self CPU time, one thread, default CBR and paper."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    for name, cfg in (("default cbr", dict(mode="cbr")), ("preset paper", dict(preset="paper"))):
+        try:
+            encode_with_stats(x, **cfg)
+        except TypeError:
+            continue
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                encode_with_stats(x, **cfg)
+        ops = collections.Counter()
+        calls = collections.Counter()
+        for ev in prof.key_averages():
+            ops[ev.key] += ev.self_cpu_time_total
+            calls[ev.key] += ev.count
+        total = sum(ops.values())
+        print(f"{name}: {total / repeats / 1e3:.2f} ms of torch ops per encode (profiler, wall clock); top ops:")
+        for key, t in ops.most_common(8):
+            print(f"  {key}: {100 * t / total:.0f}% ({calls[key] // repeats} calls per encode)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", action="store_true", help="run the default-selection sweep instead")
-    ap.add_argument("--paper", action="store_true", help="block (1,4,4), 2-bit indices, linear+log")
+    ap.add_argument("--paper", action="store_true", help="preset paper against flagged / linear-only neighbours")
+    ap.add_argument("--speed", action="store_true", help="MB/s on a typical map, 1 and 2 threads, and a profile")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.sweep:
         print_sweep(sweep())
     elif args.paper:
-        throughput(repeats=args.repeats, block=(1, 4, 4), index_bits=2, scales=("linear", "log"))
+        paper_table(repeats=args.repeats)
+    elif args.speed:
+        speed()
     else:
         throughput(repeats=args.repeats)
 

@@ -3,11 +3,12 @@
 Why replicate padding: edge blocks are padded by repeating the last row/column/channel, so the
 padding never widens a block's min..max range (zero padding would spoil blocks of large values)
 and an all-zero edge stays an all-zero block. The original shape is kept in the stream header and
-the padding is cropped on decode. Works on numpy arrays (the codec's arithmetic runs in numpy).
+the padding is cropped on decode. Torch on the map's device; the permutation and the dtype
+conversion happen in one copy.
 """
 from __future__ import annotations
 
-import numpy as np
+import torch
 
 
 def grid(shape: tuple[int, ...], block: tuple[int, int, int]) -> tuple[int, int, int, int]:
@@ -21,22 +22,38 @@ def n_blocks(shape: tuple[int, ...], block: tuple[int, int, int]) -> int:
     return g[0] * g[1] * g[2] * g[3]
 
 
-def to_blocks(x: np.ndarray, block: tuple[int, int, int]) -> np.ndarray:
-    """(N, C, H, W) -> (n_blocks, bc*bh*bw), blocks in (N, C, H, W) raster order."""
+def _edge_pad(x: torch.Tensor, sizes: tuple[int, int, int]) -> torch.Tensor:
+    for dim, size in zip((1, 2, 3), sizes):
+        if size > x.shape[dim]:
+            idx = torch.arange(size, device=x.device).clamp_(max=x.shape[dim] - 1)
+            x = x.index_select(dim, idx)
+    return x
+
+
+def to_blocks(x: torch.Tensor, block: tuple[int, int, int], dtype: torch.dtype | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C, H, W) -> (n_blocks, bc*bh*bw) in `dtype` (into `out` if given), blocks in (N, C, H, W)
+    raster order."""
     bc, bh, bw = block
-    n, c, h, w = x.shape
-    _, gc, gh, gw = grid(x.shape, block)
-    if (gc * bc, gh * bh, gw * bw) != (c, h, w):
-        x = np.pad(x, ((0, 0), (0, gc * bc - c), (0, gh * bh - h), (0, gw * bw - w)), mode="edge")
-    x = x.reshape(n, gc, bc, gh, bh, gw, bw).transpose(0, 1, 3, 5, 2, 4, 6)
-    return np.ascontiguousarray(x).reshape(n * gc * gh * gw, bc * bh * bw)
+    n = x.shape[0]
+    _, gc, gh, gw = grid(tuple(x.shape), block)
+    x = _edge_pad(x, (gc * bc, gh * bh, gw * bw))
+    if out is None:
+        out = torch.empty((n * gc * gh * gw, bc * bh * bw), dtype=dtype or x.dtype, device=x.device)
+    out.view(n, gc, gh, gw, bc, bh, bw).copy_(x.view(n, gc, bc, gh, bh, gw, bw).permute(0, 1, 3, 5, 2, 4, 6))
+    return out
 
 
-def from_blocks(blocks: np.ndarray, shape: tuple[int, ...], block: tuple[int, int, int]) -> np.ndarray:
-    """Inverse of `to_blocks`, cropping the padding."""
+def from_blocks(blocks: torch.Tensor, shape: tuple[int, ...], block: tuple[int, int, int],
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Inverse of `to_blocks`, cropping the padding; the result is contiguous, in `dtype`."""
     bc, bh, bw = block
     n, c, h, w = shape
     _, gc, gh, gw = grid(shape, block)
-    x = blocks.reshape(n, gc, gh, gw, bc, bh, bw).transpose(0, 1, 4, 2, 5, 3, 6)
-    x = x.reshape(n, gc * bc, gh * bh, gw * bw)
-    return np.ascontiguousarray(x[:, :c, :h, :w])
+    x = blocks.view(n, gc, gh, gw, bc, bh, bw).permute(0, 1, 4, 2, 5, 3, 6)
+    out = torch.empty((n, c, h, w), dtype=dtype or blocks.dtype, device=blocks.device)
+    if (gc * bc, gh * bh, gw * bw) == (c, h, w):
+        out.view(n, gc, bc, gh, bh, gw, bw).copy_(x)
+    else:
+        out.copy_(x.reshape(n, gc * bc, gh * bh, gw * bw)[:, :c, :h, :w])
+    return out

@@ -9,8 +9,9 @@ Payload (after the header of `bitstream`):
 - CBR: every block is one record [e0 | e1 | scale flag | n indices of k bits]; a map's size is
   known from its shape alone (`cbr_bytes`), and record i sits at bit i * record_bits.
 - VBR: the Huffman-coded tag planes (zero / constant / low-index / normal, see `tags`), then the
-  normal records, the low-index records (k-1 bit indices, used only when they reproduce the block
-  exactly), and one value per constant block; all-zero blocks cost only their tag.
+  normal blocks (all their [e0 | e1 | scale flag] fields, then all their indices), the low-index
+  blocks likewise (k-1 bit indices, used only when they reproduce the block exactly), and one
+  value per constant block; all-zero blocks cost only their tag.
   Every VBR block decodes at least as exactly as in CBR.
 
 Non-finite input (NaN, +-Inf) is refused with a UserError: the codec is range based and one Inf
@@ -20,6 +21,7 @@ float32 cast are described in `dtypes`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,10 +29,11 @@ import torch
 from chaincomp.errors import UserError
 
 from . import bitstream, dtypes, tags
-from .baselines import METHOD_BY_ID, METHODS, scale_ids as method_scale_ids
 from .blocks import from_blocks, n_blocks, to_blocks
-from .coder import CONST, MODE_A, MODE_B, Coded, code_blocks, reconstruct, row_min_max
+from .coder import CONST, MODE_A, MODE_B, Coded, code_blocks, reconstruct, row_min, row_min_max
+from .methods import METHOD_BY_ID, METHODS, flag_bits, scale_ids as method_scale_ids
 from .points import SCALE_ID, SCALES, bits_for_scales
+from .scratch import scratch
 
 # Chosen by `benchmarks/fmc_throughput.py --sweep` (see benchmarks/fmc_throughput.md): the highest
 # mean SNR over ReLU / sparse ReLU / Gaussian / CNN float16 maps among configs whose counted CBR
@@ -39,6 +42,71 @@ from .points import SCALE_ID, SCALES, bits_for_scales
 DEFAULT_BLOCK = (1, 8, 8)
 DEFAULT_INDEX_BITS = 3
 DEFAULT_SCALES = ("linear", "hlog")
+
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named operating point: the keywords it fixes (see `resolve`)."""
+
+    name: str
+    method: str
+    index_bits: int
+    mode: str  # the preset's default rate; "vbr" may still be asked for
+    block_values: int  # values per block; the block shape follows the map (`preset_block`)
+    block: tuple[int, int, int]  # preferred shape
+
+
+# The paper's constant-bitrate operating point (papers.md section 3): 16-value blocks, two 16-bit
+# endpoints, 2-bit indices and nothing else, (2*16 + 16*2) / 16 = 4 bits per value: exactly 4x on
+# 16-bit maps (payload; the container adds its 54-byte header). Mode from the endpoint order,
+# linear/log scale from the endpoint values (`points.implicit_scale`).
+PAPER = Preset("paper", method="asc_implicit", index_bits=2, mode="cbr", block_values=16, block=(1, 4, 4))
+PRESETS = {p.name: p for p in (PAPER,)}
+
+
+def preset_block(preset: Preset, shape) -> tuple[int, int, int]:
+    """The preset's block for a map: its preferred shape if that tiles (C, H, W) exactly, else the
+    first block of the same number of values that does (fewest channels, then the squarest),
+    else the preferred shape with edge padding. Exact tiling is what makes the ratio exact."""
+    _, c, h, w = shape
+    n = preset.block_values
+    shapes = [preset.block] + sorted(
+        ((bc, bh, n // bc // bh) for bc in range(1, n + 1) if n % bc == 0
+         for bh in range(1, n // bc + 1) if (n // bc) % bh == 0),
+        key=lambda b: (b[0], abs(math.log2(b[1] / b[2])), -b[1]))
+    for b in shapes:
+        if c % b[0] == 0 and h % b[1] == 0 and w % b[2] == 0:
+            return b
+    return preset.block
+
+
+def resolve(*, preset=None, block=None, index_bits=None, mode=None, scales=None, method=None) -> dict:
+    """Codec keywords with the unset ones (None) filled from the preset, or from the defaults.
+
+    With a preset, `method` and `index_bits` must be unset or equal to the preset's, and `block`
+    unset (None: the preset picks one per map, `preset_block`) or of the preset's number of values;
+    `scales` are ignored as for every method that fixes its own. Returns a dict of block (None =
+    per map), index_bits, mode, scales, method and preset (the Preset or None)."""
+    if preset is None:
+        return {"block": DEFAULT_BLOCK if block is None else block,
+                "index_bits": DEFAULT_INDEX_BITS if index_bits is None else index_bits,
+                "mode": "vbr" if mode is None else mode, "scales": DEFAULT_SCALES if scales is None else scales,
+                "method": "asc" if method is None else method, "preset": None}
+    p = PRESETS.get(preset) if isinstance(preset, str) else preset if isinstance(preset, Preset) else None
+    if p is None:
+        raise UserError(f"fmc preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    for key, value, fixed in (("method", method, p.method), ("index_bits", index_bits, p.index_bits)):
+        if value is not None and value != fixed:
+            raise UserError(f"fmc preset '{p.name}' fixes {key}={fixed!r}; got {key}={value!r} (leave it out)")
+    if block is not None:
+        block = tuple(block)
+        if len(block) != 3 or math.prod(block) != p.block_values:
+            raise UserError(f"fmc preset '{p.name}' codes blocks of {p.block_values} values; block {block} "
+                            f"has {math.prod(block) if len(block) == 3 else '?'} (leave it out to fit one per map)")
+    return {"block": block, "index_bits": p.index_bits, "mode": p.mode if mode is None else mode,
+            "scales": DEFAULT_SCALES if scales is None else scales, "method": p.method, "preset": p}
+
 
 def check_args(block, index_bits, mode, method, scales) -> tuple:
     """Validate codec keywords (also used by hooks at attach time); returns (method, block, scale ids)."""
@@ -61,114 +129,172 @@ def check_args(block, index_bits, mode, method, scales) -> tuple:
     return m, block, method_scale_ids(m, scales)
 
 
-def cbr_bytes(shape, *, bits_in: int = 16, block=DEFAULT_BLOCK, index_bits: int = DEFAULT_INDEX_BITS,
-              n_scales: int = len(DEFAULT_SCALES)) -> int:
-    """Exact CBR stream size for a map shape (n_scales = 1 for the baselines)."""
-    record = 2 * bits_in + bits_for_scales(n_scales) + math.prod(block) * index_bits
+def check(shape=None, **kwargs) -> tuple:
+    """`resolve` then `check_args` (a preset's per-map block from `shape`, or its preferred one)."""
+    cfg = resolve(**kwargs)
+    block = cfg["block"]
+    if block is None:
+        block = preset_block(cfg["preset"], shape) if shape is not None else cfg["preset"].block
+    m, block, sids = check_args(block, cfg["index_bits"], cfg["mode"], cfg["method"], cfg["scales"])
+    return m, block, sids, cfg
+
+
+def cbr_bytes(shape, *, bits_in: int = 16, block=None, index_bits=None, n_scales: int = len(DEFAULT_SCALES),
+              method=None, preset=None) -> int:
+    """Exact CBR stream size for a map shape (n_scales = 1 for the baselines; a method or preset
+    with an implicit scale spends no flag bits)."""
+    m, block, _, cfg = check(tuple(shape), preset=preset, block=block, index_bits=index_bits, mode="cbr",
+                             method=method)
+    flag = 0 if m.implicit_scale else (bits_for_scales(n_scales) if m.fixed_scales is None else
+                                      bits_for_scales(len(m.fixed_scales)))
+    record = 2 * bits_in + flag + math.prod(block) * cfg["index_bits"]
     return bitstream.HEADER_BYTES + (n_blocks(tuple(shape), tuple(block)) * record + 7) // 8
 
 
-def encode(x: torch.Tensor, *, bits_in: int = 16, block=DEFAULT_BLOCK, index_bits: int = DEFAULT_INDEX_BITS,
-           mode: str = "vbr", scales=DEFAULT_SCALES, method: str = "asc") -> bytes:
+def encode(x: torch.Tensor, *, bits_in: int = 16, block=None, index_bits: int | None = None, mode: str | None = None,
+           scales=None, method: str | None = None, preset=None) -> bytes:
     """Compress an (N, C, H, W) map; see `encode_with_stats` for the arguments."""
     return encode_with_stats(x, bits_in=bits_in, block=block, index_bits=index_bits, mode=mode,
-                             scales=scales, method=method)[0]
+                             scales=scales, method=method, preset=preset)[0]
 
 
-def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=DEFAULT_BLOCK,
-                      index_bits: int = DEFAULT_INDEX_BITS, mode: str = "vbr", scales=DEFAULT_SCALES,
-                      method: str = "asc") -> tuple[bytes, dict]:
+def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_bits: int | None = None,
+                      mode: str | None = None, scales=None, method: str | None = None,
+                      preset=None) -> tuple[bytes, dict]:
     """Compress and report counted sizes and how often each mode / scale / VBR tag was chosen.
 
+    Unset keywords (None) take the defaults below, or the preset's values (`resolve`).
     bits_in: 16 or 8, the precision the map is moved at (and endpoints are stored at).
-    block: (channels, height, width) per block; index_bits: k, 2^k points per block.
-    mode: "cbr" (every block the same size) or "vbr" (tags for zero / constant / low blocks).
-    scales: per-block scale choices (1-4 of linear, log, hlog, rlog, rhlog); ignored by baselines.
-    method: "asc", or the baselines "single_mode" and "minmax".
-    Stats: raw_bytes, encoded_bytes (= len of the bytes), ratio, bits_per_value (header included),
-    payload_bits, header_bytes, blocks, and mode_histogram = {"mode": A/B/const, "scale": per
-    scale, "tag": zero/const/low/normal} (in VBR, mode and scale count the coded blocks only).
+    block: (channels, height, width) per block (default DEFAULT_BLOCK); index_bits: k, 2^k points
+    per block (default DEFAULT_INDEX_BITS).
+    mode: "cbr" (every block the same size) or "vbr" (default; tags for zero / constant / low blocks).
+    scales: per-block scale choices (1-4 of linear, log, hlog, rlog, rhlog; default DEFAULT_SCALES);
+    ignored by methods that fix their own.
+    method: "asc" (default), "asc_implicit" (no scale flag, see `methods`), or the baselines
+    "single_mode" and "minmax".
+    preset: "paper" / PAPER: the paper's 4.00x operating point (`PAPER`).
+    Runs on x's device; only the finished bytes come back to the host.
+    Stats: raw_bytes, encoded_bytes (= len of the bytes), ratio, payload_ratio (raw bytes / payload
+    bytes, i.e. without the header), bits_per_value (header included), payload_bits, header_bytes,
+    blocks, block, and mode_histogram = {"mode": A/B/const, "scale": per scale, "tag":
+    zero/const/low/normal} (in VBR, mode and scale count the coded blocks only).
     """
-    m, block, sids = check_args(block, index_bits, mode, method, scales)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        dtypes.prepare(x, bits_in)  # raises the input error
+    m, block, sids, cfg = check(tuple(x.shape), preset=preset, block=block, index_bits=index_bits, mode=mode,
+                                scales=scales, method=method)
+    index_bits, mode = cfg["index_bits"], cfg["mode"]
     storage, dcode, qscale = dtypes.prepare(x, bits_in)
-    work = dtypes.work_dtype(storage.dtype)
-    v = to_blocks(dtypes.work_array(storage, work), block)
-    k, b, fb = index_bits, bits_in, bits_for_scales(len(sids))
-    coded = code_blocks(v, k, m, sids)
-    hist = {"mode": {"A": 0, "B": 0, "const": 0}, "scale": {SCALES[s]: 0 for s in sids},
-            "tag": {name: 0 for name in tags.NAMES}}
+    sdt = storage.dtype
+    work = dtypes.work_dtype(sdt)
+    v = to_blocks(storage, block, out=scratch("blocks", (n_blocks(tuple(x.shape), block), math.prod(block)), work,
+                                               storage.device))
+    k, b, fb = index_bits, bits_in, flag_bits(m, len(sids))
+    signed = dtypes.has_negative_zero(storage)
+    lohi = row_min_max(v, signed)
+    coded = code_blocks(v, k, m, sids, lohi, sdt)
+    counts = {"A": 0, "B": 0, "const": 0, "scale": [0] * len(sids)}
+    out = bitstream.Writer()
 
-    def records(c: Coded, kk: int) -> list[np.ndarray]:
-        meta = [bitstream.to_bits(dtypes.value_bits(c.e0, storage.dtype), b),
-                bitstream.to_bits(dtypes.value_bits(c.e1, storage.dtype), b),
-                bitstream.to_bits(c.scale, fb)]
-        idx = bitstream.to_bits(c.idx, kk).reshape(len(c.e0), v.shape[1] * kk)
-        _count(hist, c, sids)
-        return [np.concatenate(meta, axis=1), idx]
+    def host(t: torch.Tensor) -> np.ndarray:
+        return t.cpu().numpy()
 
-    if mode == "cbr":
-        meta, idx = records(coded, k)
-        parts, lengths = [np.concatenate([meta, idx], axis=1)], (bitstream.UNUSED,) * 4
-        hist["tag"]["normal"] = v.shape[0]
+    def meta(c: Coded) -> list[tuple[np.ndarray, int]]:
+        _count(counts, c, len(sids))
+        return [(host(dtypes.value_bits(c.e0, sdt)), b), (host(dtypes.value_bits(c.e1, sdt)), b), (host(c.scale), fb)]
+
+    if mode == "cbr":  # record i = [e0 | e1 | flag | indices] at bit i * record_bits
+        out.records(meta(coded), host(coded.idx), k)
+        lengths, tag_counts = (bitstream.UNUSED,) * 4, [0, 0, 0, v.shape[0]]
     else:
-        tag, low = _vbr_tags(v, k, m, sids, storage.dtype)
-        counts = np.bincount(tag, minlength=4)
-        lengths = tags.code_lengths(counts)
-        parts = tags.encode_tags(tag, lengths)
-        parts += records(coded.subset(tag == tags.NORMAL), k)
-        parts += records(low, k - 1)
-        const = (tag == tags.CONST)
-        parts.append(bitstream.to_bits(dtypes.value_bits(coded.e0[const], storage.dtype), b))
-        for i, name in enumerate(tags.NAMES):
-            hist["tag"][name] = int(counts[i])
-    payload, nbits = bitstream.pack(parts)
+        tag, low = _vbr_tags(v, lohi, k, m, sids, sdt)
+        tag_counts = torch.bincount(tag, minlength=4).tolist()
+        lengths = tags.code_lengths(np.array(tag_counts))
+        for plane in tags.encode_tags(tag, lengths):
+            out.bits(host(plane))
+        for c, kk in ((coded.subset(tag == tags.NORMAL), k), (low, k - 1)):  # all their endpoints, then all indices
+            out.meta(meta(c), c.e0.numel())
+            out.fields(host(c.idx), kk)
+        out.fields(host(dtypes.value_bits(coded.e0[tag == tags.CONST], sdt)), b)
+    payload, nbits = out.finish()
     head = bitstream.Header(m.id, dcode, bits_in, int(mode == "vbr"), k, block, sids, lengths,
                             tuple(x.shape), qscale, nbits)
     data = bitstream.write(head, payload)
     raw = x.numel() * bits_in // 8
+    hist = {"mode": {"A": counts["A"], "B": counts["B"], "const": counts["const"]},
+            "scale": ({"linear": counts["scale"][0], "log": counts["scale"][1]} if m.implicit_scale else
+                      {SCALES[s]: counts["scale"][i] for i, s in enumerate(sids)}),
+            "tag": {name: int(tag_counts[i]) for i, name in enumerate(tags.NAMES)}}
     stats = {"raw_bytes": raw, "encoded_bytes": len(data), "ratio": raw / len(data),
+             "payload_ratio": raw / len(payload) if payload else float("inf"),
              "bits_per_value": 8 * len(data) / x.numel(), "payload_bits": nbits,
-             "header_bytes": bitstream.HEADER_BYTES, "blocks": v.shape[0], "mode_histogram": hist}
+             "header_bytes": bitstream.HEADER_BYTES, "blocks": v.shape[0], "block": block, "mode_histogram": hist}
     return data, stats
 
 
-def _count(hist: dict, c: Coded, sids: tuple[int, ...]) -> None:
-    mode = c.mode
-    hist["mode"]["A"] += int((mode == MODE_A).sum())
-    hist["mode"]["B"] += int((mode == MODE_B).sum())
-    hist["mode"]["const"] += int((mode == CONST).sum())
-    sc = np.bincount(c.scale[mode != CONST], minlength=len(sids))
-    for i, s in enumerate(sids):
-        hist["scale"][SCALES[s]] += int(sc[i])
+def _count(counts: dict, c: Coded, n_scales: int) -> None:
+    """Add a batch's modes and (non-constant) scales to the histogram, with one host transfer."""
+    modes = torch.bincount(c.mode.long(), minlength=3)
+    scales = torch.bincount(c.scale[c.mode != CONST].long(), minlength=n_scales)
+    got = torch.cat([modes, scales]).tolist()
+    counts["const"] += got[CONST]
+    counts["A"] += got[MODE_A]
+    counts["B"] += got[MODE_B]
+    for i in range(n_scales):
+        counts["scale"][i] += got[3 + i]
 
 
-def _vbr_tags(v: np.ndarray, k: int, m, sids, storage: torch.dtype) -> tuple[np.ndarray, Coded]:
+def _distinct_at_most(v: torch.Tensor, d: int) -> torch.Tensor:
+    """Per row: at most `d` distinct values (exact). A row whose first d + 1 values are pairwise
+    distinct is out at once (cheap, per row); the rest peel their d smallest values one by one."""
+    rows, n = v.shape
+    out = torch.zeros(rows, dtype=torch.bool, device=v.device)
+    if n <= d:
+        return ~out
+    head = v[:, :d + 1]
+    repeat = torch.zeros(rows, dtype=torch.bool, device=v.device)
+    for i in range(d + 1):  # (d + 1) d / 2 column comparisons over rows, not values
+        for j in range(i + 1, d + 1):
+            repeat |= head[:, i] == head[:, j]
+    maybe = repeat.nonzero().view(-1)
+    if maybe.numel():
+        w = torch.index_select(v, 0, maybe, out=scratch("peel", (maybe.numel(), n), v.dtype, v.device))
+        top = float(w.abs().max()) + 1
+        big = 4 * top  # a peeled value moves above every value still there
+        eq = scratch("peeled", w.shape, torch.bool, v.device)
+        for _ in range(d):
+            w.add_(torch.eq(w, row_min(w)[:, None], out=eq), alpha=big)
+        out[maybe] = row_min(w) >= big - top
+    return out
+
+
+def _vbr_tags(v: torch.Tensor, lohi, k: int, m, sids, storage: torch.dtype) -> tuple[torch.Tensor, Coded]:
     """Tag per block: zero / constant / low (exact with k-1 index bits) / normal; and the low blocks' coding."""
-    lo, hi = row_min_max(v)
+    lo, hi = lohi
     const = lo == hi
-    tag = np.full(v.shape[0], tags.NORMAL, np.int64)
+    tag = torch.full((v.shape[0],), tags.NORMAL, dtype=torch.int64, device=v.device)
     tag[const] = tags.CONST
     tag[const & (lo == 0)] = tags.ZERO
-    empty = code_blocks(v[:0], max(k - 1, 1), m, sids)
+    empty = code_blocks(v[:0], max(k - 1, 1), m, sids, storage=storage)
     if k < 2:
         return tag, empty
     if k == 2:  # exact with 1 bit <=> at most two distinct values
-        maybe = ((v == lo[:, None]) | (v == hi[:, None])).all(1) & ~const
+        maybe = row_min(((v == lo[:, None]) | (v == hi[:, None])).view(torch.uint8)).bool() & ~const
     else:
-        s = np.sort(v, axis=1)
-        maybe = ((s[:, 1:] != s[:, :-1]).sum(1) + 1 <= (1 << (k - 1))) & ~const
-    where = np.flatnonzero(maybe)
-    if where.size == 0:
+        maybe = _distinct_at_most(v, 1 << (k - 1)) & ~const
+    where = maybe.nonzero().view(-1)
+    if where.numel() == 0:
         return tag, empty
-    sub = code_blocks(v[where], k - 1, m, sids)
+    sub = code_blocks(v[where], k - 1, m, sids, (lo[where], hi[where]), storage)
     dec = reconstruct(sub.e0, sub.e1, sub.scale, sub.idx, k - 1, m, sids)
-    exact = (dtypes.work_array(dtypes.to_storage(dec, storage), v.dtype) == v[where]).all(1)
+    exact = (dtypes.round_for(dec, storage).to(storage).to(v.dtype) == v[where]).all(1)
     tag[where[exact]] = tags.LOW
     return tag, sub.subset(exact)
 
 
-def decode(data: bytes) -> torch.Tensor:
-    """Rebuild the map in its original dtype and shape; any inconsistency raises UserError."""
+def decode(data: bytes, device=None) -> torch.Tensor:
+    """Rebuild the map in its original dtype and shape (on `device`, default CPU); any
+    inconsistency raises UserError."""
     head, payload = bitstream.read(data)
     if head.method not in METHOD_BY_ID or head.dtype not in dtypes.DTYPES or head.rate not in (0, 1):
         raise UserError(f"fmc header has unknown method/dtype/rate ({head.method}, {head.dtype}, {head.rate})")
@@ -183,36 +309,32 @@ def decode(data: bytes) -> torch.Tensor:
     if not sids or any(s >= len(SCALES) for s in sids):
         raise UserError(f"fmc header has invalid scale ids {sids}")
     work = dtypes.work_dtype(storage)
-    n, nb, fb = math.prod(block), n_blocks(head.shape, block), bits_for_scales(len(sids))
+    n, nb, fb = math.prod(block), n_blocks(head.shape, block), flag_bits(m, len(sids))
     reader = bitstream.BitReader(payload, head.payload_bits)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
 
-    def read_records(count: int, kk: int) -> np.ndarray:
-        meta = reader.take(count * (2 * b + fb), (count, 2 * b + fb))
-        idx = reader.take(count * n * kk, (count, n, kk))
-        return _rebuild(meta, idx, kk)
-
-    def _rebuild(meta: np.ndarray, idx: np.ndarray, kk: int) -> np.ndarray:
-        e0 = dtypes.bits_value(bitstream.from_bits(meta[:, :b]), storage, work)
-        e1 = dtypes.bits_value(bitstream.from_bits(meta[:, b:2 * b]), storage, work)
-        sc = bitstream.from_bits(meta[:, 2 * b:])
-        return reconstruct(e0, e1, sc, bitstream.from_bits(idx), kk, m, sids)
+    def rebuild(fields: list[np.ndarray], idx: np.ndarray, kk: int) -> torch.Tensor:
+        if m.implicit_scale:  # the scale bit is the parity of the two endpoint patterns
+            fields = [fields[0], fields[1], (fields[0] ^ fields[1]) & 1]
+        e0, e1, sc = (torch.from_numpy(f).to(dev) for f in fields)
+        e0, e1 = dtypes.bits_value(e0, storage, work), dtypes.bits_value(e1, storage, work)
+        return reconstruct(e0, e1, sc, torch.from_numpy(idx).to(dev), kk, m, sids)
 
     if head.rate == 0:
-        rec = reader.take(nb * (2 * b + fb + n * k), (nb, 2 * b + fb + n * k))
-        dec = _rebuild(rec[:, :2 * b + fb], rec[:, 2 * b + fb:].reshape(nb, n, k), k)
+        dec = rebuild(*reader.records(nb, [b, b, fb], n, k), k)
     else:
-        tag = tags.decode_tags(reader, nb, head.tag_lengths)
-        dec = np.zeros((nb, n), dtype=work)
+        tag = tags.decode_tags(reader, nb, head.tag_lengths).to(dev)
+        dec = torch.zeros((nb, n), dtype=work, device=dev)
         for t, kk in ((tags.NORMAL, k), (tags.LOW, k - 1)):
-            sel = tag == t
-            count = int(sel.sum())
-            if count and kk < 1:
+            sel = (tag == t).nonzero().view(-1)
+            if sel.numel() and kk < 1:
                 raise UserError("fmc payload has low-index blocks but index_bits is 1")
-            if count:
-                dec[sel] = read_records(count, kk)
-        const = tag == tags.CONST
-        n_const = int(const.sum())
-        vals = dtypes.bits_value(bitstream.from_bits(reader.take(n_const * b, (n_const, b))), storage, work)
-        dec[const] = vals[:, None]
+            if sel.numel():
+                fields = reader.meta(sel.numel(), [b, b, fb])
+                dec[sel] = rebuild(fields, reader.fields(sel.numel() * n, kk).reshape(sel.numel(), n), kk)
+        const = (tag == tags.CONST).nonzero().view(-1)
+        vals = torch.from_numpy(reader.fields(const.numel(), b)).to(dev)
+        dec[const] = dtypes.bits_value(vals, storage, work)[:, None]
     reader.finish()
-    return dtypes.restore(dtypes.to_storage(from_blocks(dec, head.shape, block), storage), dtype, head.qscale)
+    stored = from_blocks(dtypes.round_for(dec, storage), head.shape, block, storage)
+    return dtypes.restore(stored, dtype, head.qscale)

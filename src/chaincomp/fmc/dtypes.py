@@ -1,9 +1,8 @@
 """What the codec stores for each input dtype, and exact conversions to and from work floats.
 
-Why separate: the block coder only sees float work arrays; everything dtype-specific (which 16- or
-8-bit form a map is moved in, raw bit patterns of endpoints, rounding back to the original dtype,
-refusing NaN/Inf) lives here. Conversions go through numpy where possible: torch's small
-elementwise ops were several times slower on the 2-core benchmark machine (thread contention).
+Why separate: the block coder only sees float work tensors; everything dtype-specific (which 16-
+or 8-bit form a map is moved in, raw bit patterns of endpoints, rounding back to the original
+dtype, refusing NaN/Inf) lives here. All of it is torch on the map's own device.
 
 Supported: float16, bfloat16, int16 (bits_in=16), int8, uint8 (bits_in=8), and float32, which is
 first cast to float16 (bits_in=16; |x| > 65504 is refused) or quantised to int8 with one
@@ -26,52 +25,59 @@ DTYPES = {
     6: (torch.float32, torch.float16, torch.int8),
 }
 CODE = {d[0]: c for c, d in DTYPES.items()}
-VIEW = {torch.float16: (torch.int16, np.uint16), torch.bfloat16: (torch.int16, np.uint16),
-        torch.int16: (torch.int16, np.uint16), torch.int8: (torch.int8, np.uint8),
-        torch.uint8: (torch.uint8, np.uint8)}
+# storage dtype -> (integer dtype of the same width, its value range as unsigned bits)
+VIEW = {torch.float16: (torch.int16, 16), torch.bfloat16: (torch.int16, 16), torch.int16: (torch.int16, 16),
+        torch.int8: (torch.int8, 8), torch.uint8: (torch.uint8, 8)}
 
 
-def work_dtype(storage: torch.dtype) -> np.dtype:
+def work_dtype(storage: torch.dtype) -> torch.dtype:
     # bfloat16 spans float32's exponent range: squared errors need float64 to stay finite.
-    return np.dtype(np.float64 if storage == torch.bfloat16 else np.float32)
+    return torch.float64 if storage == torch.bfloat16 else torch.float32
 
 
-def to_storage(values: np.ndarray, storage: torch.dtype) -> torch.Tensor:
+def to_storage(values: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
     """Work-dtype values -> tensor of the stored dtype (round to nearest, clamp for integers)."""
-    t = torch.from_numpy(np.ascontiguousarray(values))
     if storage.is_floating_point:
-        return t.to(storage)
+        return values.to(storage)
     info = torch.iinfo(storage)
-    return t.round().clamp_(info.min, info.max).to(storage)
+    return values.round().clamp_(info.min, info.max).to(storage)
 
 
-def value_bits(values: np.ndarray, storage: torch.dtype) -> np.ndarray:
-    view, unsigned = VIEW[storage]
-    return to_storage(values, storage).view(view).numpy().view(unsigned)
+def round_for(values: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
+    """What `to_storage` does before the cast (integers: round and clamp), left in the work dtype."""
+    if storage.is_floating_point:
+        return values
+    info = torch.iinfo(storage)
+    return values.round().clamp_(info.min, info.max)
 
 
-def bits_value(raw: np.ndarray, storage: torch.dtype, work: np.dtype) -> np.ndarray:
-    view, unsigned = VIEW[storage]
-    same_width = {torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8}[view]
-    t = torch.from_numpy(raw.astype(unsigned).view(same_width)).view(storage)
-    return t.to(torch.float64 if work == np.float64 else torch.float32).numpy()
+def value_bits(values: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
+    """Work values -> their stored bit patterns as non-negative int32 (< 2^bits)."""
+    view, bits = VIEW[storage]
+    return to_storage(values, storage).view(view).to(torch.int32) & ((1 << bits) - 1)
 
 
-def work_array(storage: torch.Tensor, work: np.dtype) -> np.ndarray:
-    """Stored map -> numpy work floats (exact); numpy, because torch ops contend for threads."""
-    if storage.dtype == torch.bfloat16:  # bfloat16 is the top half of a float32
-        bits = storage.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
-        return (bits << np.uint32(16)).view(np.float32).astype(work)
-    return storage.numpy().astype(work)
+def bits_value(raw: torch.Tensor, storage: torch.dtype, work: torch.dtype) -> torch.Tensor:
+    """Stored bit patterns (non-negative ints < 2^bits) -> work values (exact)."""
+    view, bits = VIEW[storage]
+    raw = raw.to(torch.int32)
+    if view != torch.uint8:  # two's complement of the same width
+        raw = torch.where(raw >= 1 << (bits - 1), raw - (1 << bits), raw)
+    return raw.to(view).view(storage).to(work)
 
 
 def _non_finite(x: torch.Tensor) -> bool:
-    """Any NaN/Inf, from the exponent bits (no float pass)."""
+    """Any NaN/Inf: the largest magnitude bit pattern reaches the all-ones exponent (integer
+    passes only; boolean reductions are slow on CPU)."""
     if x.dtype == torch.float32:
-        return not np.isfinite(x.numpy()).all()
-    mask = np.uint16(0x7C00 if x.dtype == torch.float16 else 0x7F80)
-    bits = x.view(torch.int16).numpy().view(np.uint16)
-    return bool(((bits & mask) == mask).any())
+        return int((x.view(torch.int32) & 0x7FFFFFFF).amax()) >= 0x7F800000
+    exp = 0x7C00 if x.dtype == torch.float16 else 0x7F80
+    return int((x.view(torch.int16) & 0x7FFF).amax()) >= exp
+
+
+def has_negative_zero(x: torch.Tensor) -> bool:
+    """Any -0.0 in a 16-bit float tensor: its pattern 0x8000 is the smallest int16."""
+    return x.is_floating_point() and int(x.view(torch.int16).amin()) == -0x8000
 
 
 def prepare(x, bits_in: int) -> tuple[torch.Tensor, int, float]:
@@ -91,7 +97,7 @@ def prepare(x, bits_in: int) -> tuple[torch.Tensor, int, float]:
     if storage is None:
         raise UserError(f"fmc: {x.dtype} is a {x.element_size() * 8}-bit type; declare bits_in="
                         f"{x.element_size() * 8}, not {bits_in}")
-    x = x.detach().cpu().contiguous()
+    x = x.detach().contiguous()
     if x.is_floating_point() and _non_finite(x):
         nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
         raise UserError(f"fmc refuses non-finite input: {nan} NaN and {inf} Inf values")
@@ -99,7 +105,7 @@ def prepare(x, bits_in: int) -> tuple[torch.Tensor, int, float]:
         return x, code, 1.0
     if storage == torch.float16:
         y = x.to(torch.float16)
-        if not torch.isfinite(y).all():
+        if _non_finite(y):
             raise UserError("fmc: float32 map exceeds the float16 range (|x| > 65504) for bits_in=16; "
                             "pass a bfloat16 tensor or use bits_in=8")
         return y, code, 1.0
@@ -112,3 +118,25 @@ def restore(stored: torch.Tensor, dtype: torch.dtype, qscale: float) -> torch.Te
     if dtype != torch.float32:
         return stored
     return stored.to(torch.float32) * qscale if stored.dtype == torch.int8 else stored.to(torch.float32)
+
+
+def step(values: torch.Tensor, up: bool, storage: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next stored value above (`up`) or below each value, in the work dtype, and whether it
+    exists (a finite value of the stored dtype). One code step flips the lowest bit of the stored
+    pattern; that is what `coder.nudge` uses to signal a bit through an endpoint."""
+    work = values.dtype
+    if not storage.is_floating_point:
+        info = torch.iinfo(storage)
+        out = values + (1 if up else -1)
+        return out, (out >= info.min) & (out <= info.max)
+    code = value_bits(values, storage)  # sign-magnitude 16-bit pattern
+    neg = code >= 0x8000
+    mag = code & 0x7FFF
+    # away from zero on the side we move to, towards zero on the other; +-0 step to +-min subnormal
+    grow = ~neg if up else neg
+    new_mag = torch.where(grow | (mag == 0), mag + 1, mag - 1)
+    new_neg = torch.where(mag == 0, torch.full_like(neg, not up), neg)
+    new_code = new_mag | (new_neg.to(torch.int32) << 15)
+    exp_mask = 0x7C00 if storage == torch.float16 else 0x7F80
+    ok = (new_code & exp_mask) != exp_mask
+    return bits_value(torch.where(ok, new_code, code), storage, work), ok

@@ -17,7 +17,7 @@ from torch import nn
 
 from chaincomp.errors import UserError
 
-from .codec import DEFAULT_BLOCK, DEFAULT_INDEX_BITS, DEFAULT_SCALES, check_args, decode, encode_with_stats
+from .codec import check, decode, encode_with_stats
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
                nn.Mish, nn.Hardtanh)
@@ -97,9 +97,7 @@ def _select(model: nn.Module, layers) -> list[tuple[str, nn.Module]]:
 def attach_codec(model: nn.Module, layers: Iterable[str] | str | Callable[[str, nn.Module], bool] | None = None,
                  *, straight_through: bool = True, **codec_kwargs) -> CodecHandle:
     """Hook encode -> decode onto the outputs of `layers` (names, a predicate, or default_points)."""
-    check_args(codec_kwargs.get("block", DEFAULT_BLOCK), codec_kwargs.get("index_bits", DEFAULT_INDEX_BITS),
-           codec_kwargs.get("mode", "vbr"), codec_kwargs.get("method", "asc"),
-           codec_kwargs.get("scales", DEFAULT_SCALES))  # fail at attach time, not mid-forward
+    check(**{k: v for k, v in codec_kwargs.items() if k != "bits_in"})  # fail at attach time, not mid-forward
     handle = CodecHandle()
     for name, module in _select(model, layers):
         handle._stats[name] = _empty()
@@ -112,13 +110,13 @@ def attach_codec(model: nn.Module, layers: Iterable[str] | str | Callable[[str, 
             x = output.detach()
             x = x.float() if x.dtype == torch.float64 else x
             data, s = encode_with_stats(x, **codec_kwargs)
-            dec = decode(data).to(device=output.device, dtype=output.dtype)
-            ref = x.cpu().double()
+            dec = decode(data, device=output.device).to(dtype=output.dtype)
+            ref = x.double()
             st["calls"] += 1
             st["raw_bytes"] += s["raw_bytes"]
             st["encoded_bytes"] += s["encoded_bytes"]
             st["signal"] += float(ref.square().sum())
-            st["sse"] += float((ref - dec.detach().cpu().double()).square().sum())
+            st["sse"] += float((ref - dec.double()).square().sum())
             _merge(st["mode_histogram"], s["mode_histogram"])
             if straight_through and output.requires_grad:
                 return output + (dec - output).detach()

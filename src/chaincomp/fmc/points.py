@@ -23,7 +23,8 @@ A point is always lo + (hi - lo) * f, computed the same way by encoder and decod
 Selection compares each value with the midpoints between consecutive points and counts how many
 it exceeds (a comparison sum, as a comparator tree in hardware), never a nearest-point search;
 ties at a midpoint go to the lower point. The comparisons run on t = (v - lo) / (hi - lo) so the
-midpoints are constants of the table; the decoder never needs them.
+midpoints are constants of the table; the decoder never needs them. In software every midpoint is
+a multiple of 2^-e (e <= 15), so the count is one table lookup at ceil(t * 2^e) (`cells`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 SCALES = ("linear", "log", "hlog", "rlog", "rhlog", "uniform")
 SCALE_ID = {name: i for i, name in enumerate(SCALES)}
@@ -57,6 +59,10 @@ def fractions(scale: int, n: int) -> tuple[float, ...]:
     return log
 
 
+# Tables of the implicit-scale method (`coder.implicit_table`): linear, or log dense towards zero.
+IMPLICIT_SCALES = ("linear", "log", "rlog")
+
+
 def max_gap(scale: int, n: int) -> float:
     """Largest distance between consecutive fractions: the error is at most half of it times range."""
     f = fractions(scale, n)
@@ -68,7 +74,7 @@ def bits_for_scales(n_scales: int) -> int:
     return math.ceil(math.log2(n_scales)) if n_scales > 1 else 0
 
 
-def table(scale_ids: tuple[int, ...], k: int, dtype) -> np.ndarray:
+def table(scale_ids: tuple[int, ...], k: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     """(2 * n_scales, 2^k) fractions per (mode, scale) combo: rows [A scales..., B scales...].
 
     Row B's column 0 is a placeholder: index 0 of mode B is the exact zero.
@@ -76,27 +82,77 @@ def table(scale_ids: tuple[int, ...], k: int, dtype) -> np.ndarray:
     p = 1 << k
     rows = [fractions(s, p) for s in scale_ids]
     rows += [(0.0,) + fractions(s, p - 1) if p > 2 else (0.0,) * p for s in scale_ids]
-    return np.array(rows, dtype=dtype)
+    return torch.tensor(rows, dtype=dtype, device=device)
 
 
-def threshold_index(t: np.ndarray, frac: tuple[float, ...]) -> np.ndarray:
-    """Count of midpoints between consecutive `frac` points that t exceeds (uint8)."""
-    pos = np.zeros(t.shape, np.uint8)
-    for a, b in zip(frac, frac[1:]):  # loop over the 2^k - 1 thresholds, vectorised over values
-        np.add(pos, t > (a + b) / 2, out=pos, casting="unsafe")
+def midpoints(frac: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple((a + b) / 2 for a, b in zip(frac, frac[1:]))
+
+
+def cell_exponent(fracs: list[tuple[float, ...]]) -> int:
+    """Smallest e such that every midpoint of every table is a multiple of 2^-e (dyadic tables)."""
+    mids = [m for f in fracs for m in midpoints(f)]
+    for e in range(40):
+        if all((m * 2.0 ** e).is_integer() for m in mids):
+            return e
+    raise ValueError("point fractions are not dyadic")  # cannot happen for SCALES[:-1]
+
+
+_LUTS: dict = {}
+
+
+def _lut(key, build, dtype: torch.dtype, device) -> torch.Tensor:
+    full = (key, dtype, str(device))
+    if full not in _LUTS:
+        _LUTS[full] = torch.as_tensor(build(), dtype=dtype, device=device)
+    return _LUTS[full]
+
+
+def cells(t: torch.Tensor, e: int) -> torch.Tensor:
+    """c = ceil(t * 2^e) clamped to [0, 2^e], int32. For a midpoint m = j / 2^e (j integer),
+    t > m  <=>  t * 2^e > j  <=>  c > j  exactly (scaling by 2^e is exact), so a table indexed by c
+    gives the comparison count of `threshold_index` with one lookup instead of 2^k - 1 comparisons."""
+    return (t * float(1 << e)).ceil_().clamp_(0, 1 << e).to(torch.int32)
+
+
+def index_lut(fracs: tuple[tuple[float, ...], ...], e: int, device) -> torch.Tensor:
+    """(len(fracs) * (2^e + 1),) uint8: for table i and cell c, entry i * (2^e + 1) + c is the number
+    of midpoints of table i below c / 2^e, i.e. the point index of every t in that cell."""
+    def build():
+        grid = np.arange((1 << e) + 1)
+        return np.concatenate([np.searchsorted(np.array([m * 2.0 ** e for m in midpoints(f)]), grid, side="left")
+                               for f in fracs]).astype(np.uint8)
+    return _lut(("index", fracs, e), build, torch.uint8, device)
+
+
+def fraction_lut(fracs: tuple[tuple[float, ...], ...], e: int, dtype: torch.dtype, device,
+                 scale: float = 1.0) -> torch.Tensor:
+    """Like `index_lut`, but the entry is the selected point's fraction times `scale` (in `dtype`)."""
+    def build():
+        grid = np.arange((1 << e) + 1)
+        return np.concatenate([np.asarray(f, dtype=np.float64)[np.searchsorted(
+            np.array([m * 2.0 ** e for m in midpoints(f)]), grid, side="left")] for f in fracs]) * scale
+    return _lut(("fraction", fracs, e, scale), build, dtype, device)
+
+
+def threshold_index(t: torch.Tensor, frac: tuple[float, ...]) -> torch.Tensor:
+    """Count of midpoints between consecutive `frac` points that t exceeds (uint8); the definition
+    that `cells` + `index_lut` compute with one lookup."""
+    pos = torch.zeros(t.shape, dtype=torch.uint8, device=t.device)
+    for m in midpoints(frac):  # loop over the 2^k - 1 thresholds, vectorised over values
+        pos += (t > m).view(torch.uint8)
     return pos
 
 
-def zero_cell(t: np.ndarray, z: np.ndarray, frac: tuple[float, ...]) -> np.ndarray:
-    """Mode B: True where t falls between the midpoints that bound the zero point z (per block).
+def zero_bounds(z: torch.Tensor, frac: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mode B: per block, t in (lower, upper] selects the zero point z instead of a bulk point.
 
     The zero sits before any bulk point equal to it; its lower threshold is the midpoint to the
     nearest bulk point below, its upper threshold the midpoint to the nearest one at or above.
     """
-    f = np.asarray(frac, dtype=t.dtype)
-    j = np.searchsorted(f, z, side="left")
-    below = np.where(j > 0, f[np.maximum(j - 1, 0)], -np.inf)
-    above = np.where(j < f.size, f[np.minimum(j, f.size - 1)], np.inf)
-    lower = (z + below) / 2
-    upper = (z + above) / 2
-    return (t > lower[:, None]) & (t <= upper[:, None])
+    f = torch.tensor(frac, dtype=z.dtype, device=z.device)
+    j = torch.searchsorted(f, z)  # first point >= z
+    inf = torch.tensor(float("inf"), dtype=z.dtype, device=z.device)
+    below = torch.where(j > 0, f[(j - 1).clamp_(min=0)], -inf)
+    above = torch.where(j < f.numel(), f[j.clamp(max=f.numel() - 1)], inf)
+    return (z + below) / 2, (z + above) / 2

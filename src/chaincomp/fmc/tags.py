@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
+import torch
 
 from chaincomp.errors import UserError
 
@@ -64,35 +65,35 @@ def check_lengths(lengths: tuple[int, ...]) -> None:
         raise UserError(f"fmc header has invalid tag code lengths {lengths}")
 
 
-def encode_tags(tags: np.ndarray, lengths: tuple[int, ...]) -> list[np.ndarray]:
+def encode_tags(tags: torch.Tensor, lengths: tuple[int, ...]) -> list[torch.Tensor]:
     """Bit planes of the tag code, plane j = bit j of blocks whose code is longer than j."""
-    codes = canonical_codes(lengths)
-    lens = np.array([0 if l == UNUSED else l for l in lengths])
+    codes = torch.as_tensor(canonical_codes(lengths), device=tags.device)
+    lens = torch.tensor([0 if l == UNUSED else l for l in lengths], device=tags.device)
     tl, tc = lens[tags], codes[tags]
     planes = []
-    for j in range(int(tl.max(initial=0))):  # at most 3 planes
+    for j in range(int(max((l for l in lengths if l != UNUSED), default=0))):  # at most 3 planes
         active = tl > j
-        planes.append(((tc[active] >> (tl[active] - 1 - j)) & 1).astype(np.uint8))
+        planes.append(((tc[active] >> (tl[active] - 1 - j)) & 1).to(torch.uint8))
     return planes
 
 
-def decode_tags(reader: BitReader, n_blocks: int, lengths: tuple[int, ...]) -> np.ndarray:
+def decode_tags(reader: BitReader, n_blocks: int, lengths: tuple[int, ...]) -> torch.Tensor:
     """Inverse of `encode_tags`, reading plane by plane."""
     check_lengths(lengths)
-    codes = canonical_codes(lengths)
-    tags = np.full(n_blocks, -1, np.int64)
-    prefix = np.zeros(n_blocks, np.int64)
+    device = "cpu"
     only = [s for s, l in enumerate(lengths) if l == 0]
     if only:
-        tags[:] = only[0]
-        return tags
+        return torch.full((n_blocks,), only[0], dtype=torch.int64, device=device)
+    codes = canonical_codes(lengths)
+    tags = torch.full((n_blocks,), -1, dtype=torch.int64, device=device)
+    prefix = torch.zeros(n_blocks, dtype=torch.int64, device=device)
     for j in range(max(l for l in lengths if l != UNUSED)):
-        active = np.flatnonzero(tags < 0)
-        prefix[active] = (prefix[active] << 1) | reader.take(active.size)
+        active = (tags < 0).nonzero().view(-1)
+        prefix[active] = (prefix[active] << 1) | torch.from_numpy(reader.take(active.numel())).long()
         for sym, l in enumerate(lengths):
             if l == j + 1:
-                hit = active[prefix[active] == codes[sym]]
+                hit = active[prefix[active] == int(codes[sym])]
                 tags[hit] = sym
-    if (tags < 0).any():
+    if bool((tags < 0).any()):
         raise UserError("fmc payload has an invalid block tag")
     return tags
