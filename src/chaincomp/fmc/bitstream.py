@@ -1,7 +1,8 @@
 """Bit packing and the container header of the feature-map codec.
 
 Why a separate module: the block coder decides *what* to store (integers of known widths); this
-module only decides *how* they become bytes, so the byte layout can be audited in one place.
+module only decides *how* they become bytes, so the byte layout can be audited in one place. It is
+longer than 400 lines for that reason: every packing path and its inverse stay side by side.
 
 Packing is vectorised with numpy over whole arrays, on the host (the bytes end up there anyway):
 k-bit indices become bytes with one integer multiply per machine word (`pack_fields`), 16-bit
