@@ -14,6 +14,7 @@ from torch import nn
 
 from ..energy.cost import run_hooked_once
 from ..errors import UserError
+from .codec import PRESETS, preset_block
 from .hooks import ACTIVATIONS, attach_codec, default_points
 
 MAP_ACTIVATIONS = ACTIVATIONS + (nn.Tanh, nn.Sigmoid)
@@ -173,8 +174,9 @@ def attach(model: nn.Module, t: dict) -> FmcHooks:
 
 
 def resolve_points(model: nn.Module, sample: torch.Tensor, points: str | list[str], block: tuple[int, int, int],
-                   fit: bool = True) -> dict[str, list[int]]:
-    """Module name -> block for every coded map: `points` is "auto" or module names."""
+                   fit: bool = True, preset: str | None = None) -> dict[str, list[int]]:
+    """Module name -> block for every coded map: `points` is "auto" or module names. With a codec preset
+    (e.g. "paper"), each map gets the preset's block shape that tiles it (`codec.preset_block`)."""
     events, shapes = _trace(model, sample)
     names = auto_points(model, events, shapes) if points == "auto" else list(points)
     modules = dict(model.named_modules())
@@ -183,4 +185,7 @@ def resolve_points(model: nn.Module, sample: torch.Tensor, points: str | list[st
         raise UserError(f"fmc.points: no module named {missing}; e.g. {sorted(n for n in modules if n)[:12]}")
     if not names:
         raise UserError("fmc.points: no 4-D feature map found to code; name the layers in `points`")
+    if preset is not None:
+        p = PRESETS[preset]
+        return {n: list(preset_block(p, shapes[n]) if len(shapes.get(n, ())) == 4 else p.block) for n in names}
     return {n: fit_block(block, shapes.get(n, ())) if fit else list(block) for n in names}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 from torch import nn
 
 from ..arch import record
@@ -63,8 +63,21 @@ class FmcConfig(StageConfig):
     scales: list[Literal["linear", "log", "hlog", "rlog", "rhlog"]] = Field(list(DEFAULT_SCALES), min_length=1,
                                                                            max_length=4)
     lr: float = Field(0.001, gt=0, le=10)
+    preset: Literal["paper"] | None = Field(None, description="paper: the paper's operating point (16-value "
+                                            "blocks, 2-bit indices, mode from the endpoint order, no scale flag; "
+                                            "exactly 4x at cbr on 16-bit maps); fixes block, index_bits, method")
+
+    @model_validator(mode="after")
+    def _preset_fixes(self) -> "FmcConfig":
+        fixed = {"block", "index_bits", "method"} & self.model_fields_set
+        if self.preset and fixed:
+            raise ValueError(f"preset {self.preset} fixes {', '.join(sorted(fixed))}; leave them out")
+        return self
 
     def codec(self) -> dict:
+        if self.preset:     # the preset's own rate unless `mode` was given
+            mode = self.mode if "mode" in self.model_fields_set else "cbr"
+            return {"bits_in": self.bits_in, "mode": mode, "preset": self.preset, "scales": list(self.scales)}
         return {"bits_in": self.bits_in, "index_bits": self.index_bits, "mode": self.mode, "method": self.method,
                 "scales": list(self.scales)}
 
@@ -87,7 +100,7 @@ class Fmc(Stage):
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         c: FmcConfig = self.config
         sample = ctx.data.sample_input()
-        t = {"type": "fmc", "points": resolve_points(model, sample, c.points, c.block, c.fit_block), "codec": c.codec()}
+        t = {"type": "fmc", "points": resolve_points(model, sample, c.points, c.block, c.fit_block, c.preset), "codec": c.codec()}
         model = self.replay(model, t, sample)
         if c.epochs:
             ctx.fit(model, c.fit_config())

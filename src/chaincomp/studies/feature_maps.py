@@ -56,6 +56,9 @@ class CodecConfig(BaseModel):
     index_bits: int = Field(3, ge=1, le=4)
     scales: list[Literal["linear", "log", "hlog", "rlog", "rhlog"]] = Field(["linear", "hlog"], min_length=1,
                                                                            max_length=4)
+    preset: Literal["paper"] | None = Field(None, description="paper: ASC rows at the paper's operating point "
+                                            "(16-value blocks, 2-bit indices, no scale flag); the baselines "
+                                            "code the same blocks")
 
 
 class TaskConfig(BaseModel):
@@ -218,7 +221,7 @@ def run_task(t: TaskConfig, cfg: FmcRecipe) -> tuple[list[dict], list[dict], dic
     sample = data.sample_input()
     c = t.codec
     stage = FmcConfig(points=t.points, block=c.block, fit_block=c.fit_block, index_bits=c.index_bits, scales=c.scales)
-    points = resolve_points(model, sample, stage.points, stage.block, stage.fit_block)
+    points = resolve_points(model, sample, stage.points, stage.block, stage.fit_block, c.preset)
     fp32, _ = _predict(model, data)
     common = {"task": data.task, "dataset": data.name, "model": t.model.name, "metric_name": data.metric_name,
               "metric_fp32": round(fp32, 4), "dram_bytes_fp32": profile_model(model, sample).total()["dram_bytes"]}
@@ -233,8 +236,10 @@ def run_task(t: TaskConfig, cfg: FmcRecipe) -> tuple[list[dict], list[dict], dic
             row = {**common, "method": method, "bits_in": bits, "metric_raw": round(raw, 4),
                    "agree_name": AGREE[data.task]}
             for mode in ("cbr", "vbr"):
-                codec = {"bits_in": bits, "index_bits": c.index_bits, "mode": mode, "method": method,
-                         "scales": list(c.scales)}
+                codec = {"bits_in": bits, "mode": mode, "preset": c.preset, "scales": list(c.scales)} \
+                    if c.preset and method == "asc" else \
+                    {"bits_in": bits, "index_bits": c.index_bits, "mode": mode, "method": method,
+                     "scales": list(c.scales)}
                 fh = FmcHooks(model, points, codec)
                 try:
                     m, preds = _predict(model, data)
