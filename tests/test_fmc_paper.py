@@ -159,6 +159,7 @@ def test_hooks_take_the_preset():
         s = h.stats()["1"]
     assert s["raw_bytes"] == 2 * 16 * 8 * 8 * 2
     assert s["encoded_bytes"] == HEADER_BYTES + s["raw_bytes"] // 4
+    assert s["payload_ratio"] == 4.0 and h.total()["payload_ratio"] == 4.0
     with pytest.raises(UserError, match="fixes index_bits"):
         attach_codec(model, ["1"], preset="paper", index_bits=3)
 

@@ -7,7 +7,10 @@ bits_in=16, or quantised to int8 with one per-tensor scale for bits_in=8).
 
 Payload (after the header of `bitstream`):
 - CBR: every block is one record [e0 | e1 | scale flag | n indices of k bits]; a map's size is
-  known from its shape alone (`cbr_bytes`), and record i sits at bit i * record_bits.
+  known from its shape alone (`cbr_bytes`), and record i sits at bit i * record_bits. The flag
+  has no bits for a single scale, and none for method asc_implicit (preset "paper"), whose
+  scale is the parity of the two endpoints: the record is [e0 | e1 | indices], 64 bits per 16
+  values at the paper's operating point.
 - VBR: the Huffman-coded tag planes (zero / constant / low-index / normal, see `tags`), then the
   normal blocks (all their [e0 | e1 | scale flag] fields, then all their indices), the low-index
   blocks likewise (k-1 bit indices, used only when they reproduce the block exactly), and one

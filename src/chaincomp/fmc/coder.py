@@ -41,11 +41,6 @@ class Coded:
         return Coded(self.e0[sel], self.e1[sel], self.scale[sel], self.idx[sel], self.mode[sel])
 
 
-def _sse(v: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
-    d = v - dec
-    return (d * d).sum(1)
-
-
 def _rows(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().view(-1)
 
@@ -333,13 +328,6 @@ def _keep(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, tab) -> tor
     if bool(torch.isinf(lo_).all()):  # the zero is the lowest point: one comparison
         return above.view(torch.uint8)
     return ((q <= lo_[:, None]) | above).view(torch.uint8)
-
-
-def _lookup(lut: torch.Tensor, c: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-    """lut[c] (+ a per-row table offset), as one index_select over all values."""
-    if offset is not None:
-        c = c + offset[:, None]
-    return lut.index_select(0, c.view(-1)).view(c.shape)
 
 
 def _mode_b_rows(v, lo, hi, span):

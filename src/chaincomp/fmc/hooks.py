@@ -48,13 +48,16 @@ class CodecHandle:
         out = copy.deepcopy(self._stats)
         for s in out.values():
             s["ratio"] = s["raw_bytes"] / s["encoded_bytes"] if s["encoded_bytes"] else float("nan")
+            s["payload_ratio"] = s["raw_bytes"] / s["payload_bytes"] if s["payload_bytes"] else float("nan")
             s["snr_db"] = 10 * math.log10(s["signal"] / s["sse"]) if s["sse"] > 0 else float("inf")
         return out
 
     def total(self) -> dict:
         raw = sum(s["raw_bytes"] for s in self._stats.values())
         enc = sum(s["encoded_bytes"] for s in self._stats.values())
-        return {"raw_bytes": raw, "encoded_bytes": enc, "ratio": raw / enc if enc else float("nan")}
+        pay = sum(s["payload_bytes"] for s in self._stats.values())
+        return {"raw_bytes": raw, "encoded_bytes": enc, "ratio": raw / enc if enc else float("nan"),
+                "payload_bytes": pay, "payload_ratio": raw / pay if pay else float("nan")}
 
     def reset(self) -> None:
         for name in self._stats:
@@ -73,8 +76,8 @@ class CodecHandle:
 
 
 def _empty() -> dict:
-    return {"calls": 0, "skipped": 0, "raw_bytes": 0, "encoded_bytes": 0, "signal": 0.0, "sse": 0.0,
-            "mode_histogram": {}}
+    return {"calls": 0, "skipped": 0, "raw_bytes": 0, "encoded_bytes": 0, "payload_bytes": 0, "signal": 0.0,
+            "sse": 0.0, "mode_histogram": {}}
 
 
 def _select(model: nn.Module, layers) -> list[tuple[str, nn.Module]]:
@@ -115,6 +118,7 @@ def attach_codec(model: nn.Module, layers: Iterable[str] | str | Callable[[str, 
             st["calls"] += 1
             st["raw_bytes"] += s["raw_bytes"]
             st["encoded_bytes"] += s["encoded_bytes"]
+            st["payload_bytes"] += s["encoded_bytes"] - s["header_bytes"]  # the container header is software
             st["signal"] += float(ref.square().sum())
             st["sse"] += float((ref - dec.double()).square().sum())
             _merge(st["mode_histogram"], s["mode_histogram"])
