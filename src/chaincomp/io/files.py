@@ -6,8 +6,9 @@ import math
 import os
 import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -77,21 +78,22 @@ def _discard(tmp: str) -> None:
         pass
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: readers see old or new, never half.
-    A folder that cannot be written (read-only, a file in the way, disk full) is one UserError line."""
-    path = Path(path)
+@contextmanager
+def replaced_atomically(path: Path, fault_point: str) -> Iterator[str]:
+    """A temporary file beside `path` for the caller to fill; then fsync and rename over `path`, so readers
+    see the old file or the new one, never half. On any failure the temporary file is removed, and a
+    folder that cannot be written (read-only, a file in the way, disk full) is one UserError line."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _temp_beside(path)
+        os.close(fd)
     except (OSError, ValueError) as e:
         raise _cannot_write(path, e) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        faults.point("file_written")
+        faults.point(fault_point)
         os.replace(tmp, path)    # replaces a symlink at `path` itself, never writes through it
     except OSError as e:
         _discard(tmp)
@@ -99,6 +101,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         _discard(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (`replaced_atomically`)."""
+    path = Path(path)
+    with replaced_atomically(path, "file_written") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -12,16 +12,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from safetensors.torch import load_file, save_file
 
-from .. import faults
 from ..errors import NonFiniteError, UserError, one_line
 from .files import (
+    replaced_atomically,
     MAX_SAFETENSORS_HEADER,
-    _cannot_write,
-    _discard,
     _json_kind,
     _parse_json,
     _reason,
-    _temp_beside,
     _validation_line,
     _what_is,
 )
@@ -134,24 +131,8 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dic
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     check_finite(tensors, path, writing=True)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _temp_beside(path)
-        os.close(fd)
-    except (OSError, ValueError) as e:
-        raise _cannot_write(path, e) from None
-    try:
+    with replaced_atomically(path, "weights_written") as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        faults.point("weights_written")
-        os.replace(tmp, path)
-    except OSError as e:
-        _discard(tmp)
-        raise _cannot_write(path, e) from None
-    except BaseException:
-        _discard(tmp)
-        raise
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
