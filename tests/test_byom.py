@@ -92,6 +92,32 @@ def test_import_spec_security(tmp_path, capsys, user_module):
         instantiate("my_vision_nets:ConcatNet", {"nope": 1})   # a class is called freely, but must accept them
 
 
+def test_check_resolves_import_specs_without_calling_them(tmp_path, capsys, user_module):
+    marker = tmp_path / "ran"
+    recipe = tmp_path / "r.yaml"
+
+    def write(model, chain=()):
+        recipe.write_text(yaml.safe_dump({"model": model, "data": DIGITS, "chain": list(chain)}))
+        return str(recipe)
+
+    student = {"technique": "distill", "student": {"import": "my_vision_nets:ConcatNet"}}
+    assert main(["check", write({"import": "my_vision_nets:SENet"}, [student])]) == 0
+    out = capsys.readouterr().out
+    assert "model.import my_vision_nets:SENet resolves" in out and "chain[0].student.import" in out
+    fails_with_one_line(capsys, ["check", write({"import": "os:system", "kwargs": {"command": f"touch {marker}"}})],
+                        "model.import", "os:system", "--allow-import")
+    assert not marker.exists()                      # refused before anything is called
+    fails_with_one_line(capsys, ["check", write({"import": "no_such_pkg_xyz:Net"})], "model.import", "does not import")
+    fails_with_one_line(capsys, ["check", write({"import": "my_vision_nets:SENet"},
+                                                [{"technique": "distill", "student": {"import": "my_vision_nets:Nope"}}])],
+                        "chain[0].student.import", "has no 'Nope'")
+    fails_with_one_line(capsys, ["check", write({"import": "my_vision_nets:SENet", "weights": str(tmp_path / "w.st")})],
+                        "model.weights", "not found")
+    factory = write({"import": "my_vision_nets:make_concat"})
+    fails_with_one_line(capsys, ["check", factory], "model.import", "--allow-import my_vision_nets")
+    assert main(["check", factory, "--allow-import", "my_vision_nets"]) == 0
+
+
 def test_api_allow_import_lets_a_factory_run(tmp_path, user_module):
     spec = {"import": "my_vision_nets:make_concat", "kwargs": {"num_classes": 10, "in_channels": 1}}
     with pytest.raises(UserError, match="allow_import"):
@@ -124,10 +150,12 @@ def test_dataset_pair_is_data():
         from_datasets([(1, 2)], test)
 
 
-# 'exact' kernels (ConvInteger/MatMulInteger on the int8 codes, float rescale): the QLinearConv rewrite
-# (kernels int8) currently disagrees with PyTorch on zoo models too (tests/test_export.py), in deploy/int8.py.
-# Tolerance 1 point: these tiny, barely trained models have near ties, and one flipped answer of the 360
-# digits is 0.28 points; agreement of the predictions is asserted as well.
+# 'exact' kernels (ConvInteger/MatMulInteger on the int8 codes, float rescale) compute what PyTorch computes.
+# The QLinearConv rewrite ('int8') adds a rounding PyTorch does not have where a value stays float in the
+# model (a linear-bottleneck conv output entering a residual add is requantized to 8-bit codes for
+# QLinearAdd): on these barely trained 300-image models that moves near-tie answers (MobileNetV2 measured
+# 2026-11-30: 96.1% agreement, 30.83 vs 29.44 top-1), so the strict check here runs on 'exact'; the CIFAR-10
+# record (benchmarks/byom_results.md) checks both. Tolerance 1 point: one flipped answer of 360 is 0.28.
 KERNELS, TOLERANCE = "exact", "1.0"
 
 
@@ -239,9 +267,10 @@ def test_a_model_that_does_not_trace_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_resume_after_a_kill(tmp_path, user_module):
+@pytest.mark.parametrize("name", NETS)
+def test_resume_after_a_kill(name, tmp_path, user_module):
     tree = image_tree(tmp_path / "imgs")
-    recipe = _recipe(tmp_path, "ConcatNet", tree)
+    recipe = _recipe(tmp_path, name, tree)
     env = {**os.environ, "CHAINCOMP_QUIET": "1",
            "PYTHONPATH": os.pathsep.join([str(user_module), os.environ.get("PYTHONPATH", "")])}
     env.pop("CHAINCOMP_KILL_AT", None)
@@ -256,7 +285,9 @@ def test_resume_after_a_kill(tmp_path, user_module):
         return res["baseline"], [{k: v for k, v in s.items() if k != "seconds"} for s in res["stages"]]
 
     assert run(tmp_path / "ref").returncode == 0
-    p = run(tmp_path / "o", kill="between_weights_and_json:3")   # the prune stage's weights, not its JSON
+    # killed after a stage's weights were written but not its JSON: the distill, prune, quantize or exit stage
+    at = {"SENet": 2, "ConcatNet": 3, "BottleneckResNet": 4, "MobileNetV2": 5}[name]
+    p = run(tmp_path / "o", kill=f"between_weights_and_json:{at}")
     assert p.returncode == -9, p.stderr
     p = run(tmp_path / "o", "--resume")
     assert p.returncode == 0, p.stderr

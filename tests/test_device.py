@@ -50,6 +50,31 @@ def test_recipe_field_is_checked_and_outside_the_digest():
         parse_recipe(tiny_recipe([], device="gpu"))
 
 
+def test_channels_last_is_opt_in_on_the_cpu_and_outside_the_digest(digits):
+    from chaincomp.chain import placed
+    from chaincomp.models import build_model
+    from chaincomp.train import FitConfig, fit
+
+    a = parse_recipe(tiny_recipe([]))
+    b = parse_recipe(tiny_recipe([], channels_last=True))
+    assert a.channels_last is None and a.digest() == b.digest()   # how it runs, not what: a run may resume either way
+    assert not placed(digits, a.model_copy(update={"device": "cpu"})).channels_last
+    data = placed(digits, b.model_copy(update={"device": "cpu"}))
+    assert data.channels_last
+    seen = []
+    torch.manual_seed(0)
+    model = build_model("digits_cnn")
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    conv.register_forward_pre_hook(lambda m, i: seen.append(
+        (i[0].is_contiguous(memory_format=torch.channels_last), m.weight.is_contiguous(memory_format=torch.channels_last))))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = fit(model, data, FitConfig(epochs=1, batch_size=64, lr=0.05))["loss"]
+    assert seen and all(x and w for x, w in seen)     # inputs and weights in channels_last while training
+    assert conv.weight.is_contiguous()                # handed back in the usual format
+    assert loss[0] == loss[0] and any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    data.channels_last = False
+
+
 def _file(tmp_path, obj, name="r.yaml"):
     p = tmp_path / name
     p.write_text(yaml.safe_dump(obj))

@@ -261,7 +261,7 @@ def placed(data: TaskData, recipe) -> TaskData:
     devices.prepare(dev)
     if dev.type != "cpu":
         progress.log(f"device: {devices.describe(dev)}")
-    return data.place(dev, amp=getattr(recipe, "amp", False))
+    return data.place(dev, amp=getattr(recipe, "amp", False), channels_last=getattr(recipe, "channels_last", None))
 
 
 def _line(e: dict, metric: str) -> str:

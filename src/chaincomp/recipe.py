@@ -143,6 +143,8 @@ class Recipe(BaseModel):
     threads: Threads = None
     device: DeviceName = "auto"
     amp: bool = Field(False, description="bf16 autocast for float training on CUDA (quantized layers stay fp32)")
+    channels_last: bool | None = Field(None, description="train in the channels_last memory format; default: on "
+                                       "CUDA only (on the CPU opt-in: faster with oneDNN, other last float bits)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     baseline: BaselineConfig = BaselineConfig()
@@ -178,9 +180,11 @@ class Recipe(BaseModel):
 
 
 def identity_dump(recipe: BaseModel) -> dict:
-    """A recipe's fields without `device` (and `amp` when off), for any recipe kind's digest."""
+    """A recipe's fields without `device` and `channels_last` (where and how it runs, not what; and `amp`
+    when off), for any recipe kind's digest."""
     dump = recipe.model_dump(mode="json", by_alias=True)
     dump.pop("device", None)
+    dump.pop("channels_last", None)
     if not dump.get("amp", True):
         dump.pop("amp")
     return dump

@@ -6,10 +6,13 @@ so a recipe `check` calls valid does not fail validation later.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Iterator
 
 from pydantic import BaseModel
 
 from ..errors import UserError
+from ..models.imported import resolve
 from ..recipe import parse_recipe, read_yaml_recipe
 from ..studies.common import validate_study_recipe
 from ..studies.feature_maps import validate_fmc_recipe
@@ -47,6 +50,36 @@ def validate_kind(kind: str, obj: object, source: str) -> BaseModel:
     return validate(obj, source)
 
 
+def import_specs(obj: object, path: str = "") -> Iterator[tuple[str, str, str | None]]:
+    """(field path, `import` target, weights) of every import spec in a validated recipe, wherever it
+    sits (the model, a distillation student, a task of an fmc recipe)."""
+    if isinstance(obj, BaseModel):
+        target = getattr(obj, "import_", None)
+        if isinstance(target, str):
+            yield path or "model", target, getattr(obj, "weights", None)
+        for name in type(obj).model_fields:
+            yield from import_specs(getattr(obj, name), f"{path}.{name}" if path else name)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from import_specs(v, f"{path}[{i}]")
+
+
+def resolve_imports(cfg: BaseModel, source: str) -> list[str]:
+    """Resolve every import spec as the run would (module imports, the callable is an nn.Module class or
+    comes from an allowed module) and find its weights file, without calling anything: a recipe `check`
+    calls valid does not fail on its imports later."""
+    found = []
+    for field, target, weights in import_specs(cfg):
+        try:
+            resolve(target, f"{field}.import")
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
+        if weights is not None and not Path(weights).is_file():
+            raise UserError(f"{source}: {field}.weights: file '{weights}' not found; give the path of a .safetensors file")
+        found.append(f"{field}.import {target} resolves")
+    return found
+
+
 def describe(kind: str, cfg: BaseModel, source: str) -> str:
     """The one line `chaincomp check` prints for a valid recipe."""
     if kind == "fmc":
@@ -62,7 +95,9 @@ def describe(kind: str, cfg: BaseModel, source: str) -> str:
 def check_document(obj: object, source: str, kind: str | None = None) -> str:
     """Validate a parsed recipe of any kind (detected when not given); the line to print, or UserError."""
     kind = kind or detect_kind(obj, source)
-    return describe(kind, validate_kind(kind, obj, source), source)
+    cfg = validate_kind(kind, obj, source)
+    imports = resolve_imports(cfg, source)
+    return describe(kind, cfg, source) + (f" ({'; '.join(imports)})" if imports else "")
 
 
 def check_recipe(path: str | None, kind: str | None = None) -> str:
