@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, action="append")
     p.add_argument("--runs", type=int, default=400)
     p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--weights", default="auto", choices=("auto", "portable", "ort"))
     p.add_argument("--record", action="store_true")
     args = p.parse_args(argv)
     run = load_run(args.run_dir, args.stage)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, ops = [], {}
     with tempfile.TemporaryDirectory() as d:
         descs = {"qop": export_model(run.model, sample, Path(d) / "qop.onnx", "int8"),
-                 "qdq": export_model(run.model, sample, Path(d) / "qdq.onnx", "qdq")}
+                 "qdq": export_model(run.model, sample, Path(d) / "qdq.onnx", "qdq", weights=args.weights)}
         for k, desc in descs.items():
             ops[k] = optimized_ops([Path(d) / f for f in desc["files"]])
         for t in args.threads or [1, 2]:

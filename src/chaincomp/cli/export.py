@@ -22,7 +22,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--kernels {args.kernels}: applies to --format qop only (Q/DQ is the int8 graph, portable)")
     kernels = args.kernels or ("int8" if args.format == "qop" else "qdq")
     manifest = export_run(args.run_dir, args.out, args.stage, tolerance=args.tolerance, kernels=kernels,
-                          device=args.device, weights=args.weights, target=args.target)
+                          device=args.device, weights=args.weights, target=args.target, exits=args.exits)
     c = manifest["check"]
     if not c["passed"]:
         print(f"chaincomp: export check failed: ONNX Runtime {c['metric_name']} {c['onnx_metric']:.2f} vs PyTorch "
@@ -54,5 +54,8 @@ def register(sub) -> None:
                         "(default) = chosen from --target and this CPU, said in the manifest's weights")
     e.add_argument("--target", default="ort", choices=("ort", "openvino", "tensorrt"),
                    help="runtime the file is for (default ort); openvino also runs the accuracy check in OpenVINO")
+    e.add_argument("--exits", default="all", choices=("all", "measured"),
+                   help="exit networks: all = one segment per exit (default); measured = time the pieces in ORT "
+                        "and keep only exits whose saving beats their cost, merging segments (reasons in the manifest)")
     add_device(e, "run the PyTorch side of the accuracy check")
     e.set_defaults(func=_cmd_export)

@@ -318,16 +318,19 @@ def strip_fmc(model: nn.Module) -> dict | None:
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | None = None, data=None,
                tolerance: float = 0.5, kernels: str = "qdq", echo=print, device: str | None = None,
-               weights: str = "auto", target: str = "ort") -> dict:
+               weights: str = "auto", target: str = "ort", exits: str = "all", exit_costs: dict | None = None) -> dict:
     """`chaincomp export`: write the model of a run folder, check it (in OpenVINO for target openvino, else in
-    ORT), write the manifest. Writing into the run folder (the default RUN_DIR/export) takes its lock, as `run`
-    and `bench` do."""
+    ORT), write the manifest. exits='measured' keeps only the exits that pay (exitplan; exit_costs: an
+    injected cost table instead of timing). Writing into the run folder (the default RUN_DIR/export) takes
+    its lock, as `run` and `bench` do."""
     from contextlib import nullcontext
 
     from ..chain import load_run, placed
     from ..io import RunLock
 
-    choose_weights(weights, target)  # bad --weights/--target: one line before anything is loaded
+    choose_weights(weights, target)  # bad --weights/--target/--exits: one line before anything is loaded
+    if exits not in ("all", "measured"):
+        raise UserError(f"--exits: '{exits}'; choose all or measured")
     run = load_run(run_dir, stage, data=data)
     # the PyTorch side of the accuracy check runs on --device (default: the run recipe's device)
     placed(run.data, run.recipe if device is None else run.recipe.model_copy(update={"device": device}))
@@ -336,17 +339,24 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | 
         raise UserError(f"--out: give a file name ending in .onnx (got {path.name})")
     inside = path.resolve().is_relative_to(Path(run_dir).resolve())
     with RunLock(run_dir) if inside else nullcontext():
-        return _export(run, Path(run_dir), path, tolerance, kernels, echo, weights, target)
+        return _export(run, Path(run_dir), path, tolerance, kernels, echo, weights, target, exits, exit_costs)
 
 
 def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo, weights: str = "auto",
-            target: str = "ort") -> dict:
+            target: str = "ort", exits: str = "all", exit_costs: dict | None = None) -> dict:
     from ..io import write_json
 
     stripped = strip_fmc(run.model)
     if stripped:
         echo(f"note: {stripped['note']}")
     runtime = "openvino" if target == "openvino" else "ort"
+    exit_plan = None
+    if exits == "measured":
+        from .exitplan import apply
+
+        run.model, exit_plan = apply(run.model, run.data, calibration_input(run.data), write_onnx, Segment, exit_costs)
+        for x in exit_plan.get("exits", []):
+            echo(f"exit at block {x['point']}: {x['reason']}")
     desc = export_model(run.model, calibration_input(run.data), path, kernels, weights, target)
     result = check(run.model, run.data, Deployed(path.parent, desc, runtime=runtime), tolerance) | {"runtime": runtime}
     if not result["passed"] and desc["kernels"].get("calibrated_scales"):
@@ -365,7 +375,7 @@ def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo
                 "opset": OPSET, "input": {"name": "input", "shape": ["batch", *run.data.sample_input().shape[1:]]},
                 **desc, "ort_ops": ops, "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS},
                 "batch": "dynamic; exit networks run each segment only on the rows still pending (ExitRunner)",
-                "stripped": stripped, "check": result}
+                "stripped": stripped, "check": result, "exit_plan": exit_plan}
     write_json(manifest_path(path), manifest)
     k = desc["kernels"]
     echo(f"exported {run.stage} ({desc['kind']}) -> {', '.join(str(f) for f in files)}")
@@ -377,7 +387,8 @@ def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo
     extra = "".join(f", {key.replace('_', ' ')} {result[key]:.1f}%" for key in ("prediction_agreement",
                                                                                 "exit_agreement") if key in result)
     echo(f"check on {result['n']} test samples: PyTorch {result['metric_name']} {result['torch_metric']:.2f}, "
-         f"{'OpenVINO' if runtime == 'openvino' else 'ONNX Runtime'} {result['onnx_metric']:.2f} (tolerance {tolerance}), max-abs output diff "
+         f"{'OpenVINO' if runtime == 'openvino' else 'ONNX Runtime'} {result['onnx_metric']:.2f} "
+         f"(tolerance {tolerance}), max-abs output diff "
          f"{result['max_abs_diff']:.3g}{extra}")
     echo(f"manifest: {manifest_path(path)}")
     return manifest
