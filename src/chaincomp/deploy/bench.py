@@ -105,7 +105,8 @@ def measure_latency(run_dir: str | Path, objective: dict, runs: int = 50, warmup
     run = load_run(run_dir, data=data)
     strip_fmc(run.model)
     folder = Path(run_dir) / "latency"
-    desc = export_model(run.model, calibration_input(run.data), folder / "model.onnx", "qdq")
+    desc = export_model(run.model, calibration_input(run.data), folder / "model.onnx", "qdq",
+                        target=objective["runtime"])  # weight codes for that runtime (targets.choose_weights)
     d = Deployed(folder, desc, objective["threads"], spinning=False, runtime=objective["runtime"])
     t = time_models({"m": d}, inputs_for(run.data, objective["batch"]), runs, warmup)["m"]
     return {**t, "runtime": objective["runtime"], "batch": objective["batch"], "threads": objective["threads"]}
