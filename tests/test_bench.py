@@ -41,7 +41,7 @@ def test_bench_writes_figures(run):
     saved = json.loads((out / "bench.json").read_text())
     assert saved["batches"] == res["batches"] and [r["batch"] for r in saved["batches"]] == [1, 8]
     ov = importlib.util.find_spec("openvino") is not None
-    assert set(saved["models"]) == {"baseline", "compressed", "compressed_qdq", "ort_int8", "tp_prune",
+    assert set(saved["models"]) == {"baseline", "compressed", "compressed_qop", "ort_int8", "tp_prune",
                                     *(["qdq_openvino"] if ov else [])}
     for r in saved["batches"]:
         for key in ("baseline_ms", "compressed_ms", "speedup", "baseline_metric", "compressed_metric"):
@@ -55,13 +55,20 @@ def test_bench_writes_figures(run):
     assert m["compressed"]["kind"] == "exits" and m["compressed"]["kernels"]["kernel_bits"] == 8
     assert m["compressed"]["integer_ops"]["QLinearConv"] >= 3 and "ConvInteger" not in m["compressed"]["integer_ops"]
     assert m["ort_int8"]["integer_ops"], m["ort_int8"]["ort_ops"]
-    # the same model as a Q/DQ file: same metric, fused by ORT into integer convs
-    assert abs(m["compressed_qdq"]["metric"] - m["compressed"]["metric"]) <= 0.5
-    assert m["compressed_qdq"]["integer_ops"].get("QLinearConv", 0) >= 1, m["compressed_qdq"]["ort_ops"]
+    # the default file is Q/DQ; ORT fuses it into the very integer ops of the QOperator file timed beside it
+    assert m["compressed"]["format"] == "qdq" and m["compressed_qop"]["format"] == "qop"
+    assert abs(m["compressed_qop"]["metric"] - m["compressed"]["metric"]) <= 0.5
+    assert m["compressed"]["integer_ops"]["QLinearConv"] == m["compressed_qop"]["integer_ops"]["QLinearConv"]
+    assert "chaincomp (run, Q/DQ file)" in (out / "bench.md").read_text()
     if ov:  # the same Q/DQ file in OpenVINO: same metric, convolutions on its integer kernels
-        assert abs(m["qdq_openvino"]["metric"] - m["compressed_qdq"]["metric"]) <= 0.5
+        assert abs(m["qdq_openvino"]["metric"] - m["compressed"]["metric"]) <= 0.5
         assert m["qdq_openvino"]["integer_ops"].get("Convolution", 0) >= 1, m["qdq_openvino"]
         assert m["qdq_openvino"]["runtime"].startswith("openvino")
+        # its file has portable (int8 symmetric) weights, and every conv/FC ran on integer kernels
+        assert m["qdq_openvino"]["weights"]["form"] == "portable" and m["qdq_openvino"]["weights"]["target"] == "openvino"
+        assert m["qdq_openvino"]["openvino_kernels"]["integer"], m["qdq_openvino"]["openvino_kernels"]
+        assert "OpenVINO ran all" in (out / "bench.md").read_text()
+    assert m["compressed"]["weights"]["form"] in ("ort", "portable") and m["compressed"]["weights"]["why"]
     assert m["tp_prune"]["info"]["finetune_epochs"] == 0 and m["tp_prune"]["info"]["ratio"] == 0.4
     assert not m["baseline"]["integer_ops"]
     assert saved["thread_spinning"] is False

@@ -110,7 +110,7 @@ def _initializers(folder: Path, files: list[str]) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("kind", ["w4a4", "w8a8", "full", "bof_w4a4"])
 def test_integer_kernels_hold_exact_codes(runs, kind, tmp_path):
     data, dirs = runs
-    m = export_run(dirs[kind], tmp_path / "q.onnx", data=data, echo=lambda s: None)
+    m = export_run(dirs[kind], tmp_path / "q.onnx", data=data, kernels="int8", echo=lambda s: None)
     model = load_run(dirs[kind], data=data).model
     layers = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, QUANT_TYPES)]
     convs = [n for n, mod in layers if isinstance(mod, nn.Conv2d)]
@@ -228,7 +228,10 @@ def _onnx_codes(folder: Path, files: list[str], x: np.ndarray) -> dict[str, np.n
     got, feats = {}, x
     for f in files:
         model = onnx.load(str(folder / f))
+        dq = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
         convs = {n.input[0]: n.name.split("/")[0] for n in model.graph.node if n.op_type == "QLinearConv"}
+        convs |= {dq[n.input[0]]: n.name.split("/")[0] for n in model.graph.node  # Q/DQ: DQ(codes) -> Conv
+                  if n.op_type == "Conv" and n.input[0] in dq}
         model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UINT8, None) for t in convs)
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         res = sess.run(None, {"input": feats})
@@ -237,15 +240,15 @@ def _onnx_codes(folder: Path, files: list[str], x: np.ndarray) -> dict[str, np.n
     return got
 
 
-@pytest.mark.parametrize("kind", ["w4a4", "full"])
-def test_int8_activations_are_the_models_codes(runs, kind, tmp_path):
+@pytest.mark.parametrize("kind,kernels", [("w4a4", "int8"), ("full", "int8"), ("w4a4", "qdq"), ("full", "qdq")])
+def test_int8_activations_are_the_models_codes(runs, kind, kernels, tmp_path):
     """Between layers the int8 graph carries the codes the fake-quantized model computes, exit segments
     included (they hand codes to the next). Not all: QLinearConv takes its bias as int32 at scale
     s_x*s_w, so where a 4-bit layer's s_x*s_w is coarse next to the output step a few codes near a
     rounding edge move by one (as in any integer runtime); never by more."""
     data, dirs = runs
     model = load_run(dirs[kind], data=data).model
-    desc = export_model(model, calibration_input(data), tmp_path / "a.onnx")
+    desc = export_model(model, calibration_input(data), tmp_path / "a.onnx", kernels)
     x = data.test.x[:128]
     ref, got = _activation_codes(model, x), _onnx_codes(tmp_path, desc["files"], x.numpy())
     assert set(ref) <= set(got)  # (the others: average pools run as depthwise QLinearConv)
@@ -358,16 +361,18 @@ def test_unknown_float_module_falls_back_to_torch_onnx(runs, tmp_path):
 
 @pytest.mark.parametrize("kind", ["plain", "w4a4", "w8a8", "exits", "bof_w4a4", "full"])
 def test_qdq_export_matches_pytorch(runs, kind, tmp_path, capsys):
-    """Q/DQ form: the model's exact weight codes behind DequantizeLinear, QAT scales on QuantizeLinear; ORT's
-    metric equals PyTorch's, and a plain chain of quantized layers is fused into QLinearConv."""
+    """Q/DQ form (the default): the model's exact weight codes behind DequantizeLinear, QAT scales on
+    QuantizeLinear, standard ONNX ops only; ORT's metric equals PyTorch's, and ORT fuses it into the very
+    integer ops of the QOperator file (same QLinearConv/QLinearAdd count, QGemm for MatMulInteger)."""
     data, dirs = runs
-    m = export_run(dirs[kind], tmp_path / "q.onnx", data=data, kernels="qdq", echo=lambda s: None)
+    m = export_run(dirs[kind], tmp_path / "q.onnx", data=data, echo=lambda s: None)
     c = m["check"]
     assert c["passed"] and abs(c["onnx_metric"] - c["torch_metric"]) <= 0.5 and c["prediction_agreement"] >= 98.0, c
     nodes = [n for f in m["files"] for n in onnx.load(str(tmp_path / f)).graph.node]
     ops = {n.op_type for n in nodes}
     assert not ops & {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearAdd"}  # portable ops only
-    if kind == "plain":
+    assert all(n.domain in ("", "ai.onnx") for n in nodes)
+    if kind in ("plain", "exits"):  # float models
         assert "DequantizeLinear" not in ops
         return
     inits = _initializers(tmp_path, m["files"])
@@ -378,8 +383,63 @@ def test_qdq_export_matches_pytorch(runs, kind, tmp_path, capsys):
             got = got.T if isinstance(mod, nn.Linear) else got
             k = np.array(m["layers"][name].get("code_multiplier", [1] * len(got))).reshape(-1, *[1] * (got.ndim - 1))
             assert np.array_equal(np.abs(got) // k, np.abs(mod.integer_weight()[0].numpy())), name
-    if kind in ("w4a4", "w8a8", "full"):  # (full: the exit heads' inputs, each on its own copy of the conv)
-        assert m["integer_ops"].get("QLinearConv", 0) >= 3, m["ort_ops"]
-    assert main(["export", str(dirs[kind]), "--out", str(tmp_path / "cli.onnx"), "--format", "qdq"]) == 0
+    qop = export_run(dirs[kind], tmp_path / "o.onnx", data=data, kernels="int8", echo=lambda s: None)
+    for op in ("QLinearConv", "QLinearAdd", "QLinearGlobalAveragePool"):
+        assert m["integer_ops"].get(op, 0) == qop["integer_ops"].get(op, 0), (m["ort_ops"], qop["ort_ops"])
+    linear = [n for n, v in m["layers"].items() if v["op"] == "QGemm"]
+    assert m["integer_ops"].get("QGemm", 0) == len(linear) > 0, m["ort_ops"]
+    # no float value left that the QOperator file does not have (a BoF head's tanh reads floats in both)
+    assert m["ort_ops"].get("DequantizeLinear", 0) <= qop["ort_ops"].get("DequantizeLinear", 0), m["ort_ops"]
+    if kind == "full":  # exit segments hand codes to each other in Q/DQ too
+        assert all(s["input_codes"]["dtype"] == "uint8" for s in m["segments"][1:])
+    assert main(["export", str(dirs[kind]), "--out", str(tmp_path / "cli.onnx")]) == 0
     note = json.loads(manifest_path(tmp_path / "cli.onnx").read_text())["kernels"]["note"]
     assert ("Q/DQ form" in note) == (kind != "exits")  # 'exits' is a float model
+    assert main(["export", str(dirs[kind]), "--out", str(tmp_path / "op.onnx"), "--format", "qop"]) == 0
+    assert json.loads(manifest_path(tmp_path / "op.onnx").read_text())["kernels"].get("mode", "int8") == "int8"
+    assert main(["export", str(dirs[kind]), "--format", "qdq", "--kernels", "exact"]) == 2
+    assert "--format qop only" in capsys.readouterr().err
+
+
+def test_weight_form_follows_the_target():
+    """auto: the uint8 + 128 form only for ORT on an x86 CPU without VNNI (its int16 pairs), else portable."""
+    from chaincomp.deploy.targets import choose_weights
+
+    assert choose_weights("auto", "ort", "x86_64", {"avx2"})["form"] == "ort"
+    assert choose_weights("auto", "ort", "x86_64", {"avx2", "avx512_vnni"})["form"] == "portable"
+    assert choose_weights("auto", "ort", "aarch64", set())["form"] == "portable"
+    for target in ("openvino", "tensorrt"):
+        w = choose_weights("auto", target, "x86_64", {"avx2"})
+        assert w["form"] == "portable" and target in w["why"]
+    assert choose_weights("ort", "tensorrt")["form"] == "ort"      # asked for: kept, and said so
+    with pytest.raises(UserError, match="--weights"):
+        choose_weights("int4")
+
+
+def test_portable_weights_are_int8_symmetric(runs, tmp_path, capsys):
+    data, dirs = runs
+    model = load_run(dirs["w8a8"], data=data).model
+    forms = {w: export_model(model, calibration_input(data), tmp_path / w / "m.onnx", weights=w)
+             for w in ("ort", "portable")}
+    assert forms["ort"]["weights"]["uint8_layers"], "8-bit inputs times codes beyond 64: the ORT form widens them"
+    assert not forms["portable"]["weights"]["uint8_layers"] and forms["portable"]["weights"]["form"] == "portable"
+    for w, desc in forms.items():
+        nodes = {n.name: n for n in onnx.load(str(tmp_path / w / desc["files"][0])).graph.node}
+        inits = _initializers(tmp_path / w, desc["files"])
+        for name in desc["layers"]:
+            wide = name in desc["weights"]["uint8_layers"]
+            assert inits[f"{name}.weight_q"].dtype == (np.uint8 if wide else np.int8), (w, name)
+        zps = [inits[n.input[2]] for n in nodes.values() if n.op_type == "DequantizeLinear"
+               and n.input[0].endswith(".weight_q")]
+        assert zps and all((z == 0).all() for z in zps) == (w == "portable")
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(dirs["w8a8"]), "--weights", "int4"])
+    assert e.value.code == 2 and "--weights" in capsys.readouterr().err
+
+
+def test_export_for_openvino_checks_in_openvino(runs, tmp_path):
+    pytest.importorskip("openvino")
+    data, dirs = runs
+    m = export_run(dirs["w4a4"], tmp_path / "v.onnx", data=data, target="openvino", echo=lambda s: None)
+    assert m["check"]["runtime"] == "openvino" and m["check"]["passed"], m["check"]
+    assert m["weights"]["form"] == "portable" and not m["weights"]["uint8_layers"]

@@ -11,8 +11,6 @@ take the cores from the one being timed (deployed.session).
 """
 from __future__ import annotations
 
-import copy
-import os
 import platform
 import statistics
 import time
@@ -22,8 +20,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .runtime import Deployed, cores, optimized_ops, ort_metric
+from .runtime import Deployed, cores, openvino_kernels, optimized_ops, ort_metric
 from .export import INTEGER_OPS, calibration_input, export_model, strip_fmc
+from .peers import front_note, ort_int8_peer, prune_peer, smaller_peers, smaller_specs  # noqa: F401
 
 MAX_BATCH = 4096
 # Interleaved sessions must not spin-wait (deployed.session says why); bench.json records it.
@@ -99,110 +98,18 @@ def parse_objective(text: str | None) -> dict:
 
 
 def measure_latency(run_dir: str | Path, objective: dict, runs: int = 50, warmup: int = 5, data=None) -> dict:
-    """Export a run folder's model (int8 QOperator file for ORT, Q/DQ for OpenVINO) into RUN_DIR/latency/ and
-    time it at the objective's batch and threads: median and IQR in ms."""
+    """Export a run folder's model (the Q/DQ file: ORT fuses it into its integer kernels, OpenVINO reads it) into
+    RUN_DIR/latency/ and time it at the objective's batch and threads: median and IQR in ms."""
     from ..chain import load_run
 
     run = load_run(run_dir, data=data)
     strip_fmc(run.model)
     folder = Path(run_dir) / "latency"
-    kernels = "qdq" if objective["runtime"] == "openvino" else "int8"
-    desc = export_model(run.model, calibration_input(run.data), folder / "model.onnx", kernels)
+    desc = export_model(run.model, calibration_input(run.data), folder / "model.onnx", "qdq",
+                        target=objective["runtime"])  # weight codes for that runtime (targets.choose_weights)
     d = Deployed(folder, desc, objective["threads"], spinning=False, runtime=objective["runtime"])
     t = time_models({"m": d}, inputs_for(run.data, objective["batch"]), runs, warmup)["m"]
     return {**t, "runtime": objective["runtime"], "batch": objective["batch"], "threads": objective["threads"]}
-
-
-def ort_int8_peer(fp32: Path, out: Path, data, batches: int = 8, batch_size: int = 32) -> Path:
-    """ONNX Runtime's post-training static quantization of the FP32 baseline: QDQ, int8 per-channel
-    weights, uint8 activations, min-max ranges from the first `batches` train batches."""
-    import logging
-
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            it = zip(range(batches), data.train.batches(batch_size))
-            self.items = [{"input": np.ascontiguousarray(x.numpy(), np.float32)} for _, (x, _y) in it]
-
-        def get_next(self):
-            return self.items.pop(0) if self.items else None
-
-    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process goes to the root logger
-    tmp = out.with_name(f".{out.name}.tmp")  # ORT writes in place: a rename keeps a kill from leaving half
-    quantize_static(str(fp32), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    os.replace(tmp, out)
-    return out
-
-
-def prune_peer(baseline: torch.nn.Module, run, epochs: int) -> tuple[torch.nn.Module, dict]:
-    """Torch-Pruning alone on the baseline: the recipe's (first) prune settings in one step, or ratio
-    0.5 with L2 importance when the recipe has no prune stage; then `epochs` epochs of fine-tuning."""
-    from ..pruning import make_pruner
-    from ..stages.prune import PruneConfig
-    from ..train import fit
-
-    cfg = next((s for s in run.recipe.chain if s.technique == "prune"), None) or PruneConfig(ratio=0.5, importance="l2")
-    model = copy.deepcopy(baseline).eval()
-    importance = "l2" if cfg.importance == "taylor" else cfg.importance  # no gradients for a one-shot peer
-    make_pruner(model, run.data.sample_input(2), importance=importance, ratio=cfg.ratio, global_pruning=cfg.global_,
-                max_layer_ratio=cfg.max_layer_ratio, round_to=cfg.round_to).step()
-    if epochs:
-        fit(model, run.data, cfg.fit_config(epochs),
-            stage="peer torch-pruning", seed=run.recipe.seed)
-    model.eval()
-    return model, {"ratio": cfg.ratio, "importance": importance, "global": cfg.global_,
-                   "finetune_epochs": epochs}
-
-
-SMALLER_DEPTHS = (8, 14, 20, 32)
-
-
-def smaller_specs(model: str, width: float) -> list[tuple[str, float]]:
-    """The zoo's smaller networks a user would try first: shallower CIFAR ResNets at the same width, else
-    the same network at 1/4 and 1/2 of the width."""
-    if model.startswith("resnet") and model[6:].isdigit() and model != "resnet34":
-        return [(f"resnet{d}", width) for d in SMALLER_DEPTHS if d < int(model[6:])]
-    return [(model, width * f) for f in (0.25, 0.5)]
-
-
-def smaller_peers(run, folder: Path, echo) -> dict[str, dict]:
-    """Each smaller network trained with the recipe's baseline budget (seed, data, epochs), then ONNX
-    Runtime's static int8: the accuracy/latency front the compressed model should sit above."""
-    from ..chain import train_baseline
-    from ..energy.cost import profile_model
-
-    out = {}
-    for name, width in smaller_specs(run.recipe.model.name, run.recipe.model.width):
-        tag = f"small_{name}_w{width:g}"
-        spec = run.recipe.model.model_copy(update={"name": name, "width": width, "weights": None})
-        echo(f"peer {tag}: training with the baseline budget ({run.recipe.baseline.epochs} epochs)")
-        model = train_baseline(run.recipe.model_copy(update={"model": spec}), run.data).eval()
-        export_model(model, calibration_input(run.data), folder / f"{tag}.onnx")
-        ort_int8_peer(folder / f"{tag}.onnx", folder / f"{tag}_int8.onnx", run.data)
-        fp32 = float(profile_model(model, run.data.sample_input()).total()["bitops"])
-        out[tag] = {"desc": {"files": [f"{tag}_int8.onnx"], "exit_rule": None, "kind": "ort-static-int8"},
-                    "bitops": fp32 * 64 / 1024, "bitops_note": f"{name} width {width:g}, trained with the "
-                    "baseline budget, ORT static int8 (nominal W8A8 BitOps)"}
-    return out
-
-
-def front_note(result: dict) -> list[str]:
-    """For each batch size: the smaller int8 peers at least as accurate and as fast as the compressed model."""
-    lines = []
-    small = [n for n in result["models"] if n.startswith("small_")]
-    if not small:
-        return lines
-    m = result["models"]
-    for r in result["batches"]:
-        beat = [n for n in small if m[n]["metric"] >= m["compressed"]["metric"]
-                and r[n]["median_ms"] <= r["compressed"]["median_ms"]]
-        lines.append(f"- batch {r['batch']}: " + (f"dominated by {', '.join(beat)} (as accurate and as fast)" if beat
-                     else "above the smaller networks' int8 front (none is both as accurate and as fast)"))
-    return lines
 
 
 def _counted_bitops(run) -> tuple[float, float]:
@@ -218,20 +125,28 @@ def _counted_bitops(run) -> tuple[float, float]:
     return float(base), float(run.entry["bitops"])
 
 
-def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo, smaller: bool = False) -> dict[str, dict]:
+FORMATS = {"qdq": "qdq", "qop": "int8"}  # --format -> export kernels
+
+
+def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo, smaller: bool = False,
+                 fmt: str = "qdq") -> dict[str, dict]:
+    """The models timed: baseline, the compressed model in `fmt` and, beside it, in the other format."""
     from ..energy.cost import profile_model
 
+    if fmt not in FORMATS:
+        raise UserError(f"--format: '{fmt}'; choose one of {', '.join(FORMATS)}")
     sample = calibration_input(run.data)
     base_bitops, stage_bitops = _counted_bitops(run)
     stripped = strip_fmc(run.model)
     if stripped:
         echo(f"note: {stripped['note']}")
     models = {"baseline": {"desc": export_model(run.baseline, sample, folder / "baseline.onnx"), "bitops": base_bitops},
-              "compressed": {"desc": export_model(run.model, sample, folder / "compressed.onnx"),
-                             "bitops": stage_bitops, "stripped": stripped}}
-    if models["compressed"]["desc"]["layers"]:  # the same model in the portable Q/DQ form, timed beside
-        models["compressed_qdq"] = {"desc": export_model(run.model, sample, folder / "compressed_qdq.onnx", "qdq"),
-                                    "bitops": stage_bitops}
+              "compressed": {"desc": export_model(run.model, sample, folder / "compressed.onnx", FORMATS[fmt]),
+                             "bitops": stage_bitops, "stripped": stripped, "format": fmt}}
+    if models["compressed"]["desc"]["layers"]:  # the same model in the other format, timed beside
+        other = "qop" if fmt == "qdq" else "qdq"
+        models[f"compressed_{other}"] = {"desc": export_model(run.model, sample, folder / f"compressed_{other}.onnx",
+                                                              FORMATS[other]), "bitops": stage_bitops, "format": other}
     if peers:
         try:
             ort_int8_peer(folder / "baseline.onnx", folder / "ort_int8.onnx", run.data)
@@ -249,7 +164,7 @@ def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo, smaller
 
 def bench_run(run_dir: str | Path, batches: list[int] | None = None, runs: int = 30, warmup: int = 5,
               threads: int | None = None, peers: bool = True, peer_epochs: int = 1, stage: str | None = None,
-              data=None, echo=print, smaller: bool = False) -> dict:
+              data=None, echo=print, smaller: bool = False, fmt: str = "qdq") -> dict:
     """Export, run and time every model; writes RUN_DIR/bench.json and RUN_DIR/bench.md."""
     from ..chain import load_run
     from ..io import RunLock
@@ -257,11 +172,11 @@ def bench_run(run_dir: str | Path, batches: list[int] | None = None, runs: int =
     batches = validate(list(batches or DEFAULT_BATCHES), runs, warmup, threads)
     run = load_run(run_dir, stage, data=data)
     with RunLock(run.out):  # bench/ and bench.json live in the run folder: one writer at a time
-        return _bench(run, batches, runs, warmup, threads, peers, peer_epochs, echo, smaller)
+        return _bench(run, batches, runs, warmup, threads, peers, peer_epochs, echo, smaller, fmt)
 
 
 def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None, peers: bool, peer_epochs: int,
-           echo, smaller: bool = False) -> dict:
+           echo, smaller: bool = False, fmt: str = "qdq") -> dict:
     import onnxruntime as ort
 
     from .. import __version__
@@ -269,7 +184,7 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
 
     folder = run.out / "bench"
     threads = threads or cores()
-    models = build_models(run, folder, peers, peer_epochs, echo, smaller)
+    models = build_models(run, folder, peers, peer_epochs, echo, smaller, fmt)
     info: dict[str, dict] = {}
     runners = {}
     for name, m in models.items():
@@ -280,22 +195,15 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
                       "metric": round(ort_metric(d, run.data), 4),
                       "bitops": m["bitops"], "bitops_reduction": round(models["baseline"]["bitops"] / m["bitops"], 3),
                       "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS}, "ort_ops": ops,
-                      **{k: m[k] for k in ("info", "bitops_note", "stripped") if m.get(k)}}
+                      **{k: m[k] for k in ("info", "bitops_note", "stripped", "format") if m.get(k)}}
+        if m["desc"].get("weights") and m["desc"]["layers"]:
+            info[name]["weights"] = m["desc"]["weights"]
         if m["desc"].get("kernels"):
             info[name]["kernels"] = m["desc"]["kernels"]
-    if "compressed_qdq" in models:  # the same Q/DQ file in OpenVINO, when it is installed
+    if models["compressed"]["desc"]["layers"]:  # the model in OpenVINO, when it is installed
         try:
-            d = Deployed(folder, models["compressed_qdq"]["desc"], threads, runtime="openvino")
-            runners["qdq_openvino"] = d
-            sessions = d.runner.sessions if d.runner else [d.sess]
-            ov_ops: dict[str, int] = {}
-            for s in sessions:
-                for k, v in s.precisions().items():
-                    ov_ops[k] = ov_ops.get(k, 0) + v
-            info["qdq_openvino"] = {**{k: info["compressed_qdq"][k] for k in ("files", "kind", "bitops",
-                                                                               "bitops_reduction")},
-                                    "runtime": "openvino " + _openvino_version(), "metric": round(ort_metric(d, run.data), 4),
-                                    "integer_ops": ov_ops, "ort_ops": {}}
+            runners["qdq_openvino"], info["qdq_openvino"] = _openvino(run, folder, threads, info["compressed"])
+            echo(f"OpenVINO: {info['qdq_openvino']['openvino_kernels']['note']}")
         except UserError as e:
             echo(f"OpenVINO skipped: {e}")
     rows = []
@@ -324,6 +232,18 @@ def _bench(run, batches: list[int], runs: int, warmup: int, threads: int | None,
     return result
 
 
+def _openvino(run, folder: Path, threads: int, compressed: dict) -> tuple[Deployed, dict]:
+    """The compressed model as a Q/DQ file for OpenVINO (weights chosen for it: portable int8), its metric
+    measured in OpenVINO, and whether OpenVINO's executed graph runs the layers on integer kernels."""
+    desc = export_model(run.model, calibration_input(run.data), folder / "openvino.onnx", "qdq", target="openvino")
+    d = Deployed(folder, desc, threads, runtime="openvino")
+    kern = openvino_kernels(d.runner.sessions if d.runner else [d.sess])
+    return d, {**{k: compressed[k] for k in ("kind", "bitops", "bitops_reduction")}, "files": desc["files"],
+               "runtime": "openvino " + _openvino_version(), "metric": round(ort_metric(d, run.data), 4),
+               "weights": desc["weights"], "openvino_kernels": kern,
+               "integer_ops": {k: v for k, v in kern["integer_layers"].items()}, "ort_ops": {}}
+
+
 def _openvino_version() -> str:
     import openvino
 
@@ -349,14 +269,21 @@ def _loadavg() -> tuple[float, ...]:
 
 
 LABELS = {"baseline": "FP32 baseline", "compressed": "chaincomp (run, int8 kernels)",
-          "compressed_qdq": "chaincomp (same model, Q/DQ file)", "qdq_openvino": "chaincomp Q/DQ file in OpenVINO",
+          "compressed_qdq": "chaincomp (same model, Q/DQ file)",
+          "compressed_qop": "chaincomp (same model, QOperator file)", "qdq_openvino": "chaincomp Q/DQ file in OpenVINO",
           "ort_int8": "ORT static int8 (peer)", "tp_prune": "Torch-Pruning alone (peer)"}
+
+
+def label(name: str, m: dict) -> str:
+    if name == "compressed" and m.get("format"):
+        return f"chaincomp (run, {'Q/DQ' if m['format'] == 'qdq' else 'QOperator'} file)"
+    return LABELS.get(name, name)
 
 
 def table_rows(result: dict) -> list[list[str]]:
     rows = []
     for name, m in result["models"].items():
-        cells = [LABELS.get(name, name), f"{m['metric']:.2f}", f"{m['bitops_reduction']:.1f}x"]
+        cells = [label(name, m), f"{m['metric']:.2f}", f"{m['bitops_reduction']:.1f}x"]
         for r in result["batches"]:
             s = r[name]
             cells += [f"{s['median_ms']:.3f} ± {s['iqr_ms']:.3f}", f"{s['speedup']:.2f}x"]
@@ -390,10 +317,14 @@ def bench_markdown(result: dict) -> str:
         if "info" in m:
             note = (f"ratio {m['info']['ratio']}, {m['info']['importance']} importance, "
                     f"{m['info']['finetune_epochs']} fine-tuning epoch(s)")
+        if "openvino_kernels" in m:
+            note = f"OpenVINO ran {m['openvino_kernels']['note']}."
+        if m.get("weights"):
+            note += f" Weight codes: {m['weights']['form']} ({m['weights']['why']})."
         if m.get("stripped"):
             note += f" Note: {m['stripped']['note']}."
         ops = ", ".join(f"{k} x{v}" for k, v in m["integer_ops"].items()) or "none"
-        lines.append(f"- {LABELS.get(name, name)}: integer kernels: {ops}. {note}")
+        lines.append(f"- {label(name, m)}: integer kernels: {ops}. {note}")
     front = front_note(result)
     if front:
         lines += ["", "Against the smaller networks trained with the same budget and int8-quantized by ORT:", *front]

@@ -34,9 +34,10 @@ from ..io import atomic_write_bytes
 from ..models import classification as zoo
 from ..qmodules import QUANT_TYPES, QuantConv2d
 from .int8 import Codes, Int8Pass, QUse, input_quant
-from .qdq import to_qdq
+from .qdq import from_qop, to_qdq
 from .lowering import INTEGER_OPS, IR_VERSION, OPSET, Graph, Unsupported, Val, lower, may_saturate
 from .runtime import Deployed, optimized_ops, ort_metric
+from .targets import choose_weights
 
 class Segment(nn.Module):
     """Blocks then one head: a whole plain model, or one stretch of an exit network ending in an exit
@@ -78,8 +79,10 @@ FORMATS = {"qop": "int8", "qdq": "qdq"}  # --format: QOperator ops written here,
 
 
 def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", input_codes: Codes | None = None,
-              next_use: QUse | None = None) -> tuple[onnx.ModelProto, dict]:
+              next_use: QUse | None = None, opts: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+    opts = opts or {}
     g = Graph()
+    g.portable = bool(opts.get("portable"))
     x = g.note(Val("input", sample))
     if isinstance(module, Segment):
         for n, b in zip(module.names, module.blocks):
@@ -90,8 +93,10 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", in
         outs = [("logits", lower(g, "", module, x))]
     for out_name, v in outs:  # name the graph outputs
         g.nodes.append(helper.make_node("Identity", [v.name], [out_name], name=f"out/{out_name}"))
-    p = Int8Pass(g, input_codes, next_use) if kernels == "int8" else None
+    p = Int8Pass(g, input_codes, next_use, opts.get("calibrate", True)) if kernels in ("int8", "qdq") else None
     calibrated = p.run() if p else []
+    if kernels == "qdq":  # the int8 pass's decisions, written as Q/DQ (qdq.from_qop)
+        from_qop(g)
     qdq_multipliers = to_qdq(g) if kernels == "qdq" else {}
     codes = {"input": input_codes is not None, "features": p is not None and p.features is not None}
     # Height and width stay free unless a lowering depends on them (an adaptive pool to k x k).
@@ -108,7 +113,8 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", in
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), *ms], ir_version=IR_VERSION,
                              producer_name="chaincomp", producer_version=__version__), \
         {"fused": g.fused, "calibrated": calibrated, "features": p.features if p else None,
-         "multipliers": p.multipliers if p else qdq_multipliers, "copied": p.copied if p else []}
+         "multipliers": (p.multipliers if p else {}) | qdq_multipliers, "copied": p.copied if p else [],
+         "gemm": g.gemm}
 
 
 def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str) -> None:
@@ -133,29 +139,32 @@ def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str)
 
 
 def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str = "int8",
-               input_codes: Codes | None = None, next_use: QUse | None = None) -> tuple[str, dict]:
+               input_codes: Codes | None = None, next_use: QUse | None = None,
+               opts: dict | None = None) -> tuple[str, dict]:
     """Write one piece; returns how ('chaincomp' lowering or 'torch.onnx' for unknown float modules)
     and what the int8 pass did: layers on QLinearConv (with their negated channels), values given a
     calibrated scale."""
     module.eval()
     try:
-        model, done = _graph_of(module, sample, kernels, input_codes, next_use)
+        model, done = _graph_of(module, sample, kernels, input_codes, next_use, opts)
     except Unsupported as e:
         if any(isinstance(m, QUANT_TYPES) for m in module.modules()):
             raise UserError(f"export: no integer lowering for module {e}; quantized models need conv, linear, BN, "
                             "activations, pooling, add/mul/cat and reshapes") from None
         _torch_export(module, sample, path, str(e))
-        return "torch.onnx", {"fused": {}, "calibrated": [], "features": None, "multipliers": {}, "copied": []}
+        return "torch.onnx", {"fused": {}, "calibrated": [], "features": None, "multipliers": {}, "copied": [],
+                              "gemm": []}
     onnx.checker.check_model(model)
     atomic_write_bytes(path, model.SerializeToString())  # temp file, fsync, rename: never half a graph
     return "chaincomp", done
 
 
-def quant_layers(model: nn.Module) -> dict[str, dict]:
+def quant_layers(model: nn.Module, portable: bool = False) -> dict[str, dict]:
     """Bits and op of each quantized layer, and how its weight codes are stored (lowering.may_saturate)."""
     return {n: {"weight_bits": m.weight_bits, "act_bits": m.act_bits, "act_signed": bool(m.act_signed),
                 "op": "ConvInteger" if isinstance(m, QuantConv2d) else "MatMulInteger",
-                "weight_codes": "uint8+128" if may_saturate(m, m.integer_weight()[0].numpy()) else "int8"}
+                "weight_codes": "uint8+128" if not portable and may_saturate(m, m.integer_weight()[0].numpy())
+                else "int8"}
             for n, m in model.named_modules() if isinstance(m, QUANT_TYPES)}
 
 
@@ -174,9 +183,10 @@ def kernel_note(layers: dict[str, dict], kernels: str = "int8") -> dict:
     if kernels == "int8":
         ops += "; 8-bit codes flow between layers (ReLU, MaxPool, residual QLinearAdd, pools on codes)"
     if kernels == "qdq":
-        ops = ("Q/DQ form: QuantizeLinear/DequantizeLinear around float Conv/MatMul, exact int8 weight codes with "
-               "per-channel scales, the QAT activation scales; the runtime fuses what it can (see ort_ops: "
-               "QLinearConv counts fused convs; values PyTorch keeps in float stay float)")
+        ops = (f"Q/DQ form (QuantizeLinear/DequantizeLinear around standard Conv/Gemm/Add/pools): the int8 pass's "
+               f"graph written portably, exact weight codes with per-channel scales, the QAT activation scales, "
+               f"8-bit codes between layers and between exit segments; ORT fuses it into the same kernels "
+               f"({fused} conv layers on QLinearConv, {n['QGemm']} linear layers on QGemm; see ort_ops)")
     low = any(w < 8 or a < 8 for w, a in pairs)
     bits = (f"recipe bits {asked}; ONNX Runtime has no kernels below 8 bits, so the values are kept exactly "
             "in 8-bit containers and run on 8-bit kernels: bits below 8 bring no extra speed here" if low
@@ -195,51 +205,59 @@ def calibration_input(data, n: int = 256) -> torch.Tensor:
     return next(data.train.batches(n))[0]
 
 
-def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kernels: str = "int8") -> dict:
+def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kernels: str = "qdq",
+                 weights: str = "auto", target: str = "ort", calibrate: bool = True) -> dict:
     """Write the model (or its segments) next to `path`; returns the manifest part that describes it.
 
     sample: real inputs (calibration_input), not zeros: the int8 pass takes the range of values the
     model does not quantize itself (before a residual add or a pooled head) from it.
-    kernels: 'int8' 8-bit codes between layers, QLinearConv/QLinearAdd (see Int8Pass); 'exact'
+    kernels: 'qdq' (default) the int8 pass's graph in the portable Q/DQ form (qdq.from_qop), which ORT
+    fuses back into the same kernels; 'int8' 8-bit codes between layers, QLinearConv/QLinearAdd (see Int8Pass); 'exact'
     ConvInteger/MatMulInteger with a float rescale per layer, float values between layers: PyTorch's
-    arithmetic up to float rounding, but slow in ORT."""
+    arithmetic up to float rounding, but slow in ORT.
+    weights, target: the weight-code form (targets.choose_weights: 'auto' picks it from the target).
+    calibrate: False keeps the values PyTorch keeps in float in float (no calibrated scales; slower)."""
     if kernels not in KERNELS:
         raise UserError(f"--kernels: '{kernels}'; choose one of {', '.join(KERNELS)}")
+    form = choose_weights(weights, target)
+    portable = form["form"] == "portable"
     path = Path(path)
     segs = segments_of(model)
-    files, pieces, fused, calibrated, codes, multipliers, copied = [], [], {}, [], None, {}, []
+    files, pieces, fused, calibrated, codes, multipliers, copied, gemm = [], [], {}, [], None, {}, [], []
     for k, (seg, info) in enumerate(segs):
         f = path if len(segs) == 1 else path.with_name(f"{path.stem}.seg{k}{path.suffix or '.onnx'}")
         with torch.no_grad():
             out = seg.eval()(sample)
         four_d = isinstance(out, tuple) and out[0].dim() == 4
         nxt = input_quant(segs[k + 1][0]) if k + 1 < len(segs) and four_d else None
-        how, done = write_onnx(seg, sample, f, kernels, codes, nxt)
+        how, done = write_onnx(seg, sample, f, kernels, codes, nxt, {"portable": portable, "calibrate": calibrate})
         if codes:
             info["input_codes"] = {"dtype": "uint8", "layout": "NHWC", "scale": codes.scale, "zero_point": codes.zp}
         codes = done["features"]
         fused |= done["fused"]
         multipliers |= done["multipliers"]
         copied += done["copied"]
+        gemm += done["gemm"]
         calibrated += [c.split("/")[0] for c in done["calibrated"]]
         sample = out[0] if isinstance(out, tuple) else sample
         files.append(f.name)
         pieces.append({"file": f.name, "writer": how, **info})
-    layers = quant_layers(model)
-    if kernels == "qdq":
-        for v in layers.values():
-            v["op"] = "DQ->Conv" if v["op"] == "ConvInteger" else "DQ->MatMul"
+    layers = quant_layers(model, portable)
+    if kernels == "qdq":  # named for the kernel ORT fuses the Q/DQ group into
+        for name, v in layers.items():
+            v["op"] = "DQ->Conv" if v["op"] == "ConvInteger" else "QGemm" if name in gemm else "DQ->MatMul"
     for name, neg in fused.items():
         layers[name] |= {"op": "QLinearConv", "negated_channels": neg}
     for name in multipliers:  # stored codes = model's codes x k per output channel (Int8Pass.conv, to_qdq)
         layers[name]["code_multiplier"] = multipliers[name]
     is_exit = isinstance(model, ExitNetwork)
     kern = kernel_note(layers, kernels)
-    if layers and kernels == "int8":
+    if layers and kernels in ("int8", "qdq"):
         kern["calibrated_scales"] = calibrated  # values PyTorch keeps in float, rounded to 8 bits here
         kern["second_copies"] = copied  # convs run again for a consumer at another scale (Int8Pass.copies)
     return {"kind": "exits" if is_exit else ("quantized" if layers else "plain"), "files": files, "segments": pieces,
-            "exit_rule": dict(model.exit_rule) if is_exit else None, "layers": layers, "kernels": kern}
+            "exit_rule": dict(model.exit_rule) if is_exit else None, "layers": layers, "kernels": kern,
+            "weights": {**form, "uint8_layers": [n for n, v in layers.items() if v["weight_codes"] != "int8"]}}
 
 
 # ---------------------------------------------------------------- the export command
@@ -299,14 +317,20 @@ def strip_fmc(model: nn.Module) -> dict | None:
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | None = None, data=None,
-               tolerance: float = 0.5, kernels: str = "int8", echo=print, device: str | None = None) -> dict:
-    """`chaincomp export`: write the model of a run folder, check it in ORT, write the manifest. Writing
-    into the run folder (the default RUN_DIR/export) takes its lock, as `run` and `bench` do."""
+               tolerance: float = 0.5, kernels: str = "qdq", echo=print, device: str | None = None,
+               weights: str = "auto", target: str = "ort", exits: str = "all", exit_costs: dict | None = None) -> dict:
+    """`chaincomp export`: write the model of a run folder, check it (in OpenVINO for target openvino, else in
+    ORT), write the manifest. exits='measured' keeps only the exits that pay (exitplan; exit_costs: an
+    injected cost table instead of timing). Writing into the run folder (the default RUN_DIR/export) takes
+    its lock, as `run` and `bench` do."""
     from contextlib import nullcontext
 
     from ..chain import load_run, placed
     from ..io import RunLock
 
+    choose_weights(weights, target)  # bad --weights/--target/--exits: one line before anything is loaded
+    if exits not in ("all", "measured"):
+        raise UserError(f"--exits: '{exits}'; choose all or measured")
     run = load_run(run_dir, stage, data=data)
     # the PyTorch side of the accuracy check runs on --device (default: the run recipe's device)
     placed(run.data, run.recipe if device is None else run.recipe.model_copy(update={"device": device}))
@@ -315,36 +339,56 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | 
         raise UserError(f"--out: give a file name ending in .onnx (got {path.name})")
     inside = path.resolve().is_relative_to(Path(run_dir).resolve())
     with RunLock(run_dir) if inside else nullcontext():
-        return _export(run, Path(run_dir), path, tolerance, kernels, echo)
+        return _export(run, Path(run_dir), path, tolerance, kernels, echo, weights, target, exits, exit_costs)
 
 
-def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo) -> dict:
+def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo, weights: str = "auto",
+            target: str = "ort", exits: str = "all", exit_costs: dict | None = None) -> dict:
     from ..io import write_json
 
     stripped = strip_fmc(run.model)
     if stripped:
         echo(f"note: {stripped['note']}")
-    desc = export_model(run.model, calibration_input(run.data), path, kernels)
+    runtime = "openvino" if target == "openvino" else "ort"
+    exit_plan = None
+    if exits == "measured":
+        from .exitplan import apply
+
+        run.model, exit_plan = apply(run.model, run.data, calibration_input(run.data), write_onnx, Segment, exit_costs)
+        for x in exit_plan.get("exits", []):
+            echo(f"exit at block {x['point']}: {x['reason']}")
+    desc = export_model(run.model, calibration_input(run.data), path, kernels, weights, target)
+    result = check(run.model, run.data, Deployed(path.parent, desc, runtime=runtime), tolerance) | {"runtime": runtime}
+    if not result["passed"] and desc["kernels"].get("calibrated_scales"):
+        # the scales calibrated for values PyTorch keeps in float cost more than the tolerance: keep those
+        # values float (exact, slower) and say so
+        failed = {k: result[k] for k in ("torch_metric", "onnx_metric", "prediction_agreement") if k in result}
+        desc = export_model(run.model, calibration_input(run.data), path, kernels, weights, target, calibrate=False)
+        result = check(run.model, run.data, Deployed(path.parent, desc, runtime=runtime), tolerance) | \
+            {"runtime": runtime, "calibrated_check": failed}
+        desc["kernels"]["calibration"] = ("dropped: with calibrated scales the check failed "
+                                          f"({failed}); those values stay float")
+        echo(f"note: calibrated scales {desc['kernels']['calibration']}")
     files = [path.parent / f for f in desc["files"]]
     ops = optimized_ops(files)
-    deployed = Deployed(path.parent, desc)
-    result = check(run.model, run.data, deployed, tolerance)
     manifest = {"format": 1, "chaincomp": __version__, "run": str(run_dir.resolve()), "stage": run.stage,
                 "opset": OPSET, "input": {"name": "input", "shape": ["batch", *run.data.sample_input().shape[1:]]},
                 **desc, "ort_ops": ops, "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS},
                 "batch": "dynamic; exit networks run each segment only on the rows still pending (ExitRunner)",
-                "stripped": stripped, "check": result}
+                "stripped": stripped, "check": result, "exit_plan": exit_plan}
     write_json(manifest_path(path), manifest)
     k = desc["kernels"]
     echo(f"exported {run.stage} ({desc['kind']}) -> {', '.join(str(f) for f in files)}")
     echo(f"kernels: {k['note']}")
+    echo(f"weights: {desc['weights']['form']} ({desc['weights']['why']})")
     echo("ORT optimized graph: " + ", ".join(f"{o} x{n}" for o, n in ops.items()))
     if desc["exit_rule"]:
         echo(f"exit rule: {desc['exit_rule']} (driver: chaincomp.deployed.ExitRunner)")
     extra = "".join(f", {key.replace('_', ' ')} {result[key]:.1f}%" for key in ("prediction_agreement",
                                                                                 "exit_agreement") if key in result)
     echo(f"check on {result['n']} test samples: PyTorch {result['metric_name']} {result['torch_metric']:.2f}, "
-         f"ONNX Runtime {result['onnx_metric']:.2f} (tolerance {tolerance}), max-abs output diff "
+         f"{'OpenVINO' if runtime == 'openvino' else 'ONNX Runtime'} {result['onnx_metric']:.2f} "
+         f"(tolerance {tolerance}), max-abs output diff "
          f"{result['max_abs_diff']:.3g}{extra}")
     echo(f"manifest: {manifest_path(path)}")
     return manifest

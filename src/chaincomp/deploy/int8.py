@@ -70,8 +70,9 @@ class Int8Pass:
     differ by less than 0.01 of a code over the whole range share codes. Linear layers keep
     MatMulInteger with a float rescale (their outputs are logits or tiny)."""
 
-    def __init__(self, g: Graph, input_codes: Codes | None = None, next_use: QUse | None = None):
-        self.g, self.a, self.next_use = g, g.arrays, next_use
+    def __init__(self, g: Graph, input_codes: Codes | None = None, next_use: QUse | None = None,
+                 calibrate: bool = True):
+        self.g, self.a, self.next_use, self.calibrate = g, g.arrays, next_use, calibrate
         self.cons: dict[str, list] = {}
         for n in g.nodes:
             for i in n.input:
@@ -119,6 +120,9 @@ class Int8Pass:
         new = onnx.NodeProto()
         new.CopyFrom(n)
         new.input[:] = [self.fix(i) for i in n.input]
+        for i, j in zip(n.input, new.input):  # codes read under another name keep their scale (qdq.to_qdq)
+            if i in self.g.scales and i != j:
+                self.g.scales[j] = self.g.scales[i]
         self.out.append(new)
 
     def qview(self, q) -> tuple[str, QUse]:
@@ -169,7 +173,7 @@ class Int8Pass:
             k = max(1, room - (room + 1) % 2)
             names = first.q.input[1:3] if first.q and k == 1 else ()
             return self.named(Codes("", first.scale / k, first.zp, *names), t)
-        if r is None:
+        if r is None or not self.calibrate:  # not calibrating: the value stays float, as PyTorch keeps it
             return None
         zp = 0 if r[0] >= 0 else 128
         self.calibrated.append(t)

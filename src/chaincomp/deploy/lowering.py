@@ -45,6 +45,9 @@ class Graph:
         self.ranges: dict[str, tuple[float, float]] = {}  # float value -> (min, max) on the export sample
         self.shapes: dict[str, tuple] = {}
         self.fixed_size = False                 # a lowering valid only for the sample's height and width
+        self.linear_rank: dict[str, int] = {}   # quantized linear layer -> rank of its input
+        self.gemm: list[str] = []               # linear layers written as DQ -> Gemm (qdq.to_qdq; QGemm in ORT)
+        self.portable = False                   # int8 weight codes everywhere (targets.choose_weights)
 
     def _name(self, hint: str) -> str:
         self.n += 1
@@ -121,8 +124,9 @@ def may_saturate(m: nn.Module, q: np.ndarray) -> bool:
 
 def weight_init(g: Graph, name: str, m: nn.Module, q: np.ndarray) -> tuple[str, str]:
     """The layer's exact weight codes and their zero point: int8 (zero point 0), or uint8 codes + 128
-    (zero point 128) where int8 could saturate (see may_saturate); the codes are the same either way."""
-    if may_saturate(m, q):
+    (zero point 128) where int8 could saturate (see may_saturate) unless the graph is portable; the codes are
+    the same either way."""
+    if not g.portable and may_saturate(m, q):
         return (g.init((q.astype(np.int16) + 128).astype(np.uint8), "", exact=f"{name}.weight_q"),
                 g.init(np.array(128, np.uint8), f"{name}.w_zp"))
     return g.init(q.astype(np.int8), "", exact=f"{name}.weight_q"), g.init(np.array(0, np.int8), f"{name}.w_zp")
@@ -160,6 +164,7 @@ def lower_linear(g: Graph, name: str, m: nn.Linear, v: Val) -> Val:
     bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_features)
     if isinstance(m, QuantLinear):
         xq, zp = _quant_input(g, name, m, v.name)
+        g.linear_rank[name] = v.t.dim()
         q, s = _codes(m)
         w, wz = weight_init(g, name, m, np.ascontiguousarray(q.T))   # (in, out) for MatMul
         acc = g.op("MatMulInteger", [xq, w, zp, wz], name)

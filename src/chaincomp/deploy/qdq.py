@@ -22,6 +22,50 @@ from onnx import helper
 from .lowering import Graph
 
 
+def from_qop(g: Graph) -> None:
+    """Rewrite the int8 pass's QOperator ops (Int8Pass) into Q/DQ, in place: QLinearConv becomes
+    DQ(x) -> Conv(DQ(codes, per-channel s_w, axis 0), DQ(int32 bias, s_x*s_w)) -> Q(s_y), QLinearAdd
+    DQ, DQ -> Add -> Q, the quantized pools DQ -> pool -> Q. Everything else the pass decided stays: 8-bit
+    codes between layers (ReLU, MaxPool, Flatten on codes), codes handed between exit segments, the
+    scales it calibrated. ONNX Runtime fuses each group back into the very QLinear op (so the same
+    kernels run), and a runtime without them reads standard ONNX."""
+    a, out = g.arrays, []
+
+    def op(op_type: str, inputs: list[str], hint: str, output: str | None = None, **attrs) -> str:
+        name = output or g._name(f"{hint}/{op_type}")
+        out.append(helper.make_node(op_type, inputs, [name], name=g._name(f"{hint}/{op_type}"), **attrs))
+        return name
+
+    def dq(x: str, s: str, zp: str, hint: str, **attrs) -> str:
+        return op("DequantizeLinear", [x, s, zp], hint, **attrs)
+
+    for n in g.nodes:
+        hint, attrs = n.output[0].split("/")[0], {at.name: helper.get_attribute_value(at) for at in n.attribute}
+        if n.op_type == "QLinearConv":
+            x, sx, zx, w, sw, zw, sy, zy, *b = n.input
+            c = a[w].shape[0]
+            ws = np.broadcast_to(a[sw].astype(np.float32), (c,))
+            wz = g.init(np.full(c, int(a[zw].reshape(-1)[0]), a[zw].dtype), f"{hint}.w_zp")
+            ins = [dq(x, sx, zx, hint), dq(w, g.f32(ws, f"{hint}.w_scale"), wz, hint, axis=0)]
+            if b:
+                bs = (np.float32(a[sx]) * ws).astype(np.float32)
+                ins.append(dq(b[0], g.init(bs, f"{hint}.b_scale"), g.init(np.zeros(c, np.int32), f"{hint}.b_zp"),
+                              hint, axis=0))
+            op("QuantizeLinear", [op("Conv", ins, hint, **attrs), sy, zy], hint, output=n.output[0])
+        elif n.op_type == "QLinearAdd":
+            xa, sa, za, xb, sb, zb, sy, zy = n.input
+            y = op("Add", [dq(xa, sa, za, hint), dq(xb, sb, zb, hint)], hint)
+            op("QuantizeLinear", [y, sy, zy], hint, output=n.output[0])
+        elif n.op_type in ("QLinearGlobalAveragePool", "QLinearAveragePool"):
+            x, sx, zx, sy, zy = n.input
+            attrs.pop("channels_last", None)
+            y = op(n.op_type[len("QLinear"):], [dq(x, sx, zx, hint)], hint, **attrs)
+            op("QuantizeLinear", [y, sy, zy], hint, output=n.output[0])
+        else:
+            out.append(n)
+    g.nodes = out
+
+
 def to_qdq(g: Graph) -> dict[str, list[int]]:
     """Rewrite g in place; returns the per-channel code multipliers of layers that have them."""
     a = g.arrays
@@ -74,6 +118,16 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
             wdq = op("DequantizeLinear", [w, g.f32(mult / sx, f"{layer}.w_scale"),
                                           g.init(np.full(mult.size, wz, a[wz_name].dtype), f"{layer}.w_zp")],
                      layer, axis=1)
+            bs = (np.float32(sx) * (mult / sx).astype(np.float32)).astype(np.float32)
+            bias = np.round(b / np.maximum(bs.astype(np.float64), 1e-30))
+            if g.linear_rank.get(layer) == 2 and np.abs(bias).max(initial=0) < 2 ** 31:
+                # Gemm with an int32 bias at s_x * s_w: ORT fuses DQ, DQ, DQ -> Gemm into QGemm (float out)
+                bdq = op("DequantizeLinear", [g.init(bias.astype(np.int32), f"{layer}.bias_int32"),
+                                              g.init(bs, f"{layer}.b_scale"),
+                                              g.init(np.zeros(bs.size, np.int32), f"{layer}.b_zp")], layer, axis=0)
+                op("Gemm", [xdq, wdq, bdq], layer, output=c[3].output[0])
+                g.gemm.append(layer)
+                continue
             y = op("MatMul", [xdq, wdq], layer)
             op("Add", [y, c[3].input[1]], layer, output=c[3].output[0])
             continue

@@ -66,16 +66,41 @@ class OpenVINOSession:
         out = [np.asarray(res[o]) for o in self.compiled.outputs]
         return out if names is None else [out[next(i for i, ns in enumerate(self.outputs) if n in ns)] for n in names]
 
-    def precisions(self) -> dict[str, int]:
-        """Layer type -> count, for layers OpenVINO runs in 8-bit integers (its executed graph)."""
+    def layer_precisions(self) -> Counter:
+        """(layer type, runtime precision) -> count over the graph OpenVINO really executes."""
         ops: Counter = Counter()
         for node in self.compiled.get_runtime_model().get_ordered_ops():
             info = node.get_rt_info()
             kind = info["layerType"].astype(str) if "layerType" in info else ""
             prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else ""
-            if prec.lower() in ("i8", "u8") and kind != "Const":
-                ops[kind] += 1
+            if kind != "Const":
+                ops[(kind, prec.lower())] += 1
+        return ops
+
+    def precisions(self) -> dict[str, int]:
+        """Layer type -> count, for layers OpenVINO runs in 8-bit integers (its executed graph)."""
+        ops: Counter = Counter()
+        for (kind, prec), k in self.layer_precisions().items():
+            if prec in ("i8", "u8"):
+                ops[kind] += k
         return dict(sorted(ops.items()))
+
+
+WEIGHTED = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution")
+
+
+def openvino_kernels(sessions: list) -> dict:
+    """Whether OpenVINO ran the weighted layers (convolutions, fully connected) on integer kernels: counts by
+    precision over the executed graphs of every segment, and one line saying it."""
+    total: Counter = Counter()
+    for s in sessions:
+        total.update(s.layer_precisions())
+    integer = {k: v for (k, p), v in total.items() if k in WEIGHTED and p in ("i8", "u8")}
+    floats = {k: v for (k, p), v in total.items() if k in WEIGHTED and p not in ("i8", "u8")}
+    n_int, n_float = sum(integer.values()), sum(floats.values())
+    note = (f"all {n_int} convolution/fully-connected layers on integer kernels" if not n_float else
+            f"{n_int} convolution/fully-connected layers on integer kernels, {n_float} in float ({floats})")
+    return {"integer": not n_float and n_int > 0, "integer_layers": integer, "float_layers": floats, "note": note}
 
 
 def open_session(path: str | Path, threads: int | None = None, spinning: bool = True, runtime: str = "ort"):
