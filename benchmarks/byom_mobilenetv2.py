@@ -64,8 +64,8 @@ def main() -> int:
     r = compress(model, data, chain=chain, out=a.out, seed=0, resume=a.resume,
                  baseline={"epochs": a.epochs, "lr": 0.05, "batch_size": 128})
     checks = {}
-    with allow_imports(given={"model": model}):   # both integer forms: float rescale, and QLinearConv codes
-        for kernels in ("exact", "int8"):
+    with allow_imports(given={"model": model}):   # Q/DQ (the default), QOperator codes, and float rescale
+        for kernels in ("qdq", "int8", "exact"):
             checks[kernels] = export_run(a.out, out=Path(a.out) / f"export-{kernels}" / "model.onnx",
                                          kernels=kernels)["check"]
     res = r.results

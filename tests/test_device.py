@@ -63,7 +63,7 @@ def test_channels_last_is_opt_in_on_the_cpu_and_outside_the_digest(digits):
     assert data.channels_last
     seen = []
     torch.manual_seed(0)
-    model = build_model("digits_cnn")
+    model = build_model("digits_cnn", num_classes=10, in_channels=1)
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
     conv.register_forward_pre_hook(lambda m, i: seen.append(
         (i[0].is_contiguous(memory_format=torch.channels_last), m.weight.is_contiguous(memory_format=torch.channels_last))))
