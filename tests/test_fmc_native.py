@@ -81,7 +81,7 @@ needs_kernel = pytest.mark.skipif(native.library() is None, reason=f"no native k
 @needs_kernel
 @pytest.mark.parametrize("dtype", list(BITS))
 def test_native_streams_and_decodes_match_torch_path(dtype, monkeypatch):
-    monkeypatch.setattr(native, "MIN_BLOCKS_PER_THREAD", 16)  # small maps split over threads too
+    monkeypatch.setattr(native, "MIN_VALUES_PER_THREAD", 256)  # small maps split over threads too
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

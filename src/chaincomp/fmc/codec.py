@@ -24,6 +24,7 @@ float32 cast are described in `dtypes`.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,11 @@ def preset_block(preset: Preset, shape) -> tuple[int, int, int]:
     """The preset's block for a map: its preferred shape if that tiles (C, H, W) exactly, else the
     first block of the same number of values that does (fewest channels, then the squarest),
     else the preferred shape with edge padding. Exact tiling is what makes the ratio exact."""
+    return _preset_block(preset, tuple(shape))
+
+
+@lru_cache(maxsize=256)
+def _preset_block(preset: Preset, shape: tuple) -> tuple[int, int, int]:
     _, c, h, w = shape
     n = preset.block_values
     shapes = [preset.block] + sorted(

@@ -17,6 +17,7 @@ tensor, a configuration the kernel does not cover, or CHAINCOMP_FMC_NATIVE=0: th
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +39,7 @@ HERE = Path(__file__).parent
 SOURCES = ("native.c", "native_body.h")
 STORAGE = {torch.float16: 0, torch.bfloat16: 1, torch.int16: 2, torch.int8: 3, torch.uint8: 4}
 MT, MP = 4, 16
-MIN_BLOCKS_PER_THREAD = 4096
+MIN_VALUES_PER_THREAD = 1 << 16  # smaller maps: one thread (a thread start costs ~50 us)
 _LOCK = threading.Lock()
 _STATE: dict = {}
 reason = ""  # why the native path is unavailable ("" when it is, or before the first try)
@@ -70,8 +72,7 @@ def _flags() -> list[str]:
     if {"avx2", "f16c", "fma"} <= _cpu_flags():
         flags += ["-mavx2", "-mf16c", "-mfma"]
     # the summation order of torch's sum kernel follows its vector width (`tsum` in native_body.h)
-    wide = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    return flags + [f"-DTV={64 if wide else 32}"]
+    return flags + [f"-DTV={_vector_bytes()}"]
 
 
 def cache_dir() -> Path:
@@ -88,6 +89,10 @@ def _build(cc: str) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob("tmp*.so"):  # left by a build that was killed; an hour is plenty
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
@@ -131,16 +136,21 @@ def reset() -> None:
         _STATE.clear()
 
 
-def threads(n_blocks: int) -> int:
-    """Threads for a map: torch's setting, at most one per MIN_BLOCKS_PER_THREAD blocks."""
-    return max(1, min(torch.get_num_threads(), n_blocks // MIN_BLOCKS_PER_THREAD))
+def threads(n_values: int) -> int:
+    """Threads for a map: torch's setting, at most one per MIN_VALUES_PER_THREAD values."""
+    return max(1, min(torch.get_num_threads(), n_values // MIN_VALUES_PER_THREAD))
+
+
+@lru_cache(maxsize=1)
+def _vector_bytes() -> int:
+    """Bytes per vector of torch's CPU kernels: its sum order depends on it (`tsum`)."""
+    return 64 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 32
 
 
 def covers(method, block, k: int, storage: torch.dtype, device) -> bool:
     """Whether the kernel codes this configuration (else the torch path does)."""
     n = block[0] * block[1] * block[2]
-    lanes = (64 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 32) // (
-        8 if storage == torch.bfloat16 else 4)
+    lanes = _vector_bytes() // (8 if storage == torch.bfloat16 else 4)
     return (enabled() and torch.device(device).type == "cpu" and not method.rounding and storage in STORAGE
             and 1 <= k <= 4 and n < min(64 * lanes, 512))
 
@@ -164,6 +174,10 @@ def _tables(method, sids: tuple[int, ...], k: int) -> tuple[np.ndarray, int, int
     dt = table(sids, k, torch.float64).numpy()
     t[5 * MT:5 * MT + dt.shape[0], :p] = dt
     return np.ascontiguousarray(t.reshape(-1)[:5 * MT * MP + 2 * MT * MP]), ea, eb
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
 
 
 def _cfg(st: int, shape, block, k, method, n_s: int, fb: int, bits: int, ea: int, eb: int, out_kind: int):
@@ -198,16 +212,17 @@ def encode_cbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
         return None
     tabs, ea, eb = _tables(method, sids, k)
     cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0)
+    pc, pt, px = _ptr(cfg), _ptr(tabs), x.data_ptr()
     r = 2 * bits + fb + block[0] * block[1] * block[2] * k
     nbits = nb * r
-    out = np.zeros((nbits + 7) // 8 + 8, np.uint8)
+    out = np.empty((nbits + 7) // 8 + 8, np.uint8)  # the kernel writes every payload byte
     fn = lib.fmc_encode_d if storage == torch.bfloat16 else lib.fmc_encode_f
-    parts = _chunks(nb, threads(nb))
+    parts = _chunks(nb, threads(nb * block[0] * block[1] * block[2]))
     cnt = np.zeros((len(parts), 8), np.int64)
+    po, pn = _ptr(out), _ptr(cnt)
 
     def call(i: int) -> int:
-        b0, b1 = parts[i]
-        return fn(x.data_ptr(), cfg.ctypes.data, tabs.ctypes.data, b0, b1, out.ctypes.data, cnt[i].ctypes.data)
+        return fn(px, pc, pt, parts[i][0], parts[i][1], po, pn + 64 * i)
 
     if any(_each(call, list(range(len(parts))))):
         return None
@@ -226,8 +241,9 @@ def decode_cbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, b
                int(out.dtype == torch.float32))
     buf = np.frombuffer(payload, np.uint8)
     fn = lib.fmc_decode_d if storage == torch.bfloat16 else lib.fmc_decode_f
+    pb, pc, pt, po = _ptr(buf), _ptr(cfg), _ptr(tabs), out.data_ptr()
 
     def call(ab) -> int:
-        return fn(buf.ctypes.data, buf.size, cfg.ctypes.data, tabs.ctypes.data, ab[0], ab[1], out.data_ptr(), qscale)
+        return fn(pb, buf.size, pc, pt, ab[0], ab[1], po, qscale)
 
-    return not any(_each(call, _chunks(nb, threads(nb))))
+    return not any(_each(call, _chunks(nb, threads(nb * block[0] * block[1] * block[2]))))

@@ -345,26 +345,53 @@ int FN(fmc_encode)(const void *x, const int64_t *cfg, const tabs_t *T, int64_t b
             for (int i = i0; i < i1; i++) acc = (acc << k) | idx[i];
             words[j] = acc;
         }
+        VI P0 = FN(spliti)(0), P1 = P0, slow = FN(spliti)(-1); /* endpoint patterns; lanes left to the scalar code */
+#if LANES == 8 && defined(FAST_GATHER)
+        if (st == 0 || st == 5) { /* float16 patterns of 8 endpoints at once, and the common nudges */
+            P0 = (VI)_mm256_cvtepu16_epi32(_mm256_cvtps_ph((__m256)res.e0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            P1 = (VI)_mm256_cvtepu16_epi32(_mm256_cvtps_ph((__m256)res.e1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            slow = FN(spliti)(0);
+            if (implicit) { /* coder.nudge: b up above zero, a down at or below it (patterns) */
+                VI isb = res.mode == FN(spliti)(2), one = FN(spliti)(1), em = FN(spliti)(0x7C00);
+                VI pa = FN(seli)(isb, P1, P0), pb = FN(seli)(isb, P0, P1);
+                VI off = (res.mode != FN(spliti)(0)) & (((pa ^ pb) & one) != res.scale);
+                VI pos = FN(sel)(isb, res.e0, res.e1) > FN(splat)(0);
+                VI bup = pb + one, amag = pa & FN(spliti)(0x7FFF);
+                VI adown = FN(seli)(((pa & FN(spliti)(0x8000)) != FN(spliti)(0)) | (amag == FN(spliti)(0)),
+                                    (amag + one) | FN(spliti)(0x8000), pa - one);
+                VI mbu = off & pos & ((bup & em) != em), mad = off & ~pos & ((adown & em) != em);
+                slow = off & ~(mbu | mad); /* a limit of the dtype: the scalar nudge */
+                pb = FN(seli)(mbu, bup, pb);
+                pa = FN(seli)(mad, adown, pa);
+                P0 = FN(seli)(isb, pb, pa);
+                P1 = FN(seli)(isb, pa, pb);
+            }
+        }
+#endif
         for (int blk = 0; blk < lanes; blk++) {
             int l = lane_of[blk];
             W e0 = res.e0[l], e1 = res.e1[l];
             int mode = (int)res.mode[l], sc = (int)res.scale[l];
-            if (implicit && mode) { /* the scale in the endpoints' parity; a is the lower endpoint */
-                if (mode == 2) FN(nudge)(&e1, &e0, sc, st);
-                else FN(nudge)(&e0, &e1, sc, st);
+            uint32_t q0 = (uint32_t)P0[l], q1 = (uint32_t)P1[l];
+            if (slow[l]) {
+                if (implicit && mode) { /* the scale in the endpoints' parity; a is the lower endpoint */
+                    if (mode == 2) FN(nudge)(&e1, &e0, sc, st);
+                    else FN(nudge)(&e0, &e1, sc, st);
+                }
+                q0 = FN(bits)(e0, st);
+                q1 = FN(bits)(e1, st);
             }
             counts[mode]++;
             if (mode) counts[3 + sc]++;
             if (rec64) { /* [e0 | e1 | 16 2-bit or 8 4-bit indices] as one big-endian word */
-                uint64_t word = ((uint64_t)FN(bits)(e0, st) << 48) | ((uint64_t)FN(bits)(e1, st) << 32) |
-                                (uint32_t)words[0][l];
+                uint64_t word = ((uint64_t)q0 << 48) | ((uint64_t)q1 << 32) | (uint32_t)words[0][l];
                 word = __builtin_bswap64(word);
                 memcpy(w.p, &word, 8);
                 w.p += 8;
                 continue;
             }
-            put(&w, FN(bits)(e0, st), bits);
-            put(&w, FN(bits)(e1, st), bits);
+            put(&w, q0, bits);
+            put(&w, q1, bits);
             put(&w, (uint32_t)sc, fb);
             for (int j = 0; j < nw; j++) put(&w, (uint32_t)words[j][l], (j + 1 < nw ? per : n - j * per) * k);
         }
@@ -413,6 +440,16 @@ int FN(fmc_decode)(const uint8_t *payload, int64_t nbytes, const int64_t *cfg, c
         for (int j = 0; j < P; j++) tab[i][j] = (W)T->dtab[i][j];
     uint8_t ix[NMAX];
     for (int64_t bi = b0; bi < b1; bi++) {
+#if LANES == 8 && defined(FAST_GATHER)
+        if (st == 0 && bc == 1 && (bw == 4 || bw == 8) && bi + 8 <= b1 && iw + 8 <= gw && (iw + 8) * bw <= Wd &&
+            (ih + 1) * bh <= H) { /* 8 blocks of one block row at once (SoA), see fast_gather */
+            int rc = fast_decode8(&rd, rec64, cfg, &tab[0][0], out, ((nn * C + ic) * H + ih * bh) * Wd + iw * bw);
+            if (rc) return rc;
+            bi += 7;
+            if ((iw += 8) == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
+            continue;
+        }
+#endif
         uint32_t p0, p1, flag;
         if (rec64) {
             uint64_t word;
