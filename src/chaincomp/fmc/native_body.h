@@ -97,6 +97,15 @@ static inline VW FN(vsum)(const VW *x, int n) {
     enum { LL = TV / sizeof(W) };
     int nvec = n / LL, ilp = nvec / 4;
     VW part[4][LL];
+    if (ilp == 0 && nvec > 0) { /* squares are >= +0, so torch's additions of zero partials are exact no-ops */
+        for (int l = 0; l < LL; l++) part[0][l] = x[l];
+        for (int i = 1; i < nvec; i++)
+            for (int l = 0; l < LL; l++) part[0][l] += x[i * LL + l];
+        VW acc = FN(splat)(0);
+        for (int t = nvec * LL; t < n; t++) acc += x[t];
+        for (int l = 0; l < LL; l++) acc += part[0][l];
+        return acc;
+    }
     memset(part, 0, sizeof part);
     for (int i = 0; i < ilp; i++)
         for (int k = 0; k < 4; k++)
@@ -162,11 +171,12 @@ static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
     if (cfg[C_MODEB] && FN(any)(cand)) { /* a zero and two distinct non-zero values */
         VW inf = FN(splat)((W)INFINITY), nlo = inf, nhi = -inf;
         VI hz = FN(spliti)(0);
-        for (int i = 0; i < n; i++) {
-            VI nz = v[i] != zero;
-            hz |= ~nz;
-            nlo = FN(sel)(nz & (v[i] < nlo), v[i], nlo);
-            nhi = FN(sel)(nz & (v[i] > nhi), v[i], nhi);
+        for (int i = 0; i < n; i++) { /* zeros as +-inf: min / max over the non-zero values */
+            VI z0 = v[i] == zero;
+            hz |= z0;
+            VW a = FN(sel)(z0, inf, v[i]), b = FN(sel)(z0, -inf, v[i]);
+            nlo = FN(sel)(a < nlo, a, nlo);
+            nhi = FN(sel)(b > nhi, b, nhi);
         }
         valid = cand & hz & (nlo < nhi);
         blo = FN(sel)(valid, nlo, blo); /* placeholders [1, 2] elsewhere, as in the torch path */
@@ -227,10 +237,12 @@ static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
             hg = FN(sel)(w, upper[t], hg);
         }
     VI keepall = ~cnst;
+    const int any_b = FN(any)(~isa & keepall), any_a = FN(any)(isa & keepall);
     for (int i = 0; i < n; i++) {
         VI ix = FN(spliti)(0), ixb = FN(spliti)(1);
-        for (int j = 0; j < P - 1; j++) ix -= (VI)(q[i] > ma[j]);
-        if (FN(any)(valid)) {
+        if (any_a)
+            for (int j = 0; j < P - 1; j++) ix -= (VI)(q[i] > ma[j]);
+        if (any_b) {
             for (int j = 0; j < P - 2; j++) ixb -= (VI)(qb[i] > mb[j]);
             ixb &= (qb[i] <= lw) | (qb[i] > hg);
             ix = FN(seli)(isa, ix, ixb);
