@@ -7,6 +7,7 @@ Usage:
     python benchmarks/fmc_throughput.py --speed    # codec speed on a typical map, threads 1 and 2,
                                                    # and where the encoder's time goes
     python benchmarks/fmc_throughput.py --sweep    # block shape x index bits x scales sweep
+    python benchmarks/fmc_throughput.py --native-speed --repeats 15   # torch path vs native kernel
 
 Maps (float16, the 16-bit maps of the paper's headline):
 - "gauss": pre-activation-like: a Gaussian field with a 1/f^2 power spectrum (the spectrum of
@@ -229,6 +230,60 @@ def speed(repeats: int = 15) -> None:
     profile_encoder(cases[0][1])
 
 
+def _times(x, cfg, repeats: int) -> tuple[list, list, list, list]:
+    data = encode_with_stats(x, **cfg)[0]
+    decode(data)
+    ew, ec, dw, dc = [], [], [], []
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        data = encode_with_stats(x, **cfg)[0]
+        c1, w1 = time.process_time(), time.perf_counter()
+        decode(data)
+        c2, w2 = time.process_time(), time.perf_counter()
+        ew.append(w1 - w0), ec.append(c1 - c0), dw.append(w2 - w1), dc.append(c2 - c1)
+    return ew, ec, dw, dc
+
+
+def native_speed(repeats: int = 15) -> None:
+    """The torch path (CHAINCOMP_FMC_NATIVE=0) against the native kernel, same maps as `speed`:
+    MB/s best / median of `repeats` wall times (best CPU time in brackets), 1 and 2 threads. VBR
+    has no native path yet (both columns run the torch path)."""
+    import os
+
+    from chaincomp.fmc import native
+
+    cases = [("64x64x64 float32 (relu)", torch.relu(pink_field((1, 64, 64, 64)) - 0.25)),
+             ("64x64x64 float32 (gauss)", pink_field((1, 64, 64, 64), seed=1)),
+             ("8x64x56x56 float16 (relu)", relu_map((8, 64, 56, 56)))]
+    configs = [("preset paper", dict(preset="paper")), ("default cbr", dict(mode="cbr")), ("default vbr", {})]
+    print(f"native kernel: {native.library() is not None} {native.reason}")
+    threads, env = torch.get_num_threads(), os.environ.get("CHAINCOMP_FMC_NATIVE")
+    print("| map | config | threads | encode MB/s torch path | encode MB/s native | decode MB/s torch path | "
+          "decode MB/s native |")
+    print("|---|---|---|---|---|---|---|")
+
+    def cell(raw, wall, cpu):
+        return f"{raw / min(wall):.0f} / {raw / statistics.median(wall):.0f} ({raw / min(cpu):.0f})"
+
+    for n_threads in (1, 2):
+        torch.set_num_threads(n_threads)
+        for label, x in cases:
+            raw = x.numel() * 2 / 1e6
+            for name, cfg in configs:
+                got = {}
+                for flag in ("0", "1"):
+                    os.environ["CHAINCOMP_FMC_NATIVE"] = flag
+                    got[flag] = _times(x, cfg, repeats)
+                (ew0, ec0, dw0, dc0), (ew1, ec1, dw1, dc1) = got["0"], got["1"]
+                print(f"| {label} | {name} | {n_threads} | {cell(raw, ew0, ec0)} | {cell(raw, ew1, ec1)} | "
+                      f"{cell(raw, dw0, dc0)} | {cell(raw, dw1, dc1)} |", flush=True)
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("CHAINCOMP_FMC_NATIVE", None)
+    else:
+        os.environ["CHAINCOMP_FMC_NATIVE"] = env
+
+
 def profile_encoder(x: torch.Tensor, repeats: int = 10) -> None:
     """Where the encoder's time goes: torch op self CPU time, one thread, default CBR and paper."""
     from torch.profiler import ProfilerActivity, profile
@@ -258,6 +313,8 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="run the default-selection sweep instead")
     ap.add_argument("--paper", action="store_true", help="preset paper against flagged / linear-only neighbours")
     ap.add_argument("--speed", action="store_true", help="MB/s on a typical map, 1 and 2 threads, and a profile")
+    ap.add_argument("--native-speed", action="store_true",
+                    help="torch path against the native kernel, 1 and 2 threads (use --repeats 15)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
@@ -269,6 +326,8 @@ def main() -> None:
         paper_table(repeats=args.repeats)
     elif args.speed:
         speed()
+    elif args.native_speed:
+        native_speed(repeats=args.repeats)
     else:
         throughput(repeats=args.repeats)
 

@@ -24,6 +24,7 @@ float32 cast are described in `dtypes`.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch
 
 from chaincomp.errors import UserError
 
-from . import bitstream, dtypes, tags
+from . import bitstream, dtypes, native, tags
 from .blocks import from_blocks, n_blocks, to_blocks
 from .coder import CONST, MODE_A, MODE_B, Coded, code_blocks, reconstruct, row_min, row_min_max
 from .methods import METHOD_BY_ID, METHODS, flag_bits, scale_ids as method_scale_ids
@@ -72,6 +73,11 @@ def preset_block(preset: Preset, shape) -> tuple[int, int, int]:
     """The preset's block for a map: its preferred shape if that tiles (C, H, W) exactly, else the
     first block of the same number of values that does (fewest channels, then the squarest),
     else the preferred shape with edge padding. Exact tiling is what makes the ratio exact."""
+    return _preset_block(preset, tuple(shape))
+
+
+@lru_cache(maxsize=256)
+def _preset_block(preset: Preset, shape: tuple) -> tuple[int, int, int]:
     _, c, h, w = shape
     n = preset.block_values
     shapes = [preset.block] + sorted(
@@ -187,12 +193,65 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
     m, block, sids, cfg = check(tuple(x.shape), preset=preset, block=block, index_bits=index_bits, mode=mode,
                                 scales=scales, method=method)
     index_bits, mode = cfg["index_bits"], cfg["mode"]
+    k, b, fb = index_bits, bits_in, flag_bits(m, len(sids))
+    fast = _native_cbr(x, bits_in, m, block, k, sids, fb) if mode == "cbr" else None
+    if fast is not None:
+        payload, nbits, dcode, qscale, got = fast
+        nb = n_blocks(tuple(x.shape), block)
+        counts = {"A": got[MODE_A], "B": got[MODE_B], "const": got[CONST], "scale": got[3:3 + len(sids)]}
+        lengths, tag_counts = (bitstream.UNUSED,) * 4, [0, 0, 0, nb]
+    else:
+        payload, nbits, dcode, qscale, counts, lengths, tag_counts, nb = _torch_encode(x, bits_in, m, block, k, mode,
+                                                                                    sids, fb)
+    head = bitstream.Header(m.id, dcode, bits_in, int(mode == "vbr"), k, block, sids, lengths,
+                            tuple(x.shape), qscale, nbits)
+    data = bitstream.write(head, payload)
+    raw = x.numel() * bits_in // 8
+    hist = {"mode": {"A": counts["A"], "B": counts["B"], "const": counts["const"]},
+            "scale": ({"linear": counts["scale"][0], "log": counts["scale"][1]} if m.implicit_scale else
+                      {SCALES[s]: counts["scale"][i] for i, s in enumerate(sids)}),
+            "tag": {name: int(tag_counts[i]) for i, name in enumerate(tags.NAMES)}}
+    stats = {"raw_bytes": raw, "encoded_bytes": len(data), "ratio": raw / len(data),
+             "payload_ratio": raw / len(payload) if payload else float("inf"),
+             "bits_per_value": 8 * len(data) / x.numel(), "payload_bits": nbits,
+             "header_bytes": bitstream.HEADER_BYTES, "blocks": nb, "block": block, "mode_histogram": hist}
+    return data, stats
+
+
+# (x dtype, bits_in) -> native storage code; other inputs go through `dtypes.prepare` first
+_NATIVE_INPUT = {(torch.float16, 16): (0, torch.float16), (torch.bfloat16, 16): (1, torch.bfloat16),
+                 (torch.float32, 16): (5, torch.float16)}
+
+
+def _native_cbr(x, bits_in, m, block, k, sids, fb):
+    """CBR payload from the native kernel: (payload, bits, dtype code, qscale, counts), or None
+    (not covered, unavailable or declined: the torch path runs and raises any input error)."""
+    if not (native.enabled() and x.device.type == "cpu" and x.numel()):
+        return None
+    if (x.dtype, bits_in) in _NATIVE_INPUT:
+        st, storage = _NATIVE_INPUT[(x.dtype, bits_in)]
+        src, dcode, qscale = x.detach().contiguous(), dtypes.CODE[x.dtype], 1.0
+    elif not x.dtype.is_floating_point or (x.dtype, bits_in) == (torch.float32, 8):
+        src, dcode, qscale = dtypes.prepare(x, bits_in)
+        storage = src.dtype
+        st = native.STORAGE.get(storage)
+    else:
+        return None
+    if not native.covers(m, block, k, storage, x.device):
+        return None
+    got = native.encode_cbr(src, storage, st, tuple(x.shape), block, k, m, sids, fb, bits_in,
+                            n_blocks(tuple(x.shape), block))
+    return None if got is None else (got[0], got[1], dcode, qscale, got[2])
+
+
+def _torch_encode(x, bits_in, m, block, k, mode, sids, fb):
+    """The vectorised torch encoder (any device, CBR and VBR)."""
     storage, dcode, qscale = dtypes.prepare(x, bits_in)
     sdt = storage.dtype
     work = dtypes.work_dtype(sdt)
     v = to_blocks(storage, block, out=scratch("blocks", (n_blocks(tuple(x.shape), block), math.prod(block)), work,
                                                storage.device))
-    k, b, fb = index_bits, bits_in, flag_bits(m, len(sids))
+    b = bits_in
     signed = dtypes.has_negative_zero(storage)
     lohi = row_min_max(v, signed)
     coded = code_blocks(v, k, m, sids, lohi, sdt)
@@ -220,19 +279,7 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
             out.fields(host(c.idx), kk)
         out.fields(host(dtypes.value_bits(coded.e0[tag == tags.CONST], sdt)), b)
     payload, nbits = out.finish()
-    head = bitstream.Header(m.id, dcode, bits_in, int(mode == "vbr"), k, block, sids, lengths,
-                            tuple(x.shape), qscale, nbits)
-    data = bitstream.write(head, payload)
-    raw = x.numel() * bits_in // 8
-    hist = {"mode": {"A": counts["A"], "B": counts["B"], "const": counts["const"]},
-            "scale": ({"linear": counts["scale"][0], "log": counts["scale"][1]} if m.implicit_scale else
-                      {SCALES[s]: counts["scale"][i] for i, s in enumerate(sids)}),
-            "tag": {name: int(tag_counts[i]) for i, name in enumerate(tags.NAMES)}}
-    stats = {"raw_bytes": raw, "encoded_bytes": len(data), "ratio": raw / len(data),
-             "payload_ratio": raw / len(payload) if payload else float("inf"),
-             "bits_per_value": 8 * len(data) / x.numel(), "payload_bits": nbits,
-             "header_bytes": bitstream.HEADER_BYTES, "blocks": v.shape[0], "block": block, "mode_histogram": hist}
-    return data, stats
+    return payload, nbits, dcode, qscale, counts, lengths, tag_counts, v.shape[0]
 
 
 def _count(counts: dict, c: Coded, n_scales: int) -> None:
@@ -323,6 +370,11 @@ def decode(data: bytes, device=None) -> torch.Tensor:
         e0, e1 = dtypes.bits_value(e0, storage, work), dtypes.bits_value(e1, storage, work)
         return reconstruct(e0, e1, sc, torch.from_numpy(idx).to(dev), kk, m, sids)
 
+    if (head.rate == 0 and dev.type == "cpu" and head.payload_bits == nb * (2 * b + fb + n * k)
+            and native.covers(m, block, k, storage, dev)):
+        out = torch.empty(head.shape, dtype=torch.float32 if dtype == torch.float32 else storage)
+        if native.decode_cbr(payload, storage, out, head.shape, block, k, m, sids, fb, b, nb, head.qscale):
+            return out  # else an invalid record: the torch path below reports it
     if head.rate == 0:
         dec = rebuild(*reader.records(nb, [b, b, fb], n, k), k)
     else:

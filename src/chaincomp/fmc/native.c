@@ -1,0 +1,227 @@
+/* Fused CPU kernels of the fmc codec's constant-bitrate path (see native.py for why and how).
+ *
+ * One pass per block: load the block straight from the map (edge padding by index clamping),
+ * min/max, every (mode, scale) candidate's squared error, the winner's indices, the implicit
+ * method's endpoint nudge, and the record's bits. The arithmetic is the torch path's, operation
+ * for operation, in the same work dtype (float32; float64 for bfloat16 maps), and the squared
+ * errors are summed in the order of torch's CPU sum kernel (`tsum`), so both paths choose the
+ * same candidate and write the same bytes. Build without -ffast-math and with -ffp-contract=off.
+ *
+ * Storage codes: 0 float16, 1 bfloat16, 2 int16, 3 int8, 4 uint8, 5 float32 input stored as
+ * float16 (cast here, round to nearest even as torch does).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifndef TV
+#define TV 32 /* bytes per torch CPU vector (32 for AVX2 / default, 64 for AVX512) */
+#endif
+#define MT 4   /* tables per mode at most */
+#define MP 16  /* points per table at most */
+#define NMAX 512
+
+typedef struct {
+    double afrac[MT][MP], amid[MT][MP], bfrac[MT][MP], bmid[MT][MP], bfg[MT][MP], dtab[2 * MT][MP];
+} tabs_t;
+
+/* configuration, int64 each */
+enum { C_ST, C_N, C_C, C_H, C_W, C_BC, C_BH, C_BW, C_K, C_IMPLICIT, C_MODEB, C_NS, C_FB, C_BITS, C_EA, C_EB,
+       C_OUT, C_COUNT };
+
+static inline float h2f(uint16_t b) { _Float16 h; memcpy(&h, &b, 2); return (float)h; }
+static inline uint16_t f2h(float f) { _Float16 h = (_Float16)f; uint16_t b; memcpy(&b, &h, 2); return b; }
+static inline float bf2f(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t f2bf(float f) { /* torch's round_to_nearest_even (no NaN here) */
+    uint32_t u; memcpy(&u, &f, 4);
+    return (uint16_t)((u + (((u >> 16) & 1) + 0x7FFF)) >> 16);
+}
+
+/* bit writer / reader, MSB first */
+typedef struct { uint8_t *p; uint64_t acc; int n; } bw_t;
+static inline void put(bw_t *w, uint32_t v, int width) {
+    if (!width) return;
+    w->acc = (w->acc << width) | v;
+    w->n += width;
+    while (w->n >= 8) { w->n -= 8; *w->p++ = (uint8_t)(w->acc >> w->n); }
+}
+static inline void put_flush(bw_t *w) { if (w->n) *w->p++ = (uint8_t)(w->acc << (8 - w->n)); w->n = 0; }
+
+typedef struct { const uint8_t *p, *end; uint64_t acc; int n; } br_t;
+static inline uint32_t get(br_t *r, int width) {
+    if (!width) return 0;
+    while (r->n < width) { r->acc = (r->acc << 8) | (r->p < r->end ? *r->p++ : 0); r->n += 8; }
+    r->n -= width;
+    return (uint32_t)((r->acc >> r->n) & ((1ull << width) - 1));
+}
+
+/* raw pattern of element i (storage 5: the float16 pattern of the float32 element) */
+static inline uint32_t load_bits(const void *x, int64_t i, int st) {
+    switch (st) {
+    case 0: case 1: case 2: return ((const uint16_t *)x)[i];
+    case 3: case 4: return ((const uint8_t *)x)[i];
+    default: return f2h(((const float *)x)[i]);
+    }
+}
+
+
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#define FAST_GATHER 1
+/* 8 blocks of one block row, 1 x bh x bw (bw 4 or 8), float16 (st 0) or float32-as-float16 (st 5)
+ * maps, none padded: rows loaded as vectors and transposed so that v[i] holds value i of the 8
+ * blocks. bw 4 puts blocks 0, 2, 4, 6, 1, 3, 5, 7 in lanes 0..7 (bw 8: in order). Returns the
+ * non-finite flag. */
+static inline __m256 ld8(const void *x, int64_t at, int st, __m256i *badv) {
+    __m128i h;
+    if (st == 0) h = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + at));
+    else h = _mm256_cvtps_ph(_mm256_loadu_ps((const float *)x + at), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m128i e = _mm_and_si128(h, _mm_set1_epi16(0x7C00));
+    *badv = _mm256_or_si256(*badv, _mm256_castsi128_si256(_mm_cmpeq_epi16(e, _mm_set1_epi16(0x7C00))));
+    return _mm256_cvtph_ps(h);
+}
+
+static uint32_t fast_gather(const void *x, int st, int64_t base, int64_t Wd, int bh, int bw, __m256 *v) {
+    __m256i badv = _mm256_setzero_si256();
+    for (int y = 0; y < bh; y++) {
+        int64_t at = base + y * Wd;
+        if (bw == 4) {
+            __m256 r0 = ld8(x, at, st, &badv), r1 = ld8(x, at + 8, st, &badv), r2 = ld8(x, at + 16, st, &badv),
+                   r3 = ld8(x, at + 24, st, &badv);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            v[y * 4 + 0] = _mm256_shuffle_ps(t0, t2, 0x44);
+            v[y * 4 + 1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+            v[y * 4 + 2] = _mm256_shuffle_ps(t1, t3, 0x44);
+            v[y * 4 + 3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+        } else {
+            __m256 r[8], t[8], s[8];
+            for (int j = 0; j < 8; j++) r[j] = ld8(x, at + 8 * j, st, &badv);
+            for (int j = 0; j < 8; j += 2) { t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]); t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]); }
+            s[0] = _mm256_shuffle_ps(t[0], t[2], 0x44); s[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
+            s[2] = _mm256_shuffle_ps(t[1], t[3], 0x44); s[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
+            s[4] = _mm256_shuffle_ps(t[4], t[6], 0x44); s[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
+            s[6] = _mm256_shuffle_ps(t[5], t[7], 0x44); s[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
+            for (int j = 0; j < 4; j++) {
+                v[y * 8 + j] = _mm256_permute2f128_ps(s[j], s[j + 4], 0x20);
+                v[y * 8 + j + 4] = _mm256_permute2f128_ps(s[j], s[j + 4], 0x31);
+            }
+        }
+    }
+    return !_mm256_testz_si256(badv, badv);
+}
+/* Decoder side of fast_gather: 8 float16-stored blocks of one block row, records read lane by
+ * lane, points computed as vectors, values picked per lane, rows transposed back and stored
+ * (float16, or float32 for maps that came in as float32). Returns 0, 1 or 2 as fmc_decode. */
+static void transpose_rows(int bw, __m256 *v) { /* the involution used by fast_gather */
+    if (bw == 4) {
+        __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+        __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+        v[0] = _mm256_shuffle_ps(t0, t2, 0x44); v[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+        v[2] = _mm256_shuffle_ps(t1, t3, 0x44); v[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+        return;
+    }
+    __m256 t[8], s[8];
+    for (int j = 0; j < 8; j += 2) { t[j] = _mm256_unpacklo_ps(v[j], v[j + 1]); t[j + 1] = _mm256_unpackhi_ps(v[j], v[j + 1]); }
+    s[0] = _mm256_shuffle_ps(t[0], t[2], 0x44); s[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
+    s[2] = _mm256_shuffle_ps(t[1], t[3], 0x44); s[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
+    s[4] = _mm256_shuffle_ps(t[4], t[6], 0x44); s[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
+    s[6] = _mm256_shuffle_ps(t[5], t[7], 0x44); s[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
+    for (int j = 0; j < 4; j++) {
+        v[j] = _mm256_permute2f128_ps(s[j], s[j + 4], 0x20);
+        v[j + 4] = _mm256_permute2f128_ps(s[j], s[j + 4], 0x31);
+    }
+}
+
+static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *tab, void *out, int64_t base) {
+    const int k = (int)cfg[C_K], fb = (int)cfg[C_FB], implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS];
+    const int allow_b = (int)cfg[C_MODEB], kind = (int)cfg[C_OUT], P = 1 << k;
+    const int bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bh * bw, per = 32 / k, nw = (n + per - 1) / per;
+    const int64_t Wd = cfg[C_W];
+    static const int interleaved[8] = {0, 4, 1, 5, 2, 6, 3, 7}, in_order[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    const int *lane_of = bw == 4 ? interleaved : in_order;
+    uint16_t e0s[8], e1s[8];
+    int32_t flag[8], words[NMAX / 8 + 1][8];
+    for (int blk = 0; blk < 8; blk++) {
+        int l = lane_of[blk];
+        if (rec64) {
+            uint64_t word;
+            memcpy(&word, rd->p, 8);
+            rd->p += 8;
+            word = __builtin_bswap64(word);
+            e0s[l] = (uint16_t)(word >> 48); e1s[l] = (uint16_t)(word >> 32); flag[l] = 0;
+            words[0][l] = (int32_t)(uint32_t)word;
+        } else {
+            e0s[l] = (uint16_t)get(rd, 16); e1s[l] = (uint16_t)get(rd, 16); flag[l] = (int32_t)get(rd, fb);
+            for (int j = 0; j < nw; j++) words[j][l] = (int32_t)get(rd, (j + 1 < nw ? per : n - j * per) * k);
+        }
+    }
+    __m256i p0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)e0s));
+    __m256i p1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)e1s));
+    __m256 e0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)e0s)), e1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)e1s));
+    __m256 mb = _mm256_cmp_ps(e0, e1, _CMP_GT_OQ);
+    if (!allow_b && _mm256_movemask_ps(mb)) return 1;
+    __m256 a = _mm256_blendv_ps(e0, e1, mb), b = _mm256_blendv_ps(e1, e0, mb), span = _mm256_sub_ps(b, a);
+    __m256i one = _mm256_set1_epi32(1), mbi = _mm256_castps_si256(mb), sc;
+    if (implicit) {
+        __m256i below = _mm256_castps_si256(_mm256_cmp_ps(b, _mm256_setzero_ps(), _CMP_LE_OQ));
+        sc = _mm256_mullo_epi32(_mm256_and_si256(_mm256_xor_si256(p0, p1), one), _mm256_sub_epi32(one, below));
+    } else {
+        sc = _mm256_loadu_si256((const __m256i *)flag);
+        if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(sc, _mm256_set1_epi32(ns - 1)))) return 2;
+    }
+    __m256i row = _mm256_add_epi32(sc, _mm256_and_si256(mbi, _mm256_set1_epi32(ns)));
+    __m256i at = _mm256_mullo_epi32(row, _mm256_set1_epi32(MP));
+    __m256 pts[MP];
+    for (int j = 0; j < P; j++) { /* a + span * f, rounded to float16 as the output will be */
+        __m256 f = _mm256_i32gather_ps(tab, _mm256_add_epi32(at, _mm256_set1_epi32(j)), 4);
+        __m256 p = _mm256_add_ps(a, _mm256_mul_ps(span, f));
+        if (j == 0) p = _mm256_andnot_ps(mb, p);
+        pts[j] = _mm256_cvtph_ps(_mm256_cvtps_ph(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    __m256 rows[8];
+    const __m256i mask = _mm256_set1_epi32(P - 1);
+    for (int y = 0; y < bh; y++) {
+        for (int c = 0; c < bw; c++) {
+            int i = y * bw + c, j = i / per, sh = (((j + 1 < nw ? per : n - j * per)) - 1 - (i - j * per)) * k;
+            __m256i ix = _mm256_and_si256(_mm256_srli_epi32(_mm256_loadu_si256((const __m256i *)words[j]), sh), mask);
+            __m256 o = pts[0];
+            for (int q = 1; q < P; q++)
+                o = _mm256_blendv_ps(o, pts[q], _mm256_castsi256_ps(_mm256_cmpeq_epi32(ix, _mm256_set1_epi32(q))));
+            rows[c] = o;
+        }
+        transpose_rows(bw, rows);
+        int64_t at_row = base + y * Wd;
+        for (int j = 0; j < bw; j++) {
+            if (kind) _mm256_storeu_ps((float *)out + at_row + 8 * j, rows[j]);
+            else _mm_storeu_si128((__m128i *)((uint16_t *)out + at_row + 8 * j),
+                                  _mm256_cvtps_ph(rows[j], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+    }
+    return 0;
+}
+#endif
+
+#define W float
+#define SUF f
+#define LANES 8
+typedef float vf_t __attribute__((vector_size(32)));
+typedef int32_t vfi_t __attribute__((vector_size(32)));
+#define VW vf_t
+#define VI vfi_t
+#include "native_body.h"
+#undef W
+#undef SUF
+#undef LANES
+#undef VW
+#undef VI
+#define W double
+#define SUF d
+#define LANES 4
+typedef double vd_t __attribute__((vector_size(32)));
+typedef int64_t vdi_t __attribute__((vector_size(32)));
+#define VW vd_t
+#define VI vdi_t
+#include "native_body.h"
+
+int fmc_abi(void) { return 1; }
