@@ -7,6 +7,7 @@ line naming the option or field that asked for it.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -54,3 +55,19 @@ def prepare(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def cpu_field(name: str) -> str | None:
+    """The first `name` line of /proc/cpuinfo (e.g. "model name", "flags"); None where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == name:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (avx2, f16c, avx512_vnni...): what kernels can be built or chosen."""
+    return set((cpu_field("flags") or "").split())

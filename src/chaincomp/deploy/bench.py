@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import cpu_field
 from ..errors import UserError
 from .runtime import Deployed, cores, openvino_kernels, optimized_ops, ort_metric
 from .export import INTEGER_OPS, calibration_input, export_model, strip_fmc
@@ -251,13 +252,7 @@ def _openvino_version() -> str:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_field("model name") or platform.processor() or platform.machine()
 
 
 def _loadavg() -> tuple[float, ...]:

@@ -10,22 +10,12 @@ it is a decision about the target machine (its CPU flags), not about graphs.
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
+from ..device import cpu_flags
 from ..errors import UserError
 
 WEIGHTS = ("auto", "portable", "ort")
 TARGETS = ("ort", "openvino", "tensorrt")
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def int16_pairs(machine: str | None = None, flags: set[str] | None = None) -> bool:

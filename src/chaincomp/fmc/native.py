@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import cpu_flags
 from .points import cell_exponent, fractions, midpoints, table
 
 HERE = Path(__file__).parent
@@ -57,19 +58,9 @@ def compiler() -> str | None:
     return None
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _flags() -> list[str]:
     flags = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-std=gnu11"]
-    if {"avx2", "f16c", "fma"} <= _cpu_flags():
+    if {"avx2", "f16c", "fma"} <= cpu_flags():
         flags += ["-mavx2", "-mf16c", "-mfma"]
     # the summation order of torch's sum kernel follows its vector width (`tsum` in native_body.h)
     return flags + [f"-DTV={_vector_bytes()}"]
