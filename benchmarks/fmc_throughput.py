@@ -209,19 +209,11 @@ def speed(repeats: int = 15) -> None:
             raw = x.numel() * 2 / 1e6  # the map at 16 bits, as the codec counts it
             for name, cfg in configs:
                 try:
-                    data = encode_with_stats(x, **cfg)[0]
+                    encode_with_stats(x, **cfg)
                 except TypeError:  # an older codec without presets (for before/after runs)
                     print(f"| {label} | {name} | {n_threads} | n/a | n/a |")
                     continue
-                decode(data)
-                ew, ec, dw, dc = [], [], [], []
-                for _ in range(repeats):
-                    c0, w0 = time.process_time(), time.perf_counter()
-                    data = encode_with_stats(x, **cfg)[0]
-                    c1, w1 = time.process_time(), time.perf_counter()
-                    decode(data)
-                    c2, w2 = time.process_time(), time.perf_counter()
-                    ew.append(w1 - w0), ec.append(c1 - c0), dw.append(w2 - w1), dc.append(c2 - c1)
+                ew, ec, dw, dc = _times(x, cfg, repeats)
                 print(f"| {label} | {name} | {n_threads} | {raw / min(ew):.0f} / {raw / statistics.median(ew):.0f} "
                       f"({raw / min(ec):.0f}) | {raw / min(dw):.0f} / {raw / statistics.median(dw):.0f} "
                       f"({raw / min(dc):.0f}) |")
