@@ -350,20 +350,21 @@ def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo
     if stripped:
         echo(f"note: {stripped['note']}")
     runtime = "openvino" if target == "openvino" else "ort"
+    sample = calibration_input(run.data)
     exit_plan = None
     if exits == "measured":
         from .exitplan import apply
 
-        run.model, exit_plan = apply(run.model, run.data, calibration_input(run.data), write_onnx, Segment, exit_costs)
+        run.model, exit_plan = apply(run.model, run.data, sample, write_onnx, Segment, exit_costs)
         for x in exit_plan.get("exits", []):
             echo(f"exit at block {x['point']}: {x['reason']}")
-    desc = export_model(run.model, calibration_input(run.data), path, kernels, weights, target)
+    desc = export_model(run.model, sample, path, kernels, weights, target)
     result = check(run.model, run.data, Deployed(path.parent, desc, runtime=runtime), tolerance) | {"runtime": runtime}
     if not result["passed"] and desc["kernels"].get("calibrated_scales"):
         # the scales calibrated for values PyTorch keeps in float cost more than the tolerance: keep those
         # values float (exact, slower) and say so
         failed = {k: result[k] for k in ("torch_metric", "onnx_metric", "prediction_agreement") if k in result}
-        desc = export_model(run.model, calibration_input(run.data), path, kernels, weights, target, calibrate=False)
+        desc = export_model(run.model, sample, path, kernels, weights, target, calibrate=False)
         result = check(run.model, run.data, Deployed(path.parent, desc, runtime=runtime), tolerance) | \
             {"runtime": runtime, "calibrated_check": failed}
         desc["kernels"]["calibration"] = ("dropped: with calibrated scales the check failed "

@@ -20,6 +20,13 @@ def score(logits: torch.Tensor, criterion: str) -> torch.Tensor:
     raise ValueError(f"unknown exit criterion '{criterion}'")
 
 
+def fires(logits: torch.Tensor, criterion: str, threshold: float | list[float], k: int) -> torch.Tensor:
+    """Whether exit k's rule fires for each row (for 'entropy', the threshold is a maximum entropy)."""
+    t = threshold[k] if isinstance(threshold, (list, tuple)) else threshold
+    s = score(logits, criterion)
+    return (-s <= t) if criterion == "entropy" else (s >= t)
+
+
 def choose_exits(outs: list[torch.Tensor], criterion: str, threshold: float | list[float]) -> torch.Tensor:
     """Index of the output each sample leaves at: the first exit whose score reaches the threshold
     (for 'entropy', the threshold is a maximum entropy), else the final head (len(outs)-1)."""
@@ -28,10 +35,7 @@ def choose_exits(outs: list[torch.Tensor], criterion: str, threshold: float | li
     chosen = torch.full((n,), n_exits, dtype=torch.long)
     pending = torch.ones(n, dtype=torch.bool)
     for k in range(n_exits):
-        t = threshold[k] if isinstance(threshold, (list, tuple)) else threshold
-        s = score(outs[k], criterion)
-        fire = (-s <= t) if criterion == "entropy" else (s >= t)
-        take = pending & fire
+        take = pending & fires(outs[k], criterion, threshold, k)
         chosen[take] = k
         pending &= ~take
     return chosen
