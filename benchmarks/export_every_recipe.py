@@ -9,7 +9,7 @@ recipe produces is the one exported and checked. A recipe whose export manifest 
 (its recorded row is reused) unless --force.
 
     python benchmarks/export_every_recipe.py [--only NAME ...] [--limit-train 2000] [--limit-test 1000]
-        [--out /root/runs/every] [--dataset-path ZIP] [--force] [--no-record]
+        [--out runs/every] [--dataset-path ZIP] [--force] [--no-record]
 """
 from __future__ import annotations
 
@@ -28,13 +28,15 @@ import yaml
 
 from chaincomp.chain import run_chain
 from chaincomp.deploy.export import export_run
+from chaincomp.device import cpu_field
 from chaincomp.errors import UserError
+from chaincomp.io import atomic_write_bytes, write_json
 from chaincomp.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 RESULTS = Path(__file__).with_name("deploy_results.md")
-OUT = Path("/root/runs/every")
+OUT = Path("runs") / "every"   # ignored by git, like every run folder
 BUILT_IN_DATA = ("digits", "sr_sample")     # datasets that read no files (no path)
 ROW_FILE = "every_row.json"
 
@@ -123,7 +125,7 @@ def export_recipe(path: str | Path, out_root: str | Path = OUT, *, limit_train: 
            "calibrated_check": c.get("calibrated_check"), "integer_ops": m["integer_ops"],
            "files": len(m["files"]), "run_s": round(run_s, 1), "export_s": round(export_s, 1),
            "manifest": str(manifest)}
-    row_file.write_text(json.dumps(row, indent=1))
+    write_json(row_file, row)
     return row
 
 
@@ -155,7 +157,7 @@ def _sh(cmd: str) -> str:
 
 
 def record(rows: list[dict], argv: list[str], args, failed: dict[str, str]) -> str:
-    cpu = _sh("lscpu | grep 'Model name'") or "?"
+    cpu = cpu_field("model name") or "?"
     cmd = " ".join(shlex.quote(a) for a in ["python", "benchmarks/export_every_recipe.py", *argv])
     text = [f"## {time.strftime('%Y-%m-%d %H:%M')} — Q/DQ export (the default) of every chain recipe in recipes/", "",
             f"- command: `{cmd}`",
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     text = record(rows, argv, args, failed)
     print(text)
     if not args.no_record:
-        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + text)
+        atomic_write_bytes(RESULTS, (RESULTS.read_text().rstrip("\n") + "\n\n" + text).encode())
         print(f"appended to {RESULTS}")
     return 0 if rows and all(r["passed"] for r in rows) and not failed else 1
 
