@@ -22,7 +22,7 @@ import torch
 from ..device import cpu_field
 from ..errors import UserError
 from .runtime import Deployed, cores, openvino_kernels, optimized_ops, ort_metric
-from .export import INTEGER_OPS, calibration_input, export_model, strip_fmc
+from .export import FORMATS, INTEGER_OPS, calibration_input, export_model, strip_fmc  # FORMATS: --format -> kernels
 from .peers import front_note, ort_int8_peer, prune_peer, smaller_peers, smaller_specs  # noqa: F401
 
 MAX_BATCH = 4096
@@ -124,9 +124,6 @@ def _counted_bitops(run) -> tuple[float, float]:
         base = read_model_json(run.out / "checkpoints" / "00-baseline.json", CheckpointFile,
                                allow_nan=True).entry.bitops
     return float(base), float(run.entry["bitops"])
-
-
-FORMATS = {"qdq": "qdq", "qop": "int8"}  # --format -> export kernels
 
 
 def build_models(run, folder: Path, peers: bool, peer_epochs: int, echo, smaller: bool = False,
