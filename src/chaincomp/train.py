@@ -32,13 +32,15 @@ CHECK_EVERY = 50   # steps between reads of the loss on a GPU (each read waits f
 
 
 @contextlib.contextmanager
-def on_device(model: nn.Module, device: torch.device):
-    """Run `model` on `device` (channels_last on CUDA), then put it back where it was. No-op on the CPU."""
+def on_device(model: nn.Module, device: torch.device, channels_last: bool = False):
+    """Run `model` on `device`, channels_last on CUDA or where asked (`channels_last: true` on the CPU:
+    oneDNN's convolutions train up to 1.2x faster so on a 2-core AVX2 EPYC, benchmarks/train_cpu.md), then
+    put it back where it was, contiguous. A no-op on the CPU unless channels_last is asked."""
     home = next((p.device for p in model.parameters()), device)
-    if device == home or (device.type == "cpu" and home.type == "cpu"):
+    if not channels_last and (device == home or (device.type == "cpu" and home.type == "cpu")):
         yield model
         return
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    fmt = torch.channels_last if channels_last or device.type == "cuda" else torch.contiguous_format
     model.to(device, memory_format=fmt)
     try:
         yield model
@@ -49,20 +51,6 @@ def on_device(model: nn.Module, device: torch.device):
 def _inputs(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     last = channels_last or device.type == "cuda"
     return x.contiguous(memory_format=torch.channels_last) if last and x.dim() == 4 else x
-
-
-@contextlib.contextmanager
-def memory_format(model: nn.Module, channels_last: bool):
-    """Train channels_last where asked on the CPU (oneDNN's convolutions run faster so: ResNet-20 training
-    steps 1.2x on a 2-core AVX2 EPYC, benchmarks/train_cpu.md), and hand the model back contiguous."""
-    if not channels_last:
-        yield model
-        return
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield model
-    finally:
-        model.to(memory_format=torch.contiguous_format)
 
 
 def _autocast(data: TaskData, model: nn.Module):
@@ -112,7 +100,7 @@ def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | N
     """Train with a cosine schedule; returns the loss history. Deterministic for a given seed."""
     if cfg.epochs <= 0:
         return {"loss": []}
-    with on_device(model, data.device), memory_format(model, data.channels_last):   # before the optimizer
+    with on_device(model, data.device, data.channels_last):   # before the optimizer is built, so its state is made there
         return _fit(model, data, cfg, loss_fn, stage, seed, params)
 
 
