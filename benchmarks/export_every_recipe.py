@@ -122,7 +122,7 @@ def export_recipe(path: str | Path, out_root: str | Path = OUT, *, limit_train: 
            "metric_name": c["metric_name"], "torch_metric": c["torch_metric"], "onnx_metric": c["onnx_metric"],
            "prediction_agreement": c.get("prediction_agreement"), "exit_agreement": c.get("exit_agreement"),
            "max_abs_diff": c["max_abs_diff"], "tolerance": c["tolerance"], "passed": c["passed"],
-           "calibrated_check": c.get("calibrated_check"), "integer_ops": m["integer_ops"],
+           "fast_check": c.get("fast_check"), "integer_ops": m["integer_ops"],
            "files": len(m["files"]), "run_s": round(run_s, 1), "export_s": round(export_s, 1),
            "manifest": str(manifest)}
     write_json(row_file, row)
@@ -141,8 +141,8 @@ def table(rows: list[dict]) -> str:
         ops = ", ".join(f"{k} x{v}" for k, v in r["integer_ops"].items()) or "none"
         chain = " > ".join(r["chain"]) or "(none: baseline only)"
         passed = "yes" if r["passed"] else "**NO**"
-        if r.get("calibrated_check"):
-            passed += " (calibrated scales dropped)"
+        if r.get("fast_check"):
+            passed += " (fast rounding failed: faithful)"
         lines.append(f"| {r['recipe']} | {r['model']} | {chain} | {r['train']} / {r['test']} | {r['kernels']} "
                      f"| {_pct(r['torch_metric'])} | {_pct(r['onnx_metric'])} | {_pct(r['prediction_agreement'])} "
                      f"| {r['max_abs_diff']:.3g} | {passed} | {ops} | {r['run_s']} | {r['export_s']} |")

@@ -22,7 +22,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--kernels {args.kernels}: applies to --format qop only (Q/DQ is the int8 graph, portable)")
     kernels = args.kernels or ("int8" if args.format == "qop" else "qdq")
     manifest = export_run(args.run_dir, args.out, args.stage, tolerance=args.tolerance, kernels=kernels,
-                          device=args.device, weights=args.weights, target=args.target, exits=args.exits)
+                          device=args.device, weights=args.weights, target=args.target, exits=args.exits,
+                          rounding=args.rounding)
     c = manifest["check"]
     if not c["passed"]:
         print(f"chaincomp: export check failed: ONNX Runtime {c['metric_name']} {c['onnx_metric']:.2f} vs PyTorch "
@@ -57,5 +58,10 @@ def register(sub) -> None:
     e.add_argument("--exits", default="all", choices=("all", "measured"),
                    help="exit networks: all = one segment per exit (default); measured = time the pieces in ORT "
                         "and keep only exits whose saving beats their cost, merging segments (reasons in the manifest)")
+    e.add_argument("--rounding", default="auto", choices=("auto", "fast", "faithful"),
+                   help="fast = 8-bit codes wherever an integer kernel runs, also for values PyTorch keeps in "
+                        "float (residual streams, features between exit segments); faithful = codes only where "
+                        "PyTorch quantizes, those values float (slower, answers as PyTorch's); auto (default) = "
+                        "fast, then faithful if the accuracy check fails")
     add_device(e, "run the PyTorch side of the accuracy check")
     e.set_defaults(func=_cmd_export)

@@ -75,6 +75,7 @@ def segments_of(model: nn.Module) -> list[tuple[Segment, dict]]:
 
 
 KERNELS = ("int8", "exact", "qdq")
+ROUNDING = ("auto", "fast", "faithful")  # export_run's rounding: where 8-bit codes may round float values
 FORMATS = {"qop": "int8", "qdq": "qdq"}  # --format: QOperator ops written here, or portable Q/DQ
 
 
@@ -93,7 +94,7 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", in
         outs = [("logits", lower(g, "", module, x))]
     for out_name, v in outs:  # name the graph outputs
         g.nodes.append(helper.make_node("Identity", [v.name], [out_name], name=f"out/{out_name}"))
-    p = Int8Pass(g, input_codes, next_use, opts.get("calibrate", True)) if kernels in ("int8", "qdq") else None
+    p = Int8Pass(g, input_codes, next_use, bool(opts.get("faithful"))) if kernels in ("int8", "qdq") else None
     calibrated = p.run() if p else []
     if kernels == "qdq":  # the int8 pass's decisions, written as Q/DQ (qdq.from_qop)
         from_qop(g)
@@ -206,7 +207,7 @@ def calibration_input(data, n: int = 256) -> torch.Tensor:
 
 
 def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kernels: str = "qdq",
-                 weights: str = "auto", target: str = "ort", calibrate: bool = True) -> dict:
+                 weights: str = "auto", target: str = "ort", faithful: bool = False) -> dict:
     """Write the model (or its segments) next to `path`; returns the manifest part that describes it.
 
     sample: real inputs (calibration_input), not zeros: the int8 pass takes the range of values the
@@ -216,7 +217,8 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
     ConvInteger/MatMulInteger with a float rescale per layer, float values between layers: PyTorch's
     arithmetic up to float rounding, but slow in ORT.
     weights, target: the weight-code form (targets.choose_weights: 'auto' picks it from the target).
-    calibrate: False keeps the values PyTorch keeps in float in float (no calibrated scales; slower)."""
+    faithful: keep in float every value PyTorch keeps in float (residual streams, values before pooled
+    heads, the features between exit segments): no calibrated scales, no 8-bit residual stream; slower."""
     if kernels not in KERNELS:
         raise UserError(f"--kernels: '{kernels}'; choose one of {', '.join(KERNELS)}")
     form = choose_weights(weights, target)
@@ -229,8 +231,8 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
         with torch.no_grad():
             out = seg.eval()(sample)
         four_d = isinstance(out, tuple) and out[0].dim() == 4
-        nxt = input_quant(segs[k + 1][0]) if k + 1 < len(segs) and four_d else None
-        how, done = write_onnx(seg, sample, f, kernels, codes, nxt, {"portable": portable, "calibrate": calibrate})
+        nxt = input_quant(segs[k + 1][0]) if k + 1 < len(segs) and four_d and not faithful else None
+        how, done = write_onnx(seg, sample, f, kernels, codes, nxt, {"portable": portable, "faithful": faithful})
         if codes:
             info["input_codes"] = {"dtype": "uint8", "layout": "NHWC", "scale": codes.scale, "zero_point": codes.zp}
         codes = done["features"]
@@ -318,10 +320,12 @@ def strip_fmc(model: nn.Module) -> dict | None:
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | None = None, data=None,
                tolerance: float = 0.5, kernels: str = "qdq", echo=print, device: str | None = None,
-               weights: str = "auto", target: str = "ort", exits: str = "all", exit_costs: dict | None = None) -> dict:
+               weights: str = "auto", target: str = "ort", exits: str = "all", exit_costs: dict | None = None,
+               rounding: str = "auto") -> dict:
     """`chaincomp export`: write the model of a run folder, check it (in OpenVINO for target openvino, else in
     ORT), write the manifest. exits='measured' keeps only the exits that pay (exitplan; exit_costs: an
-    injected cost table instead of timing). Writing into the run folder (the default RUN_DIR/export) takes
+    injected cost table instead of timing). rounding: 'fast' 8-bit codes wherever an integer kernel runs,
+    'faithful' codes only where PyTorch quantizes (Int8Pass), 'auto' fast, then faithful if the check fails. Writing into the run folder (the default RUN_DIR/export) takes
     its lock, as `run` and `bench` do."""
     from contextlib import nullcontext
 
@@ -331,6 +335,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | 
     choose_weights(weights, target)  # bad --weights/--target/--exits: one line before anything is loaded
     if exits not in ("all", "measured"):
         raise UserError(f"--exits: '{exits}'; choose all or measured")
+    if rounding not in ROUNDING:
+        raise UserError(f"--rounding: '{rounding}'; choose one of {', '.join(ROUNDING)}")
     run = load_run(run_dir, stage, data=data)
     # the PyTorch side of the accuracy check runs on --device (default: the run recipe's device)
     placed(run.data, run.recipe if device is None else run.recipe.model_copy(update={"device": device}))
@@ -339,11 +345,12 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, stage: str | 
         raise UserError(f"--out: give a file name ending in .onnx (got {path.name})")
     inside = path.resolve().is_relative_to(Path(run_dir).resolve())
     with RunLock(run_dir) if inside else nullcontext():
-        return _export(run, Path(run_dir), path, tolerance, kernels, echo, weights, target, exits, exit_costs)
+        return _export(run, Path(run_dir), path, tolerance, kernels, echo, weights, target, exits, exit_costs,
+                       rounding)
 
 
 def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo, weights: str = "auto",
-            target: str = "ort", exits: str = "all", exit_costs: dict | None = None) -> dict:
+            target: str = "ort", exits: str = "all", exit_costs: dict | None = None, rounding: str = "auto") -> dict:
     from ..io import write_json
 
     stripped = strip_fmc(run.model)
@@ -358,18 +365,23 @@ def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo
         run.model, exit_plan = apply(run.model, run.data, sample, write_onnx, Segment, exit_costs)
         for x in exit_plan.get("exits", []):
             echo(f"exit at block {x['point']}: {x['reason']}")
-    desc = export_model(run.model, sample, path, kernels, weights, target)
+    faithful = rounding == "faithful"
+    desc = export_model(run.model, sample, path, kernels, weights, target, faithful)
     result = check(run.model, run.data, Deployed(path.parent, desc, runtime=runtime), tolerance) | {"runtime": runtime}
-    if not result["passed"] and desc["kernels"].get("calibrated_scales"):
-        # the scales calibrated for values PyTorch keeps in float cost more than the tolerance: keep those
-        # values float (exact, slower) and say so
+    if not result["passed"] and rounding == "auto" and kernels != "exact" and desc["layers"]:
+        # 8-bit codes for values PyTorch keeps in float (residual streams, calibrated scales) cost more than
+        # the tolerance: keep those values float (slower) and say so
         failed = {k: result[k] for k in ("torch_metric", "onnx_metric", "prediction_agreement") if k in result}
-        desc = export_model(run.model, sample, path, kernels, weights, target, calibrate=False)
+        faithful, desc = True, export_model(run.model, sample, path, kernels, weights, target, faithful=True)
         result = check(run.model, run.data, Deployed(path.parent, desc, runtime=runtime), tolerance) | \
-            {"runtime": runtime, "calibrated_check": failed}
-        desc["kernels"]["calibration"] = ("dropped: with calibrated scales the check failed "
-                                          f"({failed}); those values stay float")
-        echo(f"note: calibrated scales {desc['kernels']['calibration']}")
+            {"runtime": runtime, "fast_check": failed}
+        echo(f"note: with 8-bit codes for values PyTorch keeps in float the check failed ({failed}); "
+             "exported with --rounding faithful")
+    if desc["layers"] and kernels != "exact":
+        desc["kernels"]["rounding"] = "faithful" if faithful else "fast"
+        if faithful:
+            desc["kernels"]["note"] += ("; rounding faithful: codes only where PyTorch quantizes, the values it "
+                                        "keeps in float (residual streams, features between exit segments) stay float")
     files = [path.parent / f for f in desc["files"]]
     ops = optimized_ops(files)
     manifest = {"format": 1, "chaincomp": __version__, "run": str(run_dir.resolve()), "stage": run.stage,

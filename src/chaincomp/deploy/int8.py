@@ -68,11 +68,17 @@ class Int8Pass:
     QLinearConv needs positive weight scales: codes of channels with a negative folded BN scale flip
     sign (listed), and the bias is rounded to int32 at scale s_x * s_w. Two consumers whose scales
     differ by less than 0.01 of a code over the whole range share codes. Linear layers keep
-    MatMulInteger with a float rescale (their outputs are logits or tiny)."""
+    MatMulInteger with a float rescale (their outputs are logits or tiny).
+
+    faithful=True: codes only where they are the very codes a PyTorch quantizer makes (every consumer
+    quantizes alike, or a conv writes each consumer's codes itself); a value PyTorch keeps in float and
+    reads in float (a residual stream, the features an exit segment hands on, a value before a pooled
+    head) stays float. Slower, but without the 8-bit rounding of residual streams that PyTorch's QAT
+    model never does; what is left is float rounding and the int32 bias."""
 
     def __init__(self, g: Graph, input_codes: Codes | None = None, next_use: QUse | None = None,
-                 calibrate: bool = True):
-        self.g, self.a, self.next_use, self.calibrate = g, g.arrays, next_use, calibrate
+                 faithful: bool = False):
+        self.g, self.a, self.next_use, self.faithful = g, g.arrays, next_use, faithful
         self.cons: dict[str, list] = {}
         for n in g.nodes:
             for i in n.input:
@@ -154,8 +160,9 @@ class Int8Pass:
             y = self.cons[y][0].output[0]
         return y
 
-    def choose(self, y: str) -> Codes | None:
-        """Codes for the value y turns into through ReLU/MaxPool/Flatten (see the class doc)."""
+    def choose(self, y: str, copies: bool = False) -> Codes | None:
+        """Codes for the value y turns into through ReLU/MaxPool/Flatten (see the class doc). copies: the
+        producer writes every other consumer's codes itself (a conv: Int8Pass.copies)."""
         t = self.follow(y)
         qs, others = self.uses(t)
         r = self.g.ranges.get(t)
@@ -163,6 +170,8 @@ class Int8Pass:
         if first and not others and all((u.scale, u.zp, u.lo, u.hi) == (first.scale, first.zp, first.lo, first.hi)
                                         for u in qs):
             return self.named(Codes("", first.scale, first.zp, *(first.q.input[1:3] if first.q else ())), t)
+        if self.faithful and (others or not copies or not qs or any(u.q is None for u in qs)):
+            return None  # shared codes would round what PyTorch reads in float (or at another scale)
         first = next((u for u in qs if r is None or r[0] >= -(u.zp + 0.5) * u.scale), None)
         if first:  # k times finer codes around its zero point that still hold every consumer's range;
             # k odd keeps requantizing to the first one's codes exact (no value lands on a tie)
@@ -173,7 +182,7 @@ class Int8Pass:
             k = max(1, room - (room + 1) % 2)
             names = first.q.input[1:3] if first.q and k == 1 else ()
             return self.named(Codes("", first.scale / k, first.zp, *names), t)
-        if r is None or not self.calibrate:  # not calibrating: the value stays float, as PyTorch keeps it
+        if r is None:
             return None
         zp = 0 if r[0] >= 0 else 128
         self.calibrated.append(t)
@@ -199,7 +208,8 @@ class Int8Pass:
         if r is None:
             self.emit(n)
             rng = self.g.ranges.get(src)
-            if (u.lo, u.hi) == (0, 255) and src not in self.gone and (rng is None or rng[0] >= -(u.zp + .5) * u.scale):
+            if (u.lo, u.hi) == (0, 255) and src not in self.gone and not self.faithful and \
+                    (rng is None or rng[0] >= -(u.zp + .5) * u.scale):
                 # other consumers (an identity shortcut, an exit head) share these codes
                 self.rep[src] = Codes(n.output[0], u.scale, u.zp, n.input[1], n.input[2])
             return
@@ -229,13 +239,16 @@ class Int8Pass:
         # Codes times an integer k (scale / k) where they have room: the product is exactly k times the
         # model's, but the int32 bias (at scale s_x * s_w / k) k times finer, which matters for low-bit
         # layers whose s_x * s_w is coarser than the output step. |k q| <= 64 keeps int16 pairs safe.
-        k = np.maximum(1, 64 // np.maximum(np.abs(q).reshape(q.shape[0], -1).max(1), 1)) if wz == 0 else \
+        q_in = self.prod.get(n.input[0])
+        hi = self.qview(q_in)[1].hi if q_in is not None and q_in.op_type == "QuantizeLinear" else 255
+        room = min(127, 32767 // (2 * max(hi, 1)))
+        k = np.maximum(1, room // np.maximum(np.abs(q).reshape(q.shape[0], -1).max(1), 1)) if wz == 0 else \
             np.ones(q.shape[0], np.int64)
         sign, sw = np.where(m < 0, -1, 1), np.abs(m) / sx / k
         bias = np.round(b / (sx * np.maximum(sw, 1e-30)))
         if not (sw > 0).all() or np.abs(bias).max() >= 2 ** 31:
             return False  # a dead channel or a bias beyond int32: keep the float rescale
-        c = self.choose(y)
+        c = self.choose(y, copies=True)
         if c is None:
             return False
         a[w] = (q * (sign * k).reshape(-1, 1, 1, 1) + wz).astype(a[w].dtype)

@@ -74,6 +74,7 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
         for i in n.input:
             cons.setdefault(i, []).append(n)
     out, skip, multipliers, convs = [], set(), {}, set()
+    float_bias: dict[str, str] = {}  # conv output -> its float bias, for a conv ORT runs in float
 
     def op(op_type: str, inputs: list[str], hint: str, output: str | None = None, **attrs) -> str:
         name = output or g._name(f"{hint}/{op_type}")
@@ -149,22 +150,24 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
             bdq = op("DequantizeLinear", [g.init(bias.astype(np.int32), f"{layer}.bias_int32"), g.init(bs, f"{layer}.b_scale"),
                                           g.init(np.zeros(sw.size, np.int32), f"{layer}.b_zp")], layer, axis=0)
             convs.add(op("Conv", [xdq, wdq, bdq], layer, output=c[3].output[0], **attrs))
+            float_bias[c[3].output[0]] = g.f32(b, f"{layer}.bias")
         else:  # a dead channel or a bias beyond int32: float bias
             y = op("Conv", [xdq, wdq], layer, **attrs)
             op("Add", [y, c[3].input[1]], layer, output=c[3].output[0])
-    g.nodes = _requantize_outputs(g, out, convs)
+    g.nodes = _requantize_outputs(g, out, convs, float_bias)
     return multipliers
 
 
 CODE_OPS = ("Relu", "MaxPool", "Flatten")
 
 
-def _requantize_outputs(g: Graph, nodes: list, convs: set[str]) -> list:
+def _requantize_outputs(g: Graph, nodes: list, convs: set[str], float_bias: dict[str, str]) -> list:
     """Put Q -> DQ right after a quantized conv (after its ReLU) when every consumer quantizes the value
     (through ReLU/MaxPool/Flatten) at one scale, so the runtime sees DQ -> Conv -> Q and fuses it: exact,
     since MaxPool commutes with rounding and requantizing grid values at the same scale changes nothing.
     Consumers at another scale (an exit head beside the backbone) get a copy of the conv and its path,
-    rather than rounding twice."""
+    rather than rounding twice. A conv whose output is also read in float (a residual add) runs as a float
+    Conv in the runtime: it takes the float bias, not the int32 one rounded for the integer kernel."""
     cons: dict[str, list] = {}
     for n in nodes:
         for i in n.input:
@@ -208,6 +211,8 @@ def _requantize_outputs(g: Graph, nodes: list, convs: set[str]) -> list:
                 extra.setdefault(id(chain[-1]), []).extend([*c[:i + 1], q, dq, *c[i + 1:]])
             else:
                 extra.setdefault(id(c[i]), []).extend([q, dq])
+        if floats or not users:  # (copies above keep the int32 bias their integer kernels need)
+            conv.input[2] = float_bias[conv.output[0]]
     for n, new in renames:
         n.output[0] = new
     out = []
