@@ -112,3 +112,46 @@ def test_export_run_rounding(runs, tmp_path, monkeypatch):
     assert any("--rounding faithful" in s for s in lines)
     with pytest.raises(UserError, match="--rounding"):
         export_run(dirs["full"], tmp_path / "b" / "m.onnx", data=data, rounding="exact-ish")
+
+
+def test_tensorrt_file_is_int8_explicit_quantization(residual_w4a4, tmp_path):
+    """--target tensorrt: TensorRT's explicit quantization (int8 Q/DQ pairs with zero point 0 only, int8
+    weight codes, standard ops, float biases). Signed and below-8-bit activations keep the model's very
+    codes; the 8-bit unsigned input of the 8-bit head cannot (int8 with zero point 0 holds 0..127): it runs
+    at twice the scale, and the manifest names it."""
+    import onnx
+    from onnx import numpy_helper
+
+    m, x = residual_w4a4
+    with torch.no_grad():
+        ref = m(x).numpy()
+    desc = export_model(m, x[:32], tmp_path / "a.onnx", "qdq", target="tensorrt")
+    model = onnx.load(str(tmp_path / "a.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = model.graph.node
+    assert {n.op_type for n in nodes} <= {"QuantizeLinear", "DequantizeLinear", "Conv", "Relu", "Clip", "Add",
+                                          "GlobalAveragePool", "Flatten", "MatMul", "Identity"}
+    for n in nodes:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = inits[n.input[2]]
+            assert zp.dtype == np.int8 and not zp.any(), n.name
+        if n.op_type == "QuantizeLinear":  # a Q/DQ pair: TensorRT reads the codes back at once
+            assert {c.op_type for c in nodes if n.output[0] in c.input} == {"DequantizeLinear"}
+    assert all(inits[n.input[0]].dtype == np.int8 for n in nodes  # weights: the model's int8 codes
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits)
+    assert desc["weights"]["form"] == "portable" and desc["kernels"]["tensorrt"]["halved"] == ["head.1"]
+    out = _run(tmp_path, desc, x)
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95 and np.abs(out - ref).max() < 0.1
+    so = ort.SessionOptions()  # without ORT's own int32-bias rewrite, only the halved head input departs
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    raw = ort.InferenceSession(str(tmp_path / "a.onnx"), so, providers=["CPUExecutionProvider"])
+    assert np.abs(raw.run(None, {"input": x.numpy()})[0] - ref).max() < 0.05
+
+
+def test_tensorrt_needs_the_qdq_form(residual_w4a4, tmp_path):
+    from chaincomp.errors import UserError
+
+    m, x = residual_w4a4
+    for kernels, weights in (("int8", "auto"), ("qdq", "ort")):
+        with pytest.raises(UserError, match="--target tensorrt"):
+            export_model(m, x[:32], tmp_path / "a.onnx", kernels, weights=weights, target="tensorrt")

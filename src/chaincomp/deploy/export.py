@@ -34,10 +34,10 @@ from ..io import atomic_write_bytes
 from ..models import classification as zoo
 from ..qmodules import QUANT_TYPES, QuantConv2d
 from .int8 import Codes, Int8Pass, QUse, input_quant
-from .qdq import from_qop, to_qdq
+from .qdq import from_qop, int8_activations, to_qdq
 from .lowering import INTEGER_OPS, IR_VERSION, OPSET, Graph, Unsupported, Val, lower, may_saturate
 from .runtime import Deployed, optimized_ops, ort_metric
-from .targets import choose_weights
+from .targets import choose_weights, tensorrt_note
 
 class Segment(nn.Module):
     """Blocks then one head: a whole plain model, or one stretch of an exit network ending in an exit
@@ -94,11 +94,14 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", in
         outs = [("logits", lower(g, "", module, x))]
     for out_name, v in outs:  # name the graph outputs
         g.nodes.append(helper.make_node("Identity", [v.name], [out_name], name=f"out/{out_name}"))
-    p = Int8Pass(g, input_codes, next_use, bool(opts.get("faithful"))) if kernels in ("int8", "qdq") else None
+    trt = bool(opts.get("tensorrt"))  # TensorRT: its own fusions from the exact graph (qdq.to_qdq trt)
+    p = Int8Pass(g, input_codes, next_use, bool(opts.get("faithful"))) if kernels in ("int8", "qdq") and not trt \
+        else None
     calibrated = p.run() if p else []
-    if kernels == "qdq":  # the int8 pass's decisions, written as Q/DQ (qdq.from_qop)
+    if p and kernels == "qdq":  # the int8 pass's decisions, written as Q/DQ (qdq.from_qop)
         from_qop(g)
-    qdq_multipliers = to_qdq(g) if kernels == "qdq" else {}
+    qdq_multipliers = to_qdq(g, trt) if kernels == "qdq" else {}
+    halved = int8_activations(g) if trt else []
     codes = {"input": input_codes is not None, "features": p is not None and p.features is not None}
     # Height and width stay free unless a lowering depends on them (an adaptive pool to k x k).
     dims = (lambda t: ["batch", *t.shape[1:]]) if g.fixed_size or sample.dim() != 4 else \
@@ -115,7 +118,7 @@ def _graph_of(module: nn.Module, sample: torch.Tensor, kernels: str = "int8", in
                              producer_name="chaincomp", producer_version=__version__), \
         {"fused": g.fused, "calibrated": calibrated, "features": p.features if p else None,
          "multipliers": (p.multipliers if p else {}) | qdq_multipliers, "copied": p.copied if p else [],
-         "gemm": g.gemm}
+         "gemm": g.gemm, "halved": halved}
 
 
 def _torch_export(module: nn.Module, sample: torch.Tensor, path: Path, why: str) -> None:
@@ -154,7 +157,7 @@ def write_onnx(module: nn.Module, sample: torch.Tensor, path: Path, kernels: str
                             "activations, pooling, add/mul/cat and reshapes") from None
         _torch_export(module, sample, path, str(e))
         return "torch.onnx", {"fused": {}, "calibrated": [], "features": None, "multipliers": {}, "copied": [],
-                              "gemm": []}
+                              "gemm": [], "halved": []}
     onnx.checker.check_model(model)
     atomic_write_bytes(path, model.SerializeToString())  # temp file, fsync, rename: never half a graph
     return "chaincomp", done
@@ -222,17 +225,21 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
     if kernels not in KERNELS:
         raise UserError(f"--kernels: '{kernels}'; choose one of {', '.join(KERNELS)}")
     form = choose_weights(weights, target)
-    portable = form["form"] == "portable"
+    portable, trt = form["form"] == "portable", target == "tensorrt"
+    if trt and (kernels != "qdq" or not portable):
+        raise UserError("--target tensorrt: TensorRT reads the Q/DQ form with int8 weights; drop --format qop and "
+                        "--weights ort")
     path = Path(path)
     segs = segments_of(model)
-    files, pieces, fused, calibrated, codes, multipliers, copied, gemm = [], [], {}, [], None, {}, [], []
+    files, pieces, fused, calibrated, codes, multipliers, copied, gemm, halved = [], [], {}, [], None, {}, [], [], []
     for k, (seg, info) in enumerate(segs):
         f = path if len(segs) == 1 else path.with_name(f"{path.stem}.seg{k}{path.suffix or '.onnx'}")
         with torch.no_grad():
             out = seg.eval()(sample)
         four_d = isinstance(out, tuple) and out[0].dim() == 4
-        nxt = input_quant(segs[k + 1][0]) if k + 1 < len(segs) and four_d and not faithful else None
-        how, done = write_onnx(seg, sample, f, kernels, codes, nxt, {"portable": portable, "faithful": faithful})
+        nxt = input_quant(segs[k + 1][0]) if k + 1 < len(segs) and four_d and not (faithful or trt) else None
+        how, done = write_onnx(seg, sample, f, kernels, codes, nxt, {"portable": portable, "faithful": faithful,
+                                                                       "tensorrt": trt})
         if codes:
             info["input_codes"] = {"dtype": "uint8", "layout": "NHWC", "scale": codes.scale, "zero_point": codes.zp}
         codes = done["features"]
@@ -240,6 +247,7 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
         multipliers |= done["multipliers"]
         copied += done["copied"]
         gemm += done["gemm"]
+        halved += [h.split("/")[0] for h in done["halved"]]
         calibrated += [c.split("/")[0] for c in done["calibrated"]]
         sample = out[0] if isinstance(out, tuple) else sample
         files.append(f.name)
@@ -257,6 +265,8 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
     if layers and kernels in ("int8", "qdq"):
         kern["calibrated_scales"] = calibrated  # values PyTorch keeps in float, rounded to 8 bits here
         kern["second_copies"] = copied  # convs run again for a consumer at another scale (Int8Pass.copies)
+    if layers and trt:
+        kern["tensorrt"] = tensorrt_note(halved)
     return {"kind": "exits" if is_exit else ("quantized" if layers else "plain"), "files": files, "segments": pieces,
             "exit_rule": dict(model.exit_rule) if is_exit else None, "layers": layers, "kernels": kern,
             "weights": {**form, "uint8_layers": [n for n, v in layers.items() if v["weight_codes"] != "int8"]}}

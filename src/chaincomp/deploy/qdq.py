@@ -66,8 +66,11 @@ def from_qop(g: Graph) -> None:
     g.nodes = out
 
 
-def to_qdq(g: Graph) -> dict[str, list[int]]:
-    """Rewrite g in place; returns the per-channel code multipliers of layers that have them."""
+def to_qdq(g: Graph, trt: bool = False) -> dict[str, list[int]]:
+    """Rewrite g in place; returns the per-channel code multipliers of layers that have them. trt: TensorRT's
+    explicit-quantization form: the clip of a layer below 8 bits stays in float before its quantizer, float
+    biases, the model's very codes (no multiplier: it only serves an int32 bias), no requantizing Q -> DQ
+    after a conv (TensorRT fuses DQ -> Conv -> ReLU -> Q itself)."""
     a = g.arrays
     cons: dict[str, list] = {}
     for n in g.nodes:
@@ -93,7 +96,7 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
     for n in g.nodes:
         if id(n) in skip:
             continue
-        if n.op_type == "Clip" and len(cons.get(n.output[0], [])) == 1 and \
+        if not trt and n.op_type == "Clip" and len(cons.get(n.output[0], [])) == 1 and \
                 cons[n.output[0]][0].op_type == "QuantizeLinear" and n.input[1] in a:
             q = cons[n.output[0]][0]  # the clip of a layer below 8 bits: on the codes, after the quantizer
             s, zp = float(a[q.input[1]]), int(a[q.input[2]])
@@ -121,7 +124,7 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
                      layer, axis=1)
             bs = (np.float32(sx) * (mult / sx).astype(np.float32)).astype(np.float32)
             bias = np.round(b / np.maximum(bs.astype(np.float64), 1e-30))
-            if g.linear_rank.get(layer) == 2 and np.abs(bias).max(initial=0) < 2 ** 31:
+            if not trt and g.linear_rank.get(layer) == 2 and np.abs(bias).max(initial=0) < 2 ** 31:
                 # Gemm with an int32 bias at s_x * s_w: ORT fuses DQ, DQ, DQ -> Gemm into QGemm (float out)
                 bdq = op("DequantizeLinear", [g.init(bias.astype(np.int32), f"{layer}.bias_int32"),
                                               g.init(bs, f"{layer}.b_scale"),
@@ -133,7 +136,7 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
             op("Add", [y, c[3].input[1]], layer, output=c[3].output[0])
             continue
         q = a[w].astype(np.int16) - wz
-        k = np.maximum(1, 64 // np.maximum(np.abs(q).reshape(q.shape[0], -1).max(1), 1)) if wz == 0 else \
+        k = np.maximum(1, 64 // np.maximum(np.abs(q).reshape(q.shape[0], -1).max(1), 1)) if wz == 0 and not trt else \
             np.ones(q.shape[0], np.int64)
         sign = np.where(mult < 0, -1, 1)
         sw = np.abs(mult) / sx / k
@@ -146,7 +149,9 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
         bs = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
         bias = np.round(b / np.maximum(bs.astype(np.float64), 1e-30))
         attrs = {at.name: helper.get_attribute_value(at) for at in n.attribute}
-        if (sw > 0).all() and np.abs(bias).max() < 2 ** 31:
+        if trt:
+            op("Conv", [xdq, wdq, g.f32(b, f"{layer}.bias")], layer, output=c[3].output[0], **attrs)
+        elif (sw > 0).all() and np.abs(bias).max() < 2 ** 31:
             bdq = op("DequantizeLinear", [g.init(bias.astype(np.int32), f"{layer}.bias_int32"), g.init(bs, f"{layer}.b_scale"),
                                           g.init(np.zeros(sw.size, np.int32), f"{layer}.b_zp")], layer, axis=0)
             convs.add(op("Conv", [xdq, wdq, bdq], layer, output=c[3].output[0], **attrs))
@@ -154,8 +159,37 @@ def to_qdq(g: Graph) -> dict[str, list[int]]:
         else:  # a dead channel or a bias beyond int32: float bias
             y = op("Conv", [xdq, wdq], layer, **attrs)
             op("Add", [y, c[3].input[1]], layer, output=c[3].output[0])
-    g.nodes = _requantize_outputs(g, out, convs, float_bias)
+    g.nodes = out if trt else _requantize_outputs(g, out, convs, float_bias)
     return multipliers
+
+
+def int8_activations(g: Graph) -> list[str]:
+    """TensorRT reads int8 Q/DQ with zero point 0 only: rewrite each activation QuantizeLinear (uint8) and the
+    DequantizeLinear reading its codes. Zero point 128 (signed values) becomes int8 codes, exact; zero point 0
+    too while the codes stay <= 127 (below 8 bits, said by the float Clip before it). 8-bit unsigned codes
+    (0..255) cannot: they get scale 2s, one bit fewer than the model's (returned by value name; the export
+    check measures what it costs)."""
+    a = g.arrays
+    prod = {o: n for n in g.nodes for o in n.output}
+    halved = []
+    for q in [n for n in g.nodes if n.op_type == "QuantizeLinear" and a[n.input[2]].dtype == np.uint8]:
+        s, zp, p = float(a[q.input[1]]), int(a[q.input[2]]), prod.get(q.input[0])
+        clip = p is not None and p.op_type == "Clip" and len(p.input) > 2 and p.input[2] in a
+        if zp == 0 and not (clip and round(float(a[p.input[2]]) / s) <= 127):
+            # uint8 saturated negatives to 0 and codes at 255; int8 codes would go negative: clip in float first
+            lo_hi = [g.f32(np.float32(0), "lo"), g.f32(np.float32(255 * s), "hi")]
+            clipped = g._name(f"{q.output[0].split('/')[0]}/Clip")
+            g.nodes.insert(next(i for i, n in enumerate(g.nodes) if n is q), helper.make_node("Clip", [q.input[0], *lo_hi], [clipped], name=clipped))
+            halved.append(q.input[0])
+            q.input[0], s = clipped, s * 2
+        elif zp not in (0, 128):
+            raise ValueError(f"activation zero point {zp}: not a chaincomp quantizer")
+        hint = q.output[0].split("/")[0]
+        names = g.f32(np.float32(s), f"{hint}.scale"), g.init(np.array(0, np.int8), f"{hint}.zp")
+        for n in g.nodes:
+            if n is q or (n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]):
+                n.input[1], n.input[2] = names
+    return halved
 
 
 CODE_OPS = ("Relu", "MaxPool", "Flatten")

@@ -47,3 +47,14 @@ def choose_weights(weights: str = "auto", target: str = "ort", machine: str | No
     else:
         form, why = "portable", "target ort on a CPU whose int8 kernels do not saturate (VNNI or not x86)"
     return {"form": form, "asked": weights, "target": target, "why": why}
+
+
+def tensorrt_note(halved: list[str]) -> dict:
+    """The manifest's word on a TensorRT file (qdq.int8_activations): what TensorRT gets, and the values
+    whose 8-bit unsigned codes run at twice the scale (int8 with zero point 0 cannot hold 0..255)."""
+    return {"activations": "int8, zero point 0 (TensorRT's explicit quantization); float between layers, "
+                           "TensorRT fuses DQ -> Conv -> ReLU -> Q itself",
+            "halved": halved,
+            "note": (f"{len(halved)} value(s) with 8-bit unsigned codes run at twice the scale (7 bits) since int8 "
+                     "with zero point 0 cannot hold 0..255; the check measures what that costs") if halved else
+                    "every activation code is the model's own"}
