@@ -97,7 +97,7 @@ def test_export_run_rounding(runs, tmp_path, monkeypatch):
     assert fast["kernels"]["rounding"] == "fast" and faithful["kernels"]["rounding"] == "faithful"
     assert all("input_codes" in s for s in fast["segments"][1:])
     assert not any("input_codes" in s for s in faithful["segments"])
-    assert "rounding faithful" in faithful["kernels"]["note"]
+    assert "only where PyTorch quantizes" in faithful["kernels"]["note"]
 
     real, calls = ex.check, []
 

@@ -17,7 +17,6 @@ lowering here goes through torch.onnx (TorchScript) instead.
 """
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from .int8 import Codes, Int8Pass, QUse, input_quant
 from .qdq import from_qop, int8_activations, to_qdq
 from .lowering import INTEGER_OPS, IR_VERSION, OPSET, Graph, Unsupported, Val, lower, may_saturate
 from .runtime import Deployed, optimized_ops, ort_metric
+from .kernels import kernel_note
 from .targets import choose_weights, tensorrt_note
 
 class Segment(nn.Module):
@@ -172,37 +172,6 @@ def quant_layers(model: nn.Module, portable: bool = False) -> dict[str, dict]:
             for n, m in model.named_modules() if isinstance(m, QUANT_TYPES)}
 
 
-def kernel_note(layers: dict[str, dict], kernels: str = "int8") -> dict:
-    """What the recipe asked for versus what the runtime computes with (layers carry their op)."""
-    if not layers:
-        return {"kind": "fp32", "kernel_bits": 32, "note": "float model: FP32 kernels"}
-    pairs = sorted({(v["weight_bits"], v["act_bits"]) for v in layers.values()})
-    asked = ", ".join(f"W{w}A{a}" for w, a in pairs)
-    n = Counter(v["op"] for v in layers.values())
-    fused = n["QLinearConv"]
-    ops = ", ".join(f"{k} {what}" for k, what in ((fused, "conv layers on QLinearConv"),
-                                                   (n["ConvInteger"], "conv layers on ConvInteger"),
-                                                   (n["MatMulInteger"], "linear layers on MatMulInteger")) if k)
-    ops += " (int32 accumulation; ConvInteger/MatMulInteger with a float rescale)"
-    if kernels == "int8":
-        ops += "; 8-bit codes flow between layers (ReLU, MaxPool, residual QLinearAdd, pools on codes)"
-    if kernels == "qdq":
-        ops = (f"Q/DQ form (QuantizeLinear/DequantizeLinear around standard Conv/Gemm/Add/pools): the int8 pass's "
-               f"graph written portably, exact weight codes with per-channel scales, the QAT activation scales, "
-               f"8-bit codes between layers and between exit segments; ORT fuses it into the same kernels "
-               f"({fused} conv layers on QLinearConv, {n['QGemm']} linear layers on QGemm; see ort_ops)")
-    low = any(w < 8 or a < 8 for w, a in pairs)
-    bits = (f"recipe bits {asked}; ONNX Runtime has no kernels below 8 bits, so the values are kept exactly "
-            "in 8-bit containers and run on 8-bit kernels: bits below 8 bring no extra speed here" if low
-            else f"recipe bits {asked}")
-    wide = sum(v.get("weight_codes") == "uint8+128" for v in layers.values())
-    if wide:
-        ops += (f"; {wide} layer(s) keep their weight codes as uint8 + 128: 8-bit inputs times weight codes "
-                "beyond 64 can saturate ORT's uint8 x int8 kernels on x86 CPUs without VNNI")
-    return {"kind": "int8", "kernel_bits": 8, "recipe_bits": [f"W{w}A{a}" for w, a in pairs], "mode": kernels,
-            "qlinear_layers": fused, "note": f"{bits}. {ops}"}
-
-
 def calibration_input(data, n: int = 256) -> torch.Tensor:
     """The export sample: the first `n` training inputs (one when the split is not stacked). Besides
     fixing shapes, it calibrates the few int8 scales the model itself does not have."""
@@ -261,7 +230,7 @@ def export_model(model: nn.Module, sample: torch.Tensor, path: str | Path, kerne
     for name in multipliers:  # stored codes = model's codes x k per output channel (Int8Pass.conv, to_qdq)
         layers[name]["code_multiplier"] = multipliers[name]
     is_exit = isinstance(model, ExitNetwork)
-    kern = kernel_note(layers, kernels)
+    kern = kernel_note(layers, kernels, "tensorrt" if trt else "faithful" if faithful else "fast")
     if layers and kernels in ("int8", "qdq"):
         kern["calibrated_scales"] = calibrated  # values PyTorch keeps in float, rounded to 8 bits here
         kern["second_copies"] = copied  # convs run again for a consumer at another scale (Int8Pass.copies)
@@ -389,9 +358,6 @@ def _export(run, run_dir: Path, path: Path, tolerance: float, kernels: str, echo
              "exported with --rounding faithful")
     if desc["layers"] and kernels != "exact":
         desc["kernels"]["rounding"] = "faithful" if faithful else "fast"
-        if faithful:
-            desc["kernels"]["note"] += ("; rounding faithful: codes only where PyTorch quantizes, the values it "
-                                        "keeps in float (residual streams, features between exit segments) stay float")
     files = [path.parent / f for f in desc["files"]]
     ops = optimized_ops(files)
     manifest = {"format": 1, "chaincomp": __version__, "run": str(run_dir.resolve()), "stage": run.stage,
