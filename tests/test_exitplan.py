@@ -55,3 +55,28 @@ def test_export_drops_exits_by_an_injected_cost_table(tmp_path):
     assert export_run(run_dir, tmp_path / "a.onnx", data=data, echo=lambda s: None)["exit_plan"] is None
     with pytest.raises(SystemExit):
         main(["export", str(run_dir), "--exits", "some"])
+
+
+def test_the_driver_step_is_a_cost_of_every_exit_but_the_last():
+    """The driver's own work after an exit (ExitRunner.step: the rule, the pending rows' features) is paid by
+    every row reaching a kept exit; none after the final head."""
+    base = {"blocks": [1, 1, 10], "heads": [0.5, 6, 1], "call": 0.1}
+    with_driver = base | {"driver": 0.4}
+    assert expected_ms(FIRES, (), with_driver) == pytest.approx(expected_ms(FIRES, (), base))
+    # kept exit 0: every row pays the driver once (0.4), half of them go on
+    assert expected_ms(FIRES, (0,), with_driver) == pytest.approx(expected_ms(FIRES, (0,), base) + 0.4)
+    e0 = plan(FIRES, with_driver)["exits"][0]
+    assert e0["cost_ms"] == pytest.approx(1.0) and "driver 0.4 ms" in e0["reason"] or e0["kept"]
+
+
+def test_measured_costs_include_the_driver(tmp_path):
+    """The measured table has a driver entry timed on runtime.ExitRunner.step itself (a value, not asserted
+    against wall time beyond being a time)."""
+    from chaincomp.deploy.exitplan import measure_costs
+    from chaincomp.deploy.export import Segment, calibration_input, write_onnx
+
+    data = tiny_digits()
+    model = load_run(make_run(tmp_path, "exits", data), data=data).model
+    costs = measure_costs(model, calibration_input(data), write_onnx, Segment, runs=5)
+    assert costs["driver"] > 0 and len(costs["heads"]) == len(model.exit_points) + 1
+    assert "ExitRunner.step" in costs["how"]

@@ -1,9 +1,11 @@
 """Exits where they pay: which exits of an exit network to keep in the exported files.
 
-Every kept exit costs each row that reaches it one more session call and its head; it saves, for the
-rows whose rule fires there, everything after it. Both are measured: a cost table (ms per row: each
-stretch of blocks between exit points, each head, one session call) timed in ONNX Runtime on the
-exported pieces, and which exit fires for which row (the rule on the validation split, in PyTorch).
+Every kept exit costs each row that reaches it one more session call, its head and the driver's own
+work (the rule on its logits, the pending rows' features copied on); it saves, for the rows whose rule
+fires there, everything after it. Both are measured: a cost table (ms per row: each stretch of blocks
+between exit points, each head, one session call in ONNX Runtime on the exported pieces, one driver
+step of runtime.ExitRunner), and which exit fires for which row (the rule on the validation split, in
+PyTorch).
 The plan is the set of exits with the lowest expected time per row (every subset up to 12 exits,
 greedy beyond); dropping an exit merges its segment with the next (one session call fewer). Each
 exit's saving and cost under that plan, and why it was dropped or kept, go to the manifest.
@@ -20,7 +22,7 @@ import torch
 
 from ..exits.model import ExitNetwork
 from ..exits.rules import fires
-from .runtime import session
+from .runtime import ExitRunner, session
 
 
 def fires_matrix(model: ExitNetwork, data, split: str = "val") -> np.ndarray:
@@ -36,11 +38,11 @@ def fires_matrix(model: ExitNetwork, data, split: str = "val") -> np.ndarray:
 
 def expected_ms(fires: np.ndarray, kept: tuple[int, ...], costs: dict) -> float:
     """Mean time per row with only the exits `kept` (indices into the exit points)."""
-    blocks, heads, call = costs["blocks"], costs["heads"], costs["call"]
+    blocks, heads, call, driver = costs["blocks"], costs["heads"], costs["call"], costs.get("driver", 0.0)
     n, e = fires.shape
     total, start, pending = 0.0, 0, np.ones(n, bool)
-    for k in [*kept, e]:  # e: the final segment (its head is heads[e])
-        seg = call + sum(blocks[start:k + 1]) + heads[k]
+    for k in [*kept, e]:  # e: the final segment (its head is heads[e]; no rule after it)
+        seg = call + sum(blocks[start:k + 1]) + heads[k] + (driver if k < e else 0.0)
         total += pending.sum() * seg
         if k < e:
             pending &= ~fires[:, k]
@@ -69,7 +71,7 @@ def plan(fires: np.ndarray, costs: dict, exhaustive_up_to: int = 12) -> dict:
         earlier = [x for x in best if x < k]
         reached = ~fires[:, earlier].any(1) if earlier else np.ones(len(fires), bool)
         reach = float(reached.mean()) if len(fires) else 0.0
-        cost = reach * (costs["heads"][k] + costs["call"])
+        cost = reach * (costs["heads"][k] + costs["call"] + costs.get("driver", 0.0))
         saving = cost + expected_ms(fires, without, costs) - expected_ms(fires, with_k, costs)
         keep = k in best
         exits.append({"exit": k, "kept": keep, "saving_ms": round(saving, 6), "cost_ms": round(cost, 6),
@@ -77,7 +79,8 @@ def plan(fires: np.ndarray, costs: dict, exhaustive_up_to: int = 12) -> dict:
                       "rows_exiting": round(float((reached & fires[:, k]).mean()) if len(fires) else 0.0, 4),
                       "reason": (f"kept: saving {saving:.4g} ms/row, cost {cost:.4g} ms/row" if keep else
                                  f"dropped: saving {saving:.4g} ms/row < cost {cost:.4g} ms/row (head "
-                                 f"{costs['heads'][k]:.4g} + session call {costs['call']:.4g} ms, for "
+                                 f"{costs['heads'][k]:.4g} + session call {costs['call']:.4g} + driver "
+                                 f"{costs.get('driver', 0.0):.4g} ms, for "
                                  f"{reach:.0%} of rows reaching it)")})
     return {"kept": list(best), "expected_ms": round(expected_ms(fires, best, costs), 6),
             "expected_ms_all_exits": round(expected_ms(fires, tuple(range(e)), costs), 6), "exits": exits}
@@ -144,10 +147,30 @@ def measure_costs(model: ExitNetwork, sample: torch.Tensor, write, segment, batc
             with torch.no_grad():
                 for _, m in items:
                     x = m(x)
+                if k == 0:
+                    driver = _time_driver(model.exit_rule, x, head(x), batch, runs)
             start = p + 1
-    return {"blocks": blocks, "heads": head_ms, "call": call / batch, "batch": batch, "threads": threads,
-            "runs": runs, "how": "ORT medians of the Q/DQ pieces; blocks = stretch - call, head = stretch with "
-                                 "head - stretch"}
+    return {"blocks": blocks, "heads": head_ms, "call": call / batch, "driver": driver / batch, "batch": batch,
+            "threads": threads, "runs": runs,
+            "how": "ORT medians of the Q/DQ pieces; blocks = stretch - call, head = stretch with head - stretch; "
+                   "driver = one ExitRunner.step after the first exit (the rule, the pending rows' features)"}
+
+
+def _time_driver(rule: dict, feats: torch.Tensor, logits: torch.Tensor, batch: int, runs: int) -> float:
+    """Median ms of the driver's own work after an exit (runtime.ExitRunner.step) at `batch` rows, on the
+    first exit's real features and logits, none of the rows leaving (the copy of every row is the worst case)."""
+    import time
+
+    runner = ExitRunner([], dict(rule, threshold=float("inf")) if rule["criterion"] != "entropy" else
+                        dict(rule, threshold=float("-inf")))
+    res = [np.ascontiguousarray(np.resize(t[:1].numpy(), (batch, *t.shape[1:])), np.float32) for t in (feats, logits)]
+    out, idx, rows = np.empty_like(res[1]), np.zeros(batch, np.int64), np.arange(batch)
+    ms = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner.step(res, rows, 0, out, idx)
+        ms.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(ms))
 
 
 def apply(model, data, sample: torch.Tensor, write, segment, costs: dict | None = None, batch: int = 1,

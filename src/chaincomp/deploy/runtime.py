@@ -164,12 +164,18 @@ class ExitRunner:
             if k == last:
                 out[rows] = logits
                 break
-            fire = self.fires(logits, k)
-            out[rows[fire]], idx[rows[fire]] = logits[fire], k
-            rows, feats = rows[~fire], np.ascontiguousarray(res[0][~fire])
+            rows, feats = self.step(res, rows, k, out, idx)
             if rows.size == 0:
                 break
         return out, idx
+
+    def step(self, res: list[np.ndarray], rows: np.ndarray, k: int, out: np.ndarray, idx: np.ndarray) -> tuple:
+        """The driver's own work after exit k: rows whose rule fires leave with their logits (written into out
+        and idx); the rest go on with their features (exitplan times this as the driver's cost)."""
+        logits = res[-1]
+        fire = self.fires(logits, k)
+        out[rows[fire]], idx[rows[fire]] = logits[fire], k
+        return rows[~fire], np.ascontiguousarray(res[0][~fire])
 
     def all_outputs(self, x: np.ndarray) -> list[np.ndarray]:
         outs, feats = [], x
