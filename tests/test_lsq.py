@@ -64,6 +64,17 @@ def test_act_step_gradient_is_scaled_by_features_per_sample(signed):
     assert torch.allclose(m.act_scale.grad, want, rtol=1e-4)
 
 
+def test_an_uncalibrated_layer_starts_from_its_first_batch_then_learns():
+    m = lsq_layer(2).train()                      # e.g. a new exit head: never calibrated
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(4))
+    m(x)
+    assert m.act_scale.item() == pytest.approx(x.abs().max().item() / 127) and bool(m.calibrated)
+    with torch.no_grad():
+        m.act_scale.fill_(0.5)
+    m(x * 10)                                     # no tracking after that: the step is the optimizer's
+    assert m.act_scale.item() == 0.5
+
+
 def toy_data():
     d = load_digits_data(seed=0)
     d.train = Split(d.train.x[:400], d.train.y[:400])
