@@ -47,6 +47,17 @@ def test_weight_step_gradient_is_lsqs_scaled_by_one_over_sqrt_n_qp(bits):
     assert torch.allclose(m.weight.grad, torch.where(inside, r, 0.0))    # straight through inside the range
 
 
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_the_codes_and_steps_export_reads_are_the_forward_pass(bits):
+    m = lsq_layer(bits)
+    with torch.no_grad():
+        m.weight_step.mul_(0.7)
+    q, s = m.integer_weight()
+    assert torch.equal(s, m.weight_step.detach()) and torch.equal(q, q.round())
+    assert torch.equal(q * s, m.quant_weight().detach())
+    assert q.abs().max() <= (1 if bits == 1 else 2 ** (bits - 1) - 1)
+
+
 @pytest.mark.parametrize("signed", [True, False])
 def test_act_step_gradient_is_scaled_by_features_per_sample(signed):
     m = lsq_layer(2)

@@ -37,9 +37,10 @@ def _ste_round(x: torch.Tensor) -> torch.Tensor:
 
 def grad_scale(x: torch.Tensor, g: float | torch.Tensor) -> torch.Tensor:
     """x in the forward pass, g * dL/dx in the backward: LSQ's g = 1/sqrt(N * Q_P) keeps a step size's
-    update in proportion to its value (unscaled, it summed N gradients and jumped)."""
+    update in proportion to its value (unscaled, it summed N gradients and jumped). The forward value is
+    x exactly (x + 0), so the step the model computes with is the one export and the ledger read."""
     y = x * g
-    return (x - y).detach() + y
+    return x.detach() + (y - y.detach())
 
 
 def weight_levels(bits: int) -> int:
