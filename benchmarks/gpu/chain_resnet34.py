@@ -4,7 +4,8 @@ Paper: 859x fewer BitOps at -0.09 points. Target here: >= 1000x at <= 0.1 points
 chaincomp's ledger (first/last layers at their real 8 bits, every exit head passed counted). The
 baseline is `cifar10_resnet34_converge` (trained once into the baseline cache, reused on a rerun);
 the chain distils into a half-width ResNet-34, prunes half the channels in two steps, quantizes to
-2-bit weights / 8-bit activations with QAT, and adds two exits. Sized for 9 minutes on one H200
+2-bit weights / 8-bit activations with QAT and learned step sizes (`scales: lsq`, the issue's fallback
+when min-max/MSE scales do not hold accuracy at 1-2 bits), and adds two exits. Sized for 9 minutes on one H200
 (estimates from ../shared/device/README.md's throughputs; NOT yet run on a GPU).
 
     python benchmarks/gpu/chain_resnet34.py OUT [--device cuda]      # full size (CIFAR-10)
@@ -22,7 +23,7 @@ CHAIN = [
     {"technique": "prune", "ratio": 0.5, "importance": "l2", "global": False, "steps": 2, "epochs": 20, "lr": 0.02,
      "batch_size": 256},
     {"technique": "quantize", "weight_bits": 2, "act_bits": 8, "first_last_bits": 8, "mode": "qat",
-     "calibration": "mse", "epochs": 30, "lr": 0.01, "batch_size": 256},
+     "calibration": "mse", "scales": "lsq", "epochs": 30, "lr": 0.01, "batch_size": 256},
     {"technique": "early_exit", "points": [6, 12], "criterion": "confidence", "max_drop": 0.1, "epochs": 10,
      "lr": 0.01, "batch_size": 256},
 ]

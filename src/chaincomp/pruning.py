@@ -13,6 +13,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import UserError
+from .qmodules import drop_out_channels, step_sizes
 from .train import as_list
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -95,10 +96,23 @@ def make_pruner(model: nn.Module, example: torch.Tensor, *, importance: str = "l
                         f"({type(e).__name__}: {first})") from None
 
 
+def prune_step(pruner: tp.pruner.MetaPruner, model: nn.Module) -> None:
+    """One pruning step. Learned per-channel step sizes (LSQ) are no weight Torch-Pruning knows: each
+    group is pruned here, and those steps lose the output channels their layer loses."""
+    if not step_sizes(model):
+        pruner.step()
+        return
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:
+            if pruner.DG.is_out_channel_pruning_fn(dep.handler):
+                drop_out_channels(dep.target.module, [getattr(i, "idx", i) for i in idxs])
+        group.prune()
+
+
 def prune_to_shares(model: nn.Module, kept: dict[str, float], example: torch.Tensor) -> None:
     """Keep `kept[name]` of each named layer's output channels, couplings kept consistent. Which channels go
     does not matter for a freshly initialised model (a distilled student that must match a pruned teacher)."""
     layers = weighted_layers(model)
     ratios = {layers[n]: 1 - k for n, k in kept.items() if n in layers}
     if ratios:
-        make_pruner(model, example[:2], ratio=0.0, global_pruning=False, ratios=ratios).step()
+        prune_step(make_pruner(model, example[:2], ratio=0.0, global_pruning=False, ratios=ratios), model)

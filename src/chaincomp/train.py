@@ -26,6 +26,7 @@ from .data.base import Split, TaskData
 from .errors import DivergenceError
 from .exits.model import ExitNetwork
 from .exits.rules import choose_exits, gather_outputs
+from .qmodules import is_quantized, step_sizes
 
 LossFn = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
 CHECK_EVERY = 50   # steps between reads of the loss on a GPU (each read waits for the device)
@@ -56,8 +57,6 @@ def _inputs(x: torch.Tensor, device: torch.device, channels_last: bool = False) 
 def _autocast(data: TaskData, model: nn.Module):
     """bf16 autocast for float models on CUDA when the recipe asks (`amp: true`); quantized layers keep
     fp32 so their integer grids stay exact."""
-    from .qmodules import is_quantized
-
     if data.amp and data.device.type == "cuda" and not is_quantized(model):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -108,6 +107,11 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
     gen = torch.Generator().manual_seed(seed)   # on the CPU on every device: the same batches everywhere
     torch.manual_seed(seed)
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    steps = {id(p) for p in step_sizes(model)}
+    if any(id(p) in steps for p in params):   # learned step sizes (LSQ) take no weight decay: it would shrink them
+        groups = [{"params": [p for p in params if id(p) not in steps]},
+                  {"params": [p for p in params if id(p) in steps], "weight_decay": 0.0}]
+        params = [g for g in groups if g["params"]]
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:

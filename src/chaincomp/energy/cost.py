@@ -110,15 +110,21 @@ def run_hooked_once(model: nn.Module, sample: torch.Tensor, handles: list) -> No
         model.train(was)
 
 
+def _step_ids(model: nn.Module) -> set[int]:
+    """Learned quantizer step sizes (LSQ): scales, counted as the fixed ones are (or not at all), not weights."""
+    return {id(p) for m in model.modules() for p in (m.step_sizes() if hasattr(m, "step_sizes") else ())}
+
+
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    steps = _step_ids(model)
+    return sum(p.numel() for p in model.parameters() if id(p) not in steps)
 
 
 def size_bytes(model: nn.Module) -> int:
     """Bytes to store the model at its stored precision: quantized weights at their bits (plus one
     fp32 scale per output channel), everything else (biases, BN, FP layers) at 32 bits."""
     total = 0.0
-    quant_weights = set()
+    quant_weights = _step_ids(model)
     for m in model.modules():
         if hasattr(m, "weight_bits") and isinstance(m, (nn.Conv2d, nn.Linear)):
             total += m.weight.numel() * m.weight_bits / 8 + m.weight.shape[0] * 4

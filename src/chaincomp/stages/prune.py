@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..pruning import make_pruner
+from ..pruning import make_pruner, prune_step
 from ..train import as_list, multi_loss
 from .base import Context, Stage, StageConfig
 from .registry import register
@@ -69,7 +69,7 @@ class Prune(Stage):
                                                generator=torch.Generator().manual_seed(ctx.seed + i)))
                 model.zero_grad()
                 multi_loss(data, as_list(model(x)), y).backward()
-            pruner.step()
+            prune_step(pruner, model)
             model.zero_grad(set_to_none=True)
             ctx.fit(model, c.fit_config(per_step[i]))
         return model

@@ -2,6 +2,8 @@
 scales, first/last-layer and per-layer overrides; quantization-aware training with a
 straight-through estimator (mode qat) or post-training calibration (mode ptq) by min-max,
 percentile or MSE (outlier-aware) ranges. A pruned model stays pruned; exit heads are quantized too.
+`scales: lsq` learns the step sizes in QAT (LSQ, Esser et al. 2020: weights per channel, activations per
+layer, started from the calibrated scales), for 1-2-bit weights where fixed min-max/MSE scales lose accuracy.
 
 Recipe:
     - technique: quantize
@@ -10,6 +12,7 @@ Recipe:
       first_last_bits: 8     # null: same bits everywhere
       mode: qat              # qat | ptq
       calibration: mse       # minmax | percentile | mse
+      scales: fixed          # fixed | lsq (learned step sizes; needs mode qat)
       overrides: {"blocks.0.*": {weight_bits: 8}}
       epochs: 10
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 from itertools import islice
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 from torch import nn
 
 from ..arch import record, resync_fmc
@@ -51,6 +54,19 @@ class QuantizeConfig(StageConfig):
     calibration_batches: int = Field(8, ge=1, le=10_000)
     overrides: dict[str, LayerBits] = {}
     lr: float = Field(0.005, gt=0, le=10)
+    scales: Literal["fixed", "lsq"] = Field("fixed", description="fixed: weight scales from the weight, activation "
+                                            "scales tracked; lsq: step sizes learned in QAT (Esser et al. 2020)")
+
+    @model_validator(mode="after")
+    def _lsq_learns(self) -> "QuantizeConfig":
+        if self.scales == "lsq" and self.mode != "qat":
+            raise ValueError("scales: lsq learns the step sizes during QAT; set mode: qat (or scales: fixed)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):   # recipes written before `scales` keep their digest
+        d = handler(self)
+        return {k: v for k, v in d.items() if k != "scales" or v != "fixed"}
 
 
 @register
@@ -77,7 +93,8 @@ class Quantize(Stage):
             raise UserError(f"chain.{ctx.stage_index}: quantize has no quantized layer for module {other[0]} "
                             f"({type(other[1]).__name__}); only Conv2d and Linear layers are quantized")
         overrides = {k: {f: v for f, v in o.model_dump().items() if v is not None} for k, o in c.overrides.items()}
-        plan = QuantPlan(c.weight_bits, c.act_bits, c.first_last_bits, c.per_channel, c.weight_scale, overrides)
+        plan = QuantPlan(c.weight_bits, c.act_bits, c.first_last_bits, c.per_channel, c.weight_scale, overrides,
+                         c.scales)
         model = self.replay(model, {"type": "quantize", "plan": plan.to_dict()}, ctx.data.sample_input())
         dev = ctx.data.device
         batches = (x for x, _ in islice(ctx.data.train.batches(c.batch_size, device=dev), c.calibration_batches))
