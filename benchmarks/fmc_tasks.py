@@ -27,10 +27,10 @@ def _db(row: dict) -> str:
 
 def summarise(folder: Path) -> list[str]:
     res = json.loads((folder / "fmc.json").read_text())
-    base = {(b.get("task_index", b["dataset"]), b["bits_in"], b["method"]): b for b in res["baselines"]}
+    base = {(b.get("task_index", b["dataset"]), b.get("codec"), b["bits_in"], b["method"]): b for b in res["baselines"]}
     lines = []
     for r in res["tasks"]:
-        key = (r.get("task_index", r["dataset"]), r["bits_in"])
+        key = (r.get("task_index", r["dataset"]), r.get("codec"), r["bits_in"])  # a fine-tuned row: its codec's baselines
         mm, sm = base.get((*key, "minmax")), base.get((*key, "single_mode"))
         loss = {m: r["metric_raw"] - r[f"metric_{m}"] for m in ("cbr", "vbr")}
         beats = all(b is None or r[f"metric_{m}"] >= b[f"metric_{m}"] for b in (mm, sm) for m in ("cbr", "vbr"))
@@ -38,7 +38,7 @@ def summarise(folder: Path) -> list[str]:
         ratio_ok = ("yes" if r["ratio_cbr"] >= 4 else "no") if r["bits_in"] == 16 else "n/a"
         agree = " / ".join(f"{x['agree_cbr']:.2f}" if x.get("agree_cbr") is not None else "-" for x in (r, mm, sm))
         lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['bits_in']} | {r['metric_name']} | {r['metric_raw']:.3f} "
+            f"| {r['dataset']} | {r['model']} {r.get('codec', '')} ft {r.get('finetune_epochs', 0)} | {r['bits_in']} | {r['metric_name']} | {r['metric_raw']:.3f} "
             f"| {r['metric_cbr']:.3f} ({-loss['cbr']:+.3f}) | {r['ratio_cbr']:.2f} "
             f"| {r['metric_vbr']:.3f} ({-loss['vbr']:+.3f}) | {r['ratio_vbr']:.2f} "
             f"| {mm['metric_cbr']:.3f} / {sm['metric_cbr']:.3f} | {_db(r)} / {_db(mm)} / {_db(sm)} | {ratio_ok} "

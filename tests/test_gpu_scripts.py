@@ -43,3 +43,16 @@ def test_deploy_resnet56_smoke(tmp_path):
 def test_speed_resnet56_smoke(tmp_path):
     s = run_script("speed_resnet56", tmp_path)
     assert s["float_epoch_s"] > 0 and s["qat_w4a4_epoch_s"] > 0 and s["host_syncs_in_one_qat_epoch"] is None
+
+
+@pytest.mark.slow
+def test_fmc_paper_smoke(tmp_path):
+    s = run_script("fmc_paper", tmp_path)
+    assert s["ran_on_gpu"] is False
+    keys = list(s["tasks"])
+    for want in ("[paper] ft 0", "[paper] ft 1", "[1x8x8 k3] ft 0", "[1x8x8 k3] ft 1", "val (smoke stand-in"):
+        assert any(want in k for k in keys), (want, keys)
+    paper = next(v for k, v in s["tasks"].items() if k.startswith("digits/test") and "[paper] ft 1" in k)
+    assert paper["vbr_ratio_by_map"] and "loss_cbr_vs_control" in paper and paper["ratio_cbr"] > 3.5
+    assert all(t["device"] == "cpu" and t["encode_mbps_cbr"] > 0 for t in s["throughput_on_device"].values())
+    assert (tmp_path / "fmc" / "fmc.json").is_file()

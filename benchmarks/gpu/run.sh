@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check NAME (chain_resnet34, deploy_resnet56, speed_resnet56: benchmarks/gpu/NAME.py) at full size on the
+# GPU check NAME (chain_resnet34, deploy_resnet56, fmc_paper, speed_resnet56: benchmarks/gpu/NAME.py) at full size on the
 # device (see benchmarks/gpu/README.md). On the GPU machine, from the project root:
 #   source .device/setup.sh || exit 1; set -o pipefail; bash benchmarks/gpu/run.sh NAME 2>&1 | tee LOG
 # Results go to ${OUT:-/tmp/results}/NAME (summary.json, summary.md, the run folder), or to DEST if given.

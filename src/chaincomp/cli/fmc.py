@@ -14,7 +14,8 @@ def _cmd_fmc(args: argparse.Namespace) -> int:
     out = prepare_output(args.out or output_dir_for(cfg.name, "runs"))
     res = run_fmc(cfg, out, resume=args.resume)
     for r in res["tasks"]:
-        print(f"{r['dataset']} {r['model']} {r['bits_in']}-bit: {r['metric_name']} raw {r['metric_raw']:.3f}  "
+        ft = f" fine-tuned {r['finetune_epochs']} ep" if r.get("finetune_epochs") else ""
+        print(f"{r['dataset']} {r['model']} [{r['codec']}{ft}] {r['bits_in']}-bit: {r['metric_name']} raw {r['metric_raw']:.3f}  "
               f"CBR {r['metric_cbr']:.3f} @ {r['ratio_cbr']:.2f}x  VBR {r['metric_vbr']:.3f} @ {r['ratio_vbr']:.2f}x")
     print(f"results: {out / 'fmc.json'}  report: {out / 'fmc.md'}")
     return 0

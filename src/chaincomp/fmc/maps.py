@@ -2,6 +2,8 @@
 stage and the fmc study. Points are found by tracing the model (module calls and map shapes), or named.
 
 The transform `{"type": "fmc", "points": {name: block}, "codec": {...}}` is what a checkpoint records;
+a point's block may carry a 4th entry, that map's index bits (`point_codec`: finer points on the maps
+where a rate allocation measured it to help);
 `attach` replays it (replacing earlier fmc hooks on the model, so maps are never coded twice).
 """
 from __future__ import annotations
@@ -68,6 +70,12 @@ def fit_block(block: tuple[int, int, int], shape: tuple) -> list[int]:
     return [max(1, min(c, bc * math.ceil(bh * bw / (h2 * w2)), 1024 // (h2 * w2))), h2, w2]
 
 
+def point_codec(spec, codec: dict) -> tuple[tuple[int, int, int], dict]:
+    """(block, codec keywords) of one point: [c, h, w] uses `codec`; [c, h, w, k] overrides its index bits."""
+    spec = list(spec)
+    return tuple(spec[:3]), ({**codec, "index_bits": int(spec[3])} if len(spec) == 4 else dict(codec))
+
+
 class FmcHooks:
     """The codec hooks of one model (one CodecHandle per point, since blocks may differ per point)."""
 
@@ -84,7 +92,8 @@ class FmcHooks:
         self._root = weakref.ref(model)
 
     def _attach(self, model: nn.Module, p: str, module: nn.Module) -> None:
-        self.handles[p] = attach_codec(model, [p], block=tuple(self.points[p]), **self.codec)
+        block, codec = point_codec(self.points[p], self.codec)
+        self.handles[p] = attach_codec(model, [p], block=block, **codec)
         self.modules[p] = module
         module.chaincomp_fmc = self
 

@@ -18,7 +18,11 @@ Recipe (all keys optional, unknown keys refused):
         baseline: {epochs: 8, lr: 0.05, batch_size: 64}
         points: auto                           # as the fmc stage
         bits_in: [16, 8]
-        codec: {block: [1, 8, 8], fit_block: true, index_bits: 3, scales: [linear, hlog]}
+        codec:                                 # one codec or a list; every row names its codec
+          - {block: [1, 8, 8], fit_block: true, index_bits: 3, scales: [linear, hlog],
+             allocate: {min_ratio: 4.0}}       # optional, see feature_maps_tune
+          - {preset: paper}
+        finetune: {epochs: 0, lr_factor: 0.1}  # codec-aware fine-tuning (ASC CBR, first bits_in)
     throughput: {batch: 32, repeats: 3}
 """
 from __future__ import annotations
@@ -28,9 +32,9 @@ import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ..device import DeviceName, describe, resolve
 from ..recipe import (
@@ -44,6 +48,7 @@ from ..recipe import (
     validate_document,
 )
 from ..stages.fmc import CodecBlock
+from .feature_maps_tune import AllocateConfig, FinetuneConfig, attach_precision
 
 DEFAULT_RECIPE = "fmc_default"
 METHODS = ("asc", "minmax", "single_mode")
@@ -59,6 +64,33 @@ class CodecConfig(BaseModel):
     preset: Literal["paper"] | None = Field(None, description="paper: ASC rows at the paper's operating point "
                                             "(16-value blocks, 2-bit indices, no scale flag); the baselines "
                                             "code the same blocks")
+    allocate: AllocateConfig | None = Field(None, description="one more index bit on the maps where it measures "
+                                            "to help, keeping the network's CBR ratio (feature_maps_tune)")
+
+    @model_validator(mode="after")
+    def _preset_fixes_bits(self) -> "CodecConfig":
+        if self.preset and self.allocate:
+            raise ValueError(f"preset {self.preset} fixes the index bits; leave out allocate")
+        return self
+
+    def label(self) -> str:
+        """How rows name this codec: the preset, else the block and index bits (+ alloc)."""
+        if self.preset:
+            return self.preset
+        return "x".join(map(str, self.block)) + f" k{self.index_bits}" + (" alloc" if self.allocate else "")
+
+    def kwargs(self, bits: int, mode: str, method: str) -> dict:
+        if self.preset and method == "asc":
+            return {"bits_in": bits, "mode": mode, "preset": self.preset, "scales": list(self.scales)}
+        from ..fmc import PRESETS
+
+        k = PRESETS[self.preset].index_bits if self.preset else self.index_bits  # baselines at the preset's rate
+        return {"bits_in": bits, "index_bits": k, "mode": mode, "method": method, "scales": list(self.scales)}
+
+
+def _codecs(v):
+    """One codec mapping is a list of one; validated here so its errors name `codec.KEY`, as written."""
+    return [CodecConfig.model_validate(v)] if isinstance(v, dict) else v
 
 
 class TaskConfig(BaseModel):
@@ -68,7 +100,10 @@ class TaskConfig(BaseModel):
     baseline: BaselineConfig = BaselineConfig(epochs=8, batch_size=64)
     points: Literal["auto"] | list[str] = "auto"
     bits_in: list[Literal[16, 8]] = Field([16, 8], min_length=1, max_length=2)
-    codec: CodecConfig = CodecConfig()
+    codec: Annotated[list[CodecConfig], BeforeValidator(_codecs)] = Field(
+        default_factory=lambda: [CodecConfig()], min_length=1, max_length=4,
+        description="one codec, or a list (each gets every row; e.g. the default and the paper preset)")
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 class ThroughputConfig(BaseModel):
@@ -109,28 +144,9 @@ def load_fmc_recipe(path: str | None) -> FmcRecipe:
 
 # ------------------------------------------------------------------------------------ measuring
 
-def attach_precision(model, points, bits_in: int) -> list:
-    """Hooks that only move the maps to their bits_in form and back (float16, or int8 with the codec's
-    per-map scale): the uncoded reference `metric_raw`."""
-    from ..fmc import dtypes
-
-    modules = dict(model.named_modules())
-
-    def hook(_m, _i, out):
-        if not hasattr(out, "dim") or out.dim() != 4:
-            return None
-        stored, _, qscale = dtypes.prepare(out.detach().float(), bits_in)
-        return dtypes.restore(stored, out.dtype, qscale).to(out.device)
-    return [modules[p].register_forward_hook(hook) for p in points]
-
-
 def _num(x: float) -> float | None:
     """JSON has no infinity: an exact coding (infinite SNR) is written as null."""
     return round(x, 4) if math.isfinite(x) else None
-
-
-def _fmt(x, spec: str = ".2f") -> str:
-    return "exact" if x is None else format(x, spec)
 
 
 def _snr(stats: dict) -> float:
@@ -152,6 +168,7 @@ def throughput(model, points, data, cfg: FmcRecipe, codec: dict) -> dict:
     import torch
 
     from ..fmc import decode, encode
+    from ..fmc.maps import point_codec
 
     modules, maps = dict(model.named_modules()), {}
     hooks = [modules[p].register_forward_hook(lambda _m, _i, o, p=p: maps.__setitem__(p, o.detach().half()))
@@ -169,7 +186,7 @@ def throughput(model, points, data, cfg: FmcRecipe, codec: dict) -> dict:
         enc_t, dec_t = [], []
         for _ in range(cfg.throughput.repeats):
             t0 = time.perf_counter()
-            streams = [encode(m, block=tuple(points[p]), **kw) for p, m in maps.items()]
+            streams = [encode(m, block=b, **c) for p, m in maps.items() for b, c in [point_codec(points[p], kw)]]
             t1 = time.perf_counter()
             for s in streams:
                 decode(s)
@@ -205,64 +222,106 @@ def agreement(task: str, preds: list, ref: list) -> float:
     return 10 * math.log10(n / sse) if sse > 0 else float("inf")
 
 
-def run_task(t: TaskConfig, cfg: FmcRecipe) -> tuple[list[dict], list[dict], dict]:
-    """Train/load, then every (bits_in, method, mode); returns (ASC rows, baseline rows, extras)."""
+def _raw(model, data, points, bits: int) -> tuple[float, list]:
+    """Metric and outputs with the maps at `bits` precision, uncoded (`metric_raw`)."""
+    hooks = attach_precision(model, points, bits)
+    try:
+        return _predict(model, data)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _coded(model, data, points: dict, c: CodecConfig, bits: int, method: str, ref: list) -> tuple[dict, dict]:
+    """Row fields of one (codec, bits_in, method) in CBR and VBR, and the VBR per-map stats."""
+    from ..fmc.maps import FmcHooks
+
+    row, vbr = {}, {}
+    for mode in ("cbr", "vbr"):
+        fh = FmcHooks(model, points, c.kwargs(bits, mode, method))
+        try:
+            m, preds = _predict(model, data)
+            tot, st = fh.total(), fh.stats()
+            payload = sum(h.total()["payload_bytes"] for h in fh.handles.values())
+            dram = fh.profile(model, data.sample_input()).total()["dram_bytes"]
+        finally:
+            fh.remove()
+        row |= {f"metric_{mode}": round(m, 4), f"ratio_{mode}": round(tot["ratio"], 4),
+                f"payload_ratio_{mode}": round(tot["raw_bytes"] / payload, 4),
+                f"bits_per_value_{mode}": round(bits * tot["encoded_bytes"] / tot["raw_bytes"], 4),
+                f"snr_db_{mode}": _num(_snr(st)), f"dram_bytes_{mode}": round(dram, 1),
+                f"agree_{mode}": _num(agreement(data.task, preds, ref)),
+                f"ratio_by_map_{mode}": {p: round(s["ratio"], 4) for p, s in st.items()}}
+        vbr = st
+    return row, vbr
+
+
+def run_task(t: TaskConfig, cfg: FmcRecipe, data=None) -> tuple[list[dict], list[dict], dict]:
+    """Train/load, then every (codec, bits_in, method, mode), then codec-aware fine-tuning of ASC at the
+    first bits_in beside its uncoded control (`feature_maps_tune`); returns (ASC rows, baseline rows, extras).
+    `data`: the task's data already loaded (e.g. with another test set), else loaded from `t.data`."""
     from .. import progress
-    from ..chain import train_baseline
+    from ..chain import placed, train_baseline
     from ..data import load_data
     from ..energy.cost import profile_model
-    from ..fmc.maps import FmcHooks, resolve_points
+    from ..fmc.maps import resolve_points
     from ..recipe import Recipe
-    from ..stages.fmc import FmcConfig
+    from .feature_maps_tune import allocate, finetune
 
-    from ..chain import placed
-    data = placed(load_data(t.data, cfg.seed), cfg)
+    data = data if data is not None else placed(load_data(t.data, cfg.seed), cfg)
     model = train_baseline(Recipe(name=cfg.name, seed=cfg.seed, data=t.data, model=t.model, baseline=t.baseline), data)
     sample = data.sample_input()
-    c = t.codec
-    stage = FmcConfig(points=t.points, block=c.block, fit_block=c.fit_block, index_bits=c.index_bits, scales=c.scales)
-    points = resolve_points(model, sample, stage.points, stage.block, stage.fit_block, c.preset)
     fp32, _ = _predict(model, data)
     common = {"task": data.task, "dataset": data.name, "model": t.model.name, "metric_name": data.metric_name,
               "metric_fp32": round(fp32, 4), "dram_bytes_fp32": profile_model(model, sample).total()["dram_bytes"]}
-    rows: dict[str, list[dict]] = {m: [] for m in METHODS}
-    hist = {}
-    for bits in t.bits_in:
-        hooks = attach_precision(model, points, bits)
-        raw, ref = _predict(model, data)
-        for h in hooks:
-            h.remove()
-        for method in METHODS:
-            row = {**common, "method": method, "bits_in": bits, "metric_raw": round(raw, 4),
-                   "agree_name": AGREE[data.task]}
-            for mode in ("cbr", "vbr"):
-                codec = {"bits_in": bits, "mode": mode, "preset": c.preset, "scales": list(c.scales)} \
-                    if c.preset and method == "asc" else \
-                    {"bits_in": bits, "index_bits": c.index_bits, "mode": mode, "method": method,
-                     "scales": list(c.scales)}
-                fh = FmcHooks(model, points, codec)
-                try:
-                    m, preds = _predict(model, data)
-                    tot, st = fh.total(), fh.stats()
-                    dram = fh.profile(model, sample).total()["dram_bytes"]
-                finally:
-                    fh.remove()
-                row |= {f"metric_{mode}": round(m, 4), f"ratio_{mode}": round(tot["ratio"], 4),
-                        f"bits_per_value_{mode}": round(bits * tot["encoded_bytes"] / tot["raw_bytes"], 4),
-                        f"snr_db_{mode}": _num(_snr(st)), f"dram_bytes_{mode}": round(dram, 1),
-                        f"agree_{mode}": _num(agreement(data.task, preds, ref))}
-                if method == "asc" and mode == "vbr" and bits == t.bits_in[0]:
+    asc, base, hist, extras = [], [], {}, {"dataset": data.name, "model": t.model.name, "points_by_codec": {},
+                                            "allocation": {}, "throughput_by_codec": {}}
+    raws, controls = {}, {}
+    for ci, c in enumerate(t.codec):
+        label = c.label()
+        points = resolve_points(model, sample, t.points, c.block, c.fit_block, c.preset)
+        if c.allocate:
+            points, extras["allocation"][label] = allocate(model, points, c.kwargs(t.bits_in[0], "cbr", "asc"), data,
+                                                           c.allocate, t.bits_in[0])
+        for bits in t.bits_in:
+            raw, ref = raws[(bits, tuple(points))] = _raw(model, data, points, bits)
+            for method in METHODS:
+                row = {**common, "codec": label, "finetune_epochs": 0, "method": method, "bits_in": bits,
+                       "metric_raw": round(raw, 4), "agree_name": AGREE[data.task]}
+                fields, st = _coded(model, data, points, c, bits, method, ref)
+                row |= fields | {"delta_cbr": round(fields["metric_cbr"] - raw, 4),
+                                 "delta_vbr": round(fields["metric_vbr"] - raw, 4)}
+                (asc if method == "asc" else base).append(row)
+                if ci == 0 and method == "asc" and bits == t.bits_in[0]:
                     hist = {"bits_in": bits, **_hist(st)}
-            row["delta_cbr"] = round(row["metric_cbr"] - raw, 4)
-            row["delta_vbr"] = round(row["metric_vbr"] - raw, 4)
-            rows[method].append(row)
-            progress.log(f"{data.name} {t.model.name} {bits}-bit {method}: {data.metric_name} raw {raw:.3f}, "
-                         f"cbr {row['metric_cbr']:.3f} ({row['ratio_cbr']:.2f}x), "
-                         f"vbr {row['metric_vbr']:.3f} ({row['ratio_vbr']:.2f}x)")
-    kw = {"index_bits": c.index_bits, "scales": list(c.scales), "method": "asc"}
-    extras = {"dataset": data.name, "model": t.model.name, "points": points, "mode_histogram": hist,
-              "throughput": throughput(model, points, data, cfg, kw)}
-    return rows["asc"], rows["minmax"] + rows["single_mode"], extras
+                progress.log(f"{data.name} {t.model.name} [{label}] {bits}-bit {method}: {data.metric_name} raw {raw:.3f}, "
+                             f"cbr {row['metric_cbr']:.3f} ({row['ratio_cbr']:.2f}x), "
+                             f"vbr {row['metric_vbr']:.3f} ({row['ratio_vbr']:.2f}x)")
+        if t.finetune.epochs:
+            bits, raw = t.bits_in[0], raws[(t.bits_in[0], tuple(points))][0]
+            if (bits, tuple(points)) not in controls:
+                control = finetune(model, None, {}, data, t.finetune, t.baseline, cfg.seed)
+                controls[(bits, tuple(points))] = _raw(control, data, points, bits)[0]
+            ctl = controls[(bits, tuple(points))]
+            tuned = finetune(model, points, c.kwargs(bits, "cbr", "asc"), data, t.finetune, t.baseline, cfg.seed)
+            own, own_ref = _raw(tuned, data, points, bits)
+            fields, _ = _coded(tuned, data, points, c, bits, "asc", own_ref)
+            row = {**common, "codec": label, "finetune_epochs": t.finetune.epochs, "method": "asc", "bits_in": bits,
+                   "metric_raw": round(raw, 4), "agree_name": AGREE[data.task], **fields,
+                   "metric_raw_finetuned": round(own, 4), "metric_raw_control": round(ctl, 4)}
+            for mode in ("cbr", "vbr"):
+                row[f"delta_{mode}"] = round(row[f"metric_{mode}"] - raw, 4)
+                row[f"delta_{mode}_control"] = round(row[f"metric_{mode}"] - ctl, 4)
+            asc.append(row)
+            progress.log(f"{data.name} [{label}] fine-tuned {t.finetune.epochs} epochs: cbr {row['metric_cbr']:.3f} "
+                         f"({row['delta_cbr']:+.3f}; control {ctl:.3f}, {row['delta_cbr_control']:+.3f})")
+        kw = {k: v for k, v in c.kwargs(16, "cbr", "asc").items() if k not in ("bits_in", "mode")}
+        extras["points_by_codec"][label] = points
+        extras["throughput_by_codec"][label] = throughput(model, points, data, cfg, kw)
+    first = t.codec[0].label()
+    extras |= {"points": extras["points_by_codec"][first], "throughput": extras["throughput_by_codec"][first],
+               "mode_histogram": hist}
+    return asc, base, extras
 
 
 def task_digest(t: TaskConfig, cfg: FmcRecipe) -> str:
@@ -318,68 +377,10 @@ def run_fmc(cfg: FmcRecipe, out: str | Path, resume: bool = False) -> dict:
                "machine": machine_info(),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "seconds": round(time.perf_counter() - t0, 1)}
+        from .feature_maps_report import write_report
+
         write_report(out, res)
         write_json(out / "fmc.json", res)
     return res
 
 
-# -------------------------------------------------------------------------------------- report
-
-def write_report(out: Path, res: dict) -> None:
-    """fmc.md: quality and ratio per task and method, the histogram of chosen modes, throughput."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_write_text
-    from ..report import save_figure
-
-    details = res["details"]
-    fig, axes = plt.subplots(1, len(details), figsize=(5 * len(details), 3.4), squeeze=False)
-    for ax, d in zip(axes[0], details):
-        h = d["mode_histogram"]
-        labels = [f"mode {k}" for k in h["mode"]] + [f"scale {k}" for k in h["scale"]] + [f"tag {k}" for k in h["tag"]]
-        values = list(h["mode"].values()) + list(h["scale"].values()) + list(h["tag"].values())
-        ax.bar(range(len(values)), values,
-               color=["C0"] * len(h["mode"]) + ["C1"] * len(h["scale"]) + ["C2"] * len(h["tag"]))
-        ax.set_xticks(range(len(values)), labels, rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel("blocks")
-        ax.set_title(f"{d['model']} on {d['dataset']} (ASC, VBR, {h['bits_in']}-bit)", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out / "fmc_modes.png")
-
-    m = res["machine"]
-    lines = ["# Feature-map compression (ASC) on real tasks", "",
-             f"{res['date']}, {m['processor']} ({m['cpus']} CPUs, {m['threads']} torch threads), torch {m['torch']}; "
-             f"{res['seconds']} s in all. Ratio = raw bytes (numel x bits_in / 8) / stream bytes, counted over "
-             "the test split, headers included. `raw`: maps at bits_in precision, uncoded. "
-             "Definitions: docs/fmc.md.", "",
-             "`agree`: top-1 (or pixel) agreement with the uncoded-map answers in %, or for super-resolution the "
-             "PSNR of the output against the uncoded-map output in dB: the codec's effect free of label noise.", "",
-             "| dataset | model | bits_in | method | metric | fp32 | raw | CBR | CBR x | VBR | VBR x | SNR dB (CBR) "
-             "| agree CBR | agree VBR |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(res["tasks"] + res["baselines"], key=lambda r: (r["dataset"], -r["bits_in"])):
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['bits_in']} | {r['method']} | {r['metric_name']} "
-                     f"| {r['metric_fp32']:.3f} | {r['metric_raw']:.3f} | {r['metric_cbr']:.3f} | {r['ratio_cbr']:.2f} "
-                     f"| {r['metric_vbr']:.3f} | {r['ratio_vbr']:.2f} | {_fmt(r['snr_db_cbr'])} "
-                     f"| {_fmt(r['agree_cbr'])} | {_fmt(r['agree_vbr'])} |")
-    lines += ["", "Modelled DRAM traffic per inference (weights once + activations in/out, coded maps at their "
-              "counted size), ASC:", "", "| dataset | bits_in | fp32 | CBR | VBR |", "|---|---|---|---|---|"]
-    for r in res["tasks"]:
-        lines.append(f"| {r['dataset']} | {r['bits_in']} | {r['dram_bytes_fp32']:.0f} B | {r['dram_bytes_cbr']:.0f} B "
-                     f"| {r['dram_bytes_vbr']:.0f} B |")
-    lines += ["", "Throughput of ASC on each task's float16 maps (one process, median of repeats):", "",
-              "| dataset | maps MB | encode CBR MB/s | decode CBR MB/s | encode VBR MB/s | decode VBR MB/s |",
-              "|---|---|---|---|---|---|"]
-    for d in details:
-        t = d["throughput"]
-        lines.append(f"| {d['dataset']} | {t['raw_mb']:.3f} | {t['encode_mbps_cbr']} | {t['decode_mbps_cbr']} "
-                     f"| {t['encode_mbps_vbr']} | {t['decode_mbps_vbr']} |")
-    lines += ["", "Coded maps and blocks: " + "; ".join(
-        f"{d['dataset']}: " + ", ".join(f"{p} {tuple(b)}" for p, b in d["points"].items()) for d in details),
-        "", "![modes](fmc_modes.png)", ""]
-    atomic_write_text(out / "fmc.md", "\n".join(lines))
-
-
-# ----------------------------------------------------------------------------------------- cli
