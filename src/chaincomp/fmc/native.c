@@ -81,13 +81,56 @@ static inline __m256 ld8(const void *x, int64_t at, int st, __m256i *badv) {
     return _mm256_cvtph_ps(h);
 }
 
-static uint32_t fast_gather(const void *x, int st, int64_t base, int64_t Wd, int bh, int bw, __m256 *v) {
+/* 4 values of two blocks (p0, p1) as one vector of 8 (storage 0 or 5) */
+static inline __m256 ld44(const void *x, int64_t p0, int64_t p1, int st, __m256i *badv) {
+    __m128i h;
+    if (st == 0)
+        h = _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)((const uint16_t *)x + p0))),
+                                          (const double *)((const uint16_t *)x + p1)));
+    else
+        h = _mm256_cvtps_ph(_mm256_set_m128(_mm_loadu_ps((const float *)x + p1), _mm_loadu_ps((const float *)x + p0)),
+                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m128i e = _mm_and_si128(h, _mm_set1_epi16(0x7C00));
+    *badv = _mm256_or_si256(*badv, _mm256_castsi128_si256(_mm_cmpeq_epi16(e, _mm_set1_epi16(0x7C00))));
+    return _mm256_cvtph_ps(h);
+}
+
+/* Element offsets of the next 8 blocks (bc 1) from block position (nn, ic, ih, iw), advanced past
+ * them; 0 (position unchanged) when one of them is padded at the map's edge. Blocks may run over
+ * block rows and channels: maps whose width holds fewer than 8 blocks (56 / 8 = 7) take this path.
+ * 2: the 8 blocks are consecutive in one block row, so each row of them is one contiguous run. */
+static inline int bases8(const int64_t *cfg, int64_t *pn, int64_t *pc, int64_t *ph, int64_t *pw, int64_t *bases) {
+    const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W], bh = cfg[C_BH], bw = cfg[C_BW];
+    const int64_t gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
+    int64_t nn = *pn, ic = *pc, ih = *ph, iw = *pw;
+    if (iw + 8 <= gw && (ih + 1) * bh <= H && (iw + 8) * bw <= Wd) { /* the common case: one run per row */
+        const int64_t b0 = ((nn * C + ic) * H + ih * bh) * Wd + iw * bw;
+        for (int l = 0; l < 8; l++) bases[l] = b0 + l * bw;
+        if ((*pw = iw + 8) == gw) { *pw = 0; if ((*ph = ih + 1) == gh) { *ph = 0; if ((*pc = ic + 1) == C) { *pc = 0; *pn = nn + 1; } } }
+        return 2;
+    }
+    for (int l = 0; l < 8; l++) {
+        if ((ih + 1) * bh > H || (iw + 1) * bw > Wd) return 0;
+        bases[l] = ((nn * C + ic) * H + ih * bh) * Wd + iw * bw;
+        if (++iw == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == C) { ic = 0; nn++; } } }
+    }
+    *pn = nn; *pc = ic; *ph = ih; *pw = iw;
+    return 1;
+}
+
+static uint32_t fast_gather(const void *x, int st, const int64_t *bases, int run, int64_t Wd, int bh, int bw, __m256 *v) {
     __m256i badv = _mm256_setzero_si256();
     for (int y = 0; y < bh; y++) {
-        int64_t at = base + y * Wd;
+        int64_t dy = y * Wd;
         if (bw == 4) {
-            __m256 r0 = ld8(x, at, st, &badv), r1 = ld8(x, at + 8, st, &badv), r2 = ld8(x, at + 16, st, &badv),
-                   r3 = ld8(x, at + 24, st, &badv);
+            __m256 r0, r1, r2, r3;
+            if (run) {
+                r0 = ld8(x, bases[0] + dy, st, &badv); r1 = ld8(x, bases[0] + dy + 8, st, &badv);
+                r2 = ld8(x, bases[0] + dy + 16, st, &badv); r3 = ld8(x, bases[0] + dy + 24, st, &badv);
+            } else {
+                r0 = ld44(x, bases[0] + dy, bases[1] + dy, st, &badv); r1 = ld44(x, bases[2] + dy, bases[3] + dy, st, &badv);
+                r2 = ld44(x, bases[4] + dy, bases[5] + dy, st, &badv); r3 = ld44(x, bases[6] + dy, bases[7] + dy, st, &badv);
+            }
             __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
             __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
             v[y * 4 + 0] = _mm256_shuffle_ps(t0, t2, 0x44);
@@ -96,7 +139,7 @@ static uint32_t fast_gather(const void *x, int st, int64_t base, int64_t Wd, int
             v[y * 4 + 3] = _mm256_shuffle_ps(t1, t3, 0xEE);
         } else {
             __m256 r[8], t[8], s[8];
-            for (int j = 0; j < 8; j++) r[j] = ld8(x, at + 8 * j, st, &badv);
+            for (int j = 0; j < 8; j++) r[j] = ld8(x, bases[j] + dy, st, &badv);
             for (int j = 0; j < 8; j += 2) { t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]); t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]); }
             s[0] = _mm256_shuffle_ps(t[0], t[2], 0x44); s[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
             s[2] = _mm256_shuffle_ps(t[1], t[3], 0x44); s[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
@@ -133,7 +176,8 @@ static void transpose_rows(int bw, __m256 *v) { /* the involution used by fast_g
     }
 }
 
-static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *tab, void *out, int64_t base) {
+static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *tab, void *out, const int64_t *bases,
+                        int run) {
     const int k = (int)cfg[C_K], fb = (int)cfg[C_FB], implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS];
     const int allow_b = (int)cfg[C_MODEB], kind = (int)cfg[C_OUT], P = 1 << k;
     const int bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bh * bw, per = 32 / k, nw = (n + per - 1) / per;
@@ -191,11 +235,21 @@ static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *ta
             rows[c] = o;
         }
         transpose_rows(bw, rows);
-        int64_t at_row = base + y * Wd;
+        int64_t dy = y * Wd;
         for (int j = 0; j < bw; j++) {
-            if (kind) _mm256_storeu_ps((float *)out + at_row + 8 * j, rows[j]);
-            else _mm_storeu_si128((__m128i *)((uint16_t *)out + at_row + 8 * j),
-                                  _mm256_cvtps_ph(rows[j], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            if (bw == 8 || run) { /* run: rows[j] is 8 consecutive values from the first block's row */
+                int64_t at = bw == 8 ? bases[j] + dy : bases[0] + dy + 8 * j;
+                if (kind) _mm256_storeu_ps((float *)out + at, rows[j]);
+                else _mm_storeu_si128((__m128i *)((uint16_t *)out + at),
+                                      _mm256_cvtps_ph(rows[j], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            } else if (kind) { /* blocks 2j and 2j + 1 */
+                _mm_storeu_ps((float *)out + bases[2 * j] + dy, _mm256_castps256_ps128(rows[j]));
+                _mm_storeu_ps((float *)out + bases[2 * j + 1] + dy, _mm256_extractf128_ps(rows[j], 1));
+            } else {
+                __m128i h = _mm256_cvtps_ph(rows[j], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                _mm_storel_epi64((__m128i *)((uint16_t *)out + bases[2 * j] + dy), h);
+                _mm_storeh_pd((double *)((uint16_t *)out + bases[2 * j + 1] + dy), _mm_castsi128_pd(h));
+            }
         }
     }
     return 0;

@@ -326,11 +326,12 @@ int FN(fmc_encode)(const void *x, const int64_t *cfg, const tabs_t *T, int64_t b
         uint32_t bad = 0;
         const int *lane_of = in_order;
 #if LANES == 8 && defined(FAST_GATHER)
-        if (lanes == 8 && (st == 0 || st == 5) && bc == 1 && (bw == 4 || bw == 8) && iw + 8 <= gw &&
-            (iw + 8) * bw <= Wd && (ih + 1) * bh <= H) {
-            bad = fast_gather(x, st, ((nn * C + ic) * H + ih * bh) * Wd + iw * bw, Wd, bh, bw, (__m256 *)v);
+        int64_t bases[8];
+        int run;
+        if (lanes == 8 && (st == 0 || st == 5) && bc == 1 && (bw == 4 || bw == 8) &&
+            (run = bases8(cfg, &nn, &ic, &ih, &iw, bases))) {
+            bad = fast_gather(x, st, bases, run == 2, Wd, bh, bw, (__m256 *)v);
             if (bw == 4) lane_of = interleaved;
-            if ((iw += 8) == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
         } else
 #endif
         switch (st) { /* constant storage code inside: the loads specialise */
@@ -453,12 +454,13 @@ int FN(fmc_decode)(const uint8_t *payload, int64_t nbytes, const int64_t *cfg, c
     uint8_t ix[NMAX];
     for (int64_t bi = b0; bi < b1; bi++) {
 #if LANES == 8 && defined(FAST_GATHER)
-        if (st == 0 && bc == 1 && (bw == 4 || bw == 8) && bi + 8 <= b1 && iw + 8 <= gw && (iw + 8) * bw <= Wd &&
-            (ih + 1) * bh <= H) { /* 8 blocks of one block row at once (SoA), see fast_gather */
-            int rc = fast_decode8(&rd, rec64, cfg, &tab[0][0], out, ((nn * C + ic) * H + ih * bh) * Wd + iw * bw);
+        int64_t bases[8];
+        int run;
+        if (st == 0 && bc == 1 && (bw == 4 || bw == 8) && bi + 8 <= b1 && (run = bases8(cfg, &nn, &ic, &ih, &iw, bases))) {
+            /* 8 blocks at once (SoA), see fast_gather */
+            int rc = fast_decode8(&rd, rec64, cfg, &tab[0][0], out, bases, run == 2);
             if (rc) return rc;
             bi += 7;
-            if ((iw += 8) == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
             continue;
         }
 #endif
