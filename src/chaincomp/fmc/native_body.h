@@ -153,10 +153,12 @@ static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
             m[j] = implicit && ca ? FN(pick)(up, T->amid, 1, 2, j) : FN(splat)((W)T->amid[ca][j]);
             f[j] = implicit && ca ? FN(pick)(up, T->afrac, 1, 2, j) : FN(splat)((W)T->afrac[ca][j]);
         }
+        VW pt[MP]; /* torch's point value f * span + lo per lane, once per point rather than per value */
+        for (int j = 0; j < P; j++) pt[j] = f[j] * span + lo;
         for (int i = 0; i < n; i++) {
-            VW fs = f[0];
-            for (int j = 0; j < P - 1; j++) fs = FN(sel)(q[i] > m[j], f[j + 1], fs);
-            VW d = (fs * span + lo) - v[i];
+            VW fs = pt[0];
+            for (int j = 0; j < P - 1; j++) fs = FN(sel)(q[i] > m[j], pt[j + 1], fs);
+            VW d = fs - v[i];
             dd[i] = d * d;
         }
         VW s = FN(vsum)(dd, n);
@@ -203,11 +205,14 @@ static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
             }
             VW lw = (zg + below) / FN(splat)(2), hg = (zg + above) / FN(splat)(2);
             lower[cb] = lw; upper[cb] = hg;
+            VW pt[MP];
+            for (int j = 0; j < P - 1; j++) pt[j] = f[j] * bspan + blo;
             for (int i = 0; i < n; i++) {
-                VW fs = f[0];
-                for (int j = 0; j < P - 2; j++) fs = FN(sel)(qb[i] > m[j], f[j + 1], fs);
-                VW keep = (VW)((VI)one & ((qb[i] <= lw) | (qb[i] > hg)));
-                VW d = ((fs * bspan + blo) * keep) - v[i];
+                VW fs = pt[0];
+                for (int j = 0; j < P - 2; j++) fs = FN(sel)(qb[i] > m[j], pt[j + 1], fs);
+                VI keep = (qb[i] <= lw) | (qb[i] > hg);
+                /* torch: (point * keep) - v with keep 1.0 / 0.0; +0 - v squares the same */
+                VW d = (VW)((VI)fs & keep) - v[i];
                 dd[i] = d * d;
             }
             VW s = FN(sel)(valid, FN(vsum)(dd, n), inf);
