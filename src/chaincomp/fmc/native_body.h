@@ -88,7 +88,16 @@ static inline W FN(tsum)(const W *x, int n) {
  * per-value tensor an array of vectors, so the arithmetic is elementwise, as in torch. */
 static inline VW FN(splat)(W s) { VW r; for (int l = 0; l < LANES; l++) r[l] = s; return r; }
 static inline VI FN(spliti)(int s) { VI r; for (int l = 0; l < LANES; l++) r[l] = s; return r; }
+#if LANES == 8 && defined(FAST_GATHER) /* a float-domain blend: no bypass between compare and select */
+static inline VW FN(sel)(VI m, VW a, VW b) { return (VW)_mm256_blendv_ps((__m256)b, (__m256)a, (__m256)m); }
+/* min / max as torch's where(v < lo, v, lo): minps returns its second operand unless the first is less */
+static inline VW FN(vmin)(VW a, VW b) { return (VW)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline VW FN(vmax)(VW a, VW b) { return (VW)_mm256_max_ps((__m256)a, (__m256)b); }
+#else
 static inline VW FN(sel)(VI m, VW a, VW b) { return (VW)(((VI)a & m) | ((VI)b & ~m)); }
+static inline VW FN(vmin)(VW a, VW b) { return FN(sel)(a < b, a, b); }
+static inline VW FN(vmax)(VW a, VW b) { return FN(sel)(a > b, a, b); }
+#endif
 static inline VI FN(seli)(VI m, VI a, VI b) { return (a & m) | (b & ~m); }
 static inline int FN(any)(VI m) { for (int l = 0; l < LANES; l++) if (m[l]) return 1; return 0; }
 
@@ -132,7 +141,7 @@ typedef struct { VW e0, e1; VI scale, mode; } FN(win_t);
 static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
     const VW *v, int n, const int P, const int64_t *cfg, const tabs_t *T, W wa, W wb, VI *idx) {
     VW lo = v[0], hi = v[0], z = FN(splat)(0), zero = FN(splat)(0), one = FN(splat)(1);
-    for (int i = 1; i < n; i++) { lo = FN(sel)(v[i] < lo, v[i], lo); hi = FN(sel)(v[i] > hi, v[i], hi); }
+    for (int i = 1; i < n; i++) { lo = FN(vmin)(v[i], lo); hi = FN(vmax)(v[i], hi); }
     VI lz = lo == zero, hz0 = hi == zero;
     if (FN(any)(lz | hz0)) { /* a zero endpoint takes the sign of the block's last zero */
         for (int i = 0; i < n; i++) z = FN(sel)(v[i] == zero, v[i], z);
@@ -177,8 +186,8 @@ static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
             VI z0 = v[i] == zero;
             hz |= z0;
             VW a = FN(sel)(z0, inf, v[i]), b = FN(sel)(z0, -inf, v[i]);
-            nlo = FN(sel)(a < nlo, a, nlo);
-            nhi = FN(sel)(b > nhi, b, nhi);
+            nlo = FN(vmin)(a, nlo);
+            nhi = FN(vmax)(b, nhi);
         }
         valid = cand & hz & (nlo < nhi);
         blo = FN(sel)(valid, nlo, blo); /* placeholders [1, 2] elsewhere, as in the torch path */
