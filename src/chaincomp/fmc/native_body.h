@@ -313,6 +313,33 @@ static inline __attribute__((always_inline)) uint32_t FN(gather)(
     return bad;
 }
 
+/* The values of the next `lanes` blocks as v[i] (SoA), block position advanced; *lane_of: the
+ * lane of each block. Returns non-zero on a non-finite float. */
+static inline __attribute__((always_inline)) uint32_t FN(load_group)(
+    const void *x, const int64_t *cfg, int lanes, int64_t *nn, int64_t *ic, int64_t *ih, int64_t *iw, VW *v,
+    const int **lane_of) {
+    const int st = (int)cfg[C_ST], bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW];
+    static const int interleaved[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    (void)interleaved; (void)bh; (void)bc; (void)bw;
+#if LANES == 8 && defined(FAST_GATHER)
+    int64_t bases[8];
+    int run;
+    if (lanes == 8 && (st == 0 || st == 5) && bc == 1 && (bw == 4 || bw == 8) &&
+        (run = bases8(cfg, nn, ic, ih, iw, bases))) {
+        if (bw == 4) *lane_of = interleaved;
+        return fast_gather(x, st, bases, run == 2, cfg[C_W], bh, bw, (__m256 *)v);
+    }
+#endif
+    switch (st) { /* constant storage code inside: the loads specialise */
+    case 0: return FN(gather)(x, 0, cfg, lanes, nn, ic, ih, iw, v);
+    case 1: return FN(gather)(x, 1, cfg, lanes, nn, ic, ih, iw, v);
+    case 2: return FN(gather)(x, 2, cfg, lanes, nn, ic, ih, iw, v);
+    case 3: return FN(gather)(x, 3, cfg, lanes, nn, ic, ih, iw, v);
+    case 4: return FN(gather)(x, 4, cfg, lanes, nn, ic, ih, iw, v);
+    default: return FN(gather)(x, 5, cfg, lanes, nn, ic, ih, iw, v);
+    }
+}
+
 /* Encode blocks [b0, b1) (b0 a multiple of 8) into `out` (the whole payload: record i at bit
  * i * r). counts: modes (const, A, B) then non-constant scales. Returns 0, or -1 on a
  * non-finite value (the caller falls back to the torch path, which reports it). */
@@ -332,30 +359,12 @@ int FN(fmc_encode)(const void *x, const int64_t *cfg, const tabs_t *T, int64_t b
     int64_t ic = t % gc, nn = t / gc;
     VW v[NMAX];
     VI idx[NMAX], words[NMAX];
-    static const int in_order[8] = {0, 1, 2, 3, 4, 5, 6, 7}, interleaved[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    static const int in_order[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     const int per = 32 / k, nw = (n + per - 1) / per;
-    (void)interleaved;
     for (int64_t g0 = b0; g0 < b1; g0 += LANES) {
         int lanes = b1 - g0 < LANES ? (int)(b1 - g0) : LANES;
-        uint32_t bad = 0;
         const int *lane_of = in_order;
-#if LANES == 8 && defined(FAST_GATHER)
-        int64_t bases[8];
-        int run;
-        if (lanes == 8 && (st == 0 || st == 5) && bc == 1 && (bw == 4 || bw == 8) &&
-            (run = bases8(cfg, &nn, &ic, &ih, &iw, bases))) {
-            bad = fast_gather(x, st, bases, run == 2, Wd, bh, bw, (__m256 *)v);
-            if (bw == 4) lane_of = interleaved;
-        } else
-#endif
-        switch (st) { /* constant storage code inside: the loads specialise */
-        case 0: bad = FN(gather)(x, 0, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        case 1: bad = FN(gather)(x, 1, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        case 2: bad = FN(gather)(x, 2, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        case 3: bad = FN(gather)(x, 3, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        case 4: bad = FN(gather)(x, 4, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        default: bad = FN(gather)(x, 5, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        }
+        uint32_t bad = FN(load_group)(x, cfg, lanes, &nn, &ic, &ih, &iw, v, &lane_of);
         if (bad) return -1;
         for (int l = lanes; l < LANES; l++)
             for (int i = 0; i < n; i++) v[i][l] = v[i][lanes - 1];
