@@ -40,13 +40,22 @@ static inline uint16_t f2bf(float f) { /* torch's round_to_nearest_even (no NaN 
 
 /* bit writer / reader, MSB first */
 typedef struct { uint8_t *p; uint64_t acc; int n; } bw_t;
-static inline void put(bw_t *w, uint32_t v, int width) {
+static inline void put(bw_t *w, uint32_t v, int width) { /* width <= 32; 4 whole bytes at a time */
     if (!width) return;
     w->acc = (w->acc << width) | v;
     w->n += width;
-    while (w->n >= 8) { w->n -= 8; *w->p++ = (uint8_t)(w->acc >> w->n); }
+    if (w->n >= 32) {
+        w->n -= 32;
+        uint32_t o = __builtin_bswap32((uint32_t)(w->acc >> w->n));
+        memcpy(w->p, &o, 4);
+        w->p += 4;
+    }
 }
-static inline void put_flush(bw_t *w) { if (w->n) *w->p++ = (uint8_t)(w->acc << (8 - w->n)); w->n = 0; }
+static inline void put_flush(bw_t *w) {
+    while (w->n >= 8) { w->n -= 8; *w->p++ = (uint8_t)(w->acc >> w->n); }
+    if (w->n) *w->p++ = (uint8_t)(w->acc << (8 - w->n));
+    w->n = 0;
+}
 
 typedef struct { const uint8_t *p, *end; uint64_t acc; int n; } br_t;
 static inline uint32_t get(br_t *r, int width) {
@@ -265,6 +274,7 @@ typedef int32_t vfi_t __attribute__((vector_size(32)));
 #define VW vf_t
 #define VI vfi_t
 #include "native_body.h"
+#include "native_vbr.h"
 #undef W
 #undef SUF
 #undef LANES
@@ -278,6 +288,7 @@ typedef int64_t vdi_t __attribute__((vector_size(32)));
 #define VW vd_t
 #define VI vdi_t
 #include "native_body.h"
+#include "native_vbr.h"
 
 /* Several parts of one map at once: parts 1.. on their own threads, part 0 on the caller's (a
  * thread that cannot start runs on the caller's too). Threads here rather than from Python: one
@@ -339,4 +350,83 @@ int fmc_decode_par(int wide, const uint8_t *payload, int64_t nbytes, const int64
     return run_parts(jobs, parts);
 }
 
-int fmc_abi(void) { return 2; }
+/* one block's kk-bit indices from its `index_words` (32 / kk fields a word, the last one shorter) */
+static inline void put_words(bw_t *w, const uint32_t *words, int n, int kk) {
+    const int per = 32 / kk;
+    for (int j = 0, i0 = 0; i0 < n; j++, i0 += per) put(w, words[j], (n - i0 < per ? n - i0 : per) * kk);
+}
+
+/* Lay out a VBR payload from fmc_vbr_scan's fields (see native_vbr.h): the tag code's bit planes
+ * (plane j: bit j of every block whose code is longer than j), then the normal blocks' meta rows
+ * and indices, the low blocks' likewise (k - 1 bits), then each const block's value. code / len:
+ * the canonical code and length of each tag. Returns the payload bits. */
+int64_t fmc_vbr_pack(const int64_t *cfg, int64_t nb, const uint8_t *tags, const uint64_t *meta, const uint32_t *words,
+                     const int64_t *code, const int64_t *len, uint8_t *out) {
+    const int bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB], k = (int)cfg[C_K];
+    const int n = (int)(cfg[C_BC] * cfg[C_BH] * cfg[C_BW]), nw = (n + 32 / k - 1) / (32 / k);
+    bw_t w = {out, 0, 0};
+    int maxlen = 0;
+    for (int t = 0; t < 4; t++) if (len[t] > maxlen) maxlen = (int)len[t];
+    for (int j = 0; j < maxlen; j++)
+        for (int64_t b = 0; b < nb; b++) {
+            int L = (int)len[tags[b]];
+            if (L > j) put(&w, (uint32_t)(code[tags[b]] >> (L - 1 - j)) & 1, 1);
+        }
+    for (int sec = 3; sec >= 2; sec--) { /* normal (k bits), then low (k - 1 bits) */
+        for (int64_t b = 0; b < nb; b++)
+            if (tags[b] == sec) {
+                put(&w, (uint32_t)(meta[b] >> 32) & 0xFFFF, bits);
+                put(&w, (uint32_t)(meta[b] >> 16) & 0xFFFF, bits);
+                put(&w, (uint32_t)meta[b] & 0xFFFF, fb);
+            }
+        for (int64_t b = 0; b < nb; b++)
+            if (tags[b] == sec) put_words(&w, words + b * nw, n, sec == 3 ? k : k - 1);
+    }
+    for (int64_t b = 0; b < nb; b++)
+        if (tags[b] == 1) put(&w, (uint32_t)(meta[b] >> 32) & 0xFFFF, bits);
+    int64_t total = (int64_t)(w.p - out) * 8 + w.n; /* before the flush: w.n < 32 bits pending */
+    put_flush(&w);
+    return total;
+}
+
+/* VBR scan of several block ranges at once (threads as run_parts); counts: 16 per part. */
+typedef struct {
+    int wide, rc;
+    const void *x;
+    const int64_t *cfg, *cfg1;
+    const tabs_t *T, *T1;
+    int64_t b0, b1;
+    uint8_t *tags;
+    uint32_t *words;
+    uint64_t *meta;
+    int64_t *counts;
+} scan_t;
+
+static void *run_scan(void *p) {
+    scan_t *j = p;
+    j->rc = j->wide ? fmc_vbr_scan_d(j->x, j->cfg, j->T, j->cfg1, j->T1, j->b0, j->b1, j->tags, j->meta, j->words, j->counts)
+                    : fmc_vbr_scan_f(j->x, j->cfg, j->T, j->cfg1, j->T1, j->b0, j->b1, j->tags, j->meta, j->words, j->counts);
+    return 0;
+}
+
+int fmc_vbr_scan_par(int wide, const void *x, const int64_t *cfg, const tabs_t *T, const int64_t *cfg1,
+                     const tabs_t *T1, const int64_t *ranges, int parts, uint8_t *tags, uint64_t *meta, uint32_t *words,
+                     int64_t *counts) {
+    scan_t jobs[MAX_PARTS];
+    pthread_t th[MAX_PARTS];
+    int started[MAX_PARTS] = {0}, rc = 0;
+    if (parts < 1 || parts > MAX_PARTS) return -2;
+    for (int i = 0; i < parts; i++)
+        jobs[i] = (scan_t){.wide = wide, .x = x, .cfg = cfg, .cfg1 = cfg1, .T = T, .T1 = T1, .b0 = ranges[2 * i],
+                           .b1 = ranges[2 * i + 1], .tags = tags, .words = words, .meta = meta, .counts = counts + 16 * i};
+    for (int i = 1; i < parts; i++) started[i] = pthread_create(&th[i], 0, run_scan, &jobs[i]) == 0;
+    run_scan(&jobs[0]);
+    for (int i = 1; i < parts; i++) {
+        if (started[i]) pthread_join(th[i], 0);
+        else run_scan(&jobs[i]);
+    }
+    for (int i = 0; i < parts; i++) if (jobs[i].rc && !rc) rc = jobs[i].rc;
+    return rc;
+}
+
+int fmc_abi(void) { return 3; }

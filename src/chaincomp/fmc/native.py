@@ -34,10 +34,12 @@ import numpy as np
 import torch
 
 from ..device import cpu_flags
+from . import tags as tag_code
+from .bitstream import UNUSED
 from .points import cell_exponent, fractions, midpoints, table
 
 HERE = Path(__file__).parent
-SOURCES = ("native.c", "native_body.h")
+SOURCES = ("native.c", "native_body.h", "native_vbr.h")
 STORAGE = {torch.float16: 0, torch.bfloat16: 1, torch.int16: 2, torch.int8: 3, torch.uint8: 4}
 MT, MP = 4, 16
 MAX_PARTS = 64  # native.c's MAX_PARTS
@@ -113,6 +115,9 @@ def library():
                 p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
                 lib.fmc_encode_par.argtypes = [i32, p, p, p, p, i32, p, p]
                 lib.fmc_decode_par.argtypes = [i32, p, i64, p, p, p, i32, p, ctypes.c_double]
+                lib.fmc_vbr_scan_par.argtypes = [i32, p, p, p, p, p, p, i32, p, p, p, p]
+                lib.fmc_vbr_pack.argtypes = [p, i64, p, p, p, p, p, p]
+                lib.fmc_vbr_pack.restype = i64
                 reason = ""
             except (OSError, subprocess.SubprocessError, AttributeError) as e:
                 reason = f"native fmc kernel unavailable: {e}"
@@ -219,3 +224,35 @@ def decode_cbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, b
     ranges = _chunks(nb, threads(nb * block[0] * block[1] * block[2]))
     return not lib.fmc_decode_par(int(storage == torch.bfloat16), _ptr(buf), buf.size, _ptr(cfg), _ptr(tabs),
                                   _ptr(ranges), ranges.size // 2, out.data_ptr(), qscale)
+
+
+def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: int, method, sids, fb: int,
+               bits: int, nb: int):
+    """VBR payload of a map (as `encode_cbr`): (payload bytes, payload bits, counts, tag counts,
+    tag code lengths), or None when the kernel declines. The tags' Huffman code comes from
+    `tags` (the same code lengths as the torch path); scan and layout are `native_vbr.h`."""
+    lib = library()
+    if lib is None:
+        return None
+    tabs, ea, eb = _tables(method, sids, k)
+    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0)
+    tabs1, ea1, eb1 = _tables(method, sids, k - 1) if k > 1 else (tabs, ea, eb)
+    cfg1 = _cfg(st, shape, block, max(k - 1, 1), method, len(sids), fb, bits, ea1, eb1, 0)
+    n = block[0] * block[1] * block[2]
+    ranges = _chunks(nb, threads(nb * n))
+    tags = np.empty(nb, np.uint8)
+    meta = np.empty(nb, np.uint64)
+    words = np.empty(nb * -(-n // (32 // k)), np.uint32)
+    cnt = np.zeros((ranges.size // 2, 16), np.int64)
+    if lib.fmc_vbr_scan_par(int(storage == torch.bfloat16), x.data_ptr(), _ptr(cfg), _ptr(tabs), _ptr(cfg1),
+                            _ptr(tabs1), _ptr(ranges), ranges.size // 2, _ptr(tags), _ptr(meta), _ptr(words),
+                            _ptr(cnt)):
+        return None
+    got = cnt.sum(0).tolist()
+    tag_counts = got[8:12]
+    lengths = tag_code.code_lengths(np.array(tag_counts))
+    codes = np.ascontiguousarray(tag_code.canonical_codes(lengths), np.int64)
+    lens = np.array([0 if x == UNUSED else x for x in lengths], np.int64)
+    out = np.zeros((nb * (3 + 2 * bits + fb) + nb * n * k + 7) // 8 + 16, np.uint8)
+    nbits = lib.fmc_vbr_pack(_ptr(cfg), nb, _ptr(tags), _ptr(meta), _ptr(words), _ptr(codes), _ptr(lens), _ptr(out))
+    return out[:(nbits + 7) // 8].tobytes(), nbits, got[:8], tag_counts, lengths

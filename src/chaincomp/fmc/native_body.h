@@ -102,7 +102,7 @@ static inline VI FN(seli)(VI m, VI a, VI b) { return (a & m) | (b & ~m); }
 static inline int FN(any)(VI m) { for (int l = 0; l < LANES; l++) if (m[l]) return 1; return 0; }
 
 /* torch's sum over the n values of each lane's block (see tsum) */
-static inline VW FN(vsum)(const VW *x, int n) {
+static inline __attribute__((always_inline)) VW FN(vsum)(const VW *x, int n) {
     enum { LL = TV / sizeof(W) };
     int nvec = n / LL, ilp = nvec / 4;
     VW part[4][LL];
