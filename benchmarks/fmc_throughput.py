@@ -239,7 +239,7 @@ def _times(x, cfg, repeats: int) -> tuple[list, list, list, list]:
 def native_speed(repeats: int = 15) -> None:
     """The torch path (CHAINCOMP_FMC_NATIVE=0) against the native kernel, same maps as `speed`:
     MB/s best / median of `repeats` wall times (best CPU time in brackets), 1 and 2 threads. VBR
-    has no native path yet (both columns run the torch path)."""
+    decoding has no native path yet (both VBR decode columns run the torch path)."""
     import os
 
     from chaincomp.fmc import native
