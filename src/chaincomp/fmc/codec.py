@@ -374,11 +374,16 @@ def decode(data: bytes, device=None) -> torch.Tensor:
         e0, e1 = dtypes.bits_value(e0, storage, work), dtypes.bits_value(e1, storage, work)
         return reconstruct(e0, e1, sc, torch.from_numpy(idx).to(dev), kk, m, sids)
 
-    if (head.rate == 0 and dev.type == "cpu" and head.payload_bits == nb * (2 * b + fb + n * k)
-            and native.covers(m, block, k, storage, dev)):
+    if dev.type == "cpu" and native.covers(m, block, k, storage, dev):
         out = torch.empty(head.shape, dtype=torch.float32 if dtype == torch.float32 else storage)
-        if native.decode_cbr(payload, storage, out, head.shape, block, k, m, sids, fb, b, nb, head.qscale):
-            return out  # else an invalid record: the torch path below reports it
+        args = (payload, storage, out, head.shape, block, k, m, sids, fb, b)
+        if head.rate == 0 and head.payload_bits == nb * (2 * b + fb + n * k):
+            if native.decode_cbr(*args, nb, head.qscale):
+                return out  # else an invalid record: the torch path below reports it
+        elif head.rate == 1:
+            tags.check_lengths(head.tag_lengths)
+            if native.decode_vbr(*args, head.qscale, head.tag_lengths, head.payload_bits):
+                return out
     if head.rate == 0:
         dec = rebuild(*reader.records(nb, [b, b, fb], n, k), k)
     else:

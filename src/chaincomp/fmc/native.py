@@ -118,6 +118,8 @@ def library():
                 lib.fmc_vbr_scan_par.argtypes = [i32, p, p, p, p, p, p, i32, p, p, p, p]
                 lib.fmc_vbr_pack.argtypes = [p, i64, p, p, p, p, p, p]
                 lib.fmc_vbr_pack.restype = i64
+                for w in "fd":
+                    getattr(lib, f"fmc_vbr_decode_{w}").argtypes = [p, i64, p, p, p, p, p, p, p, p, p, ctypes.c_double]
                 reason = ""
             except (OSError, subprocess.SubprocessError, AttributeError) as e:
                 reason = f"native fmc kernel unavailable: {e}"
@@ -256,3 +258,27 @@ def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
     out = np.zeros((nb * (3 + 2 * bits + fb) + nb * n * k + 7) // 8 + 16, np.uint8)
     nbits = lib.fmc_vbr_pack(_ptr(cfg), nb, _ptr(tags), _ptr(meta), _ptr(words), _ptr(codes), _ptr(lens), _ptr(out))
     return out[:(nbits + 7) // 8].tobytes(), nbits, got[:8], tag_counts, lengths
+
+
+def decode_vbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, block, k: int, method, sids,
+               fb: int, bits: int, qscale: float, lengths, payload_bits: int) -> bool:
+    """Decode a VBR payload into `out` (as `decode_cbr`; one thread: the sections are read in
+    order). `lengths`: the header's tag code lengths, already checked (`tags.check_lengths`).
+    False when the kernel declines (an invalid stream: the torch path raises the error)."""
+    lib = library()
+    if lib is None:
+        return False
+    st = STORAGE[storage]
+    kind = int(out.dtype == torch.float32)
+    tabs, ea, eb = _tables(method, sids, k)
+    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, kind)
+    tabs1, ea1, eb1 = _tables(method, sids, k - 1) if k > 1 else (tabs, ea, eb)
+    cfg1 = _cfg(st, shape, block, max(k - 1, 1), method, len(sids), fb, bits, ea1, eb1, kind)
+    codes = np.ascontiguousarray(tag_code.canonical_codes(lengths), np.int64)
+    lens = np.array(lengths, np.int64)
+    nb = int(np.prod([-(-a // b) for a, b in zip(shape[1:], block)])) * shape[0]
+    scratch_tags = np.empty(2 * nb, np.uint8)
+    buf = np.frombuffer(payload, np.uint8)
+    fn = lib.fmc_vbr_decode_d if storage == torch.bfloat16 else lib.fmc_vbr_decode_f
+    return not fn(_ptr(buf), payload_bits, _ptr(cfg), _ptr(tabs), _ptr(cfg1), _ptr(tabs1), _ptr(codes), _ptr(lens),
+                  _ptr(scratch_tags), _ptr(scratch_tags) + nb, out.data_ptr(), qscale)

@@ -453,19 +453,45 @@ static inline void FN(outputs)(const W *pts, int P, int st, int kind, float qs, 
     (void)kind;
 }
 
+/* One block's values into the map `out` (as the torch path's from_blocks: edge padding dropped):
+ * point pts[ix[i]] for value i, converted once per point to the output element. */
+static inline void FN(block_out)(const W *pts, int P, const uint8_t *ix, const int64_t *cfg, int64_t nn, int64_t ic,
+                                 int64_t ih, int64_t iw, void *out, float qs) {
+    const int st = (int)cfg[C_ST], kind = (int)cfg[C_OUT];
+    const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
+    const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW];
+    const int osize = kind ? 4 : (st >= 3 ? 1 : 2); /* output element bytes */
+    uint16_t o16[MP];
+    uint8_t o8[MP];
+    float of[MP];
+    FN(outputs)(pts, P, st, kind, qs, o16, o8, of);
+    int64_t cb0 = ic * bc, rb0 = ih * bh, wb0 = iw * bw;
+    int wn = wb0 + bw <= Wd ? bw : (int)(Wd - wb0);
+    for (int ca = 0; ca < bc; ca++) {
+        if (cb0 + ca >= C) break;
+        for (int y = 0; y < bh; y++) {
+            if (rb0 + y >= H) break;
+            int64_t base = ((nn * C + cb0 + ca) * H + rb0 + y) * Wd + wb0;
+            const uint8_t *row = ix + (ca * bh + y) * bw;
+            if (osize == 2) for (int c = 0; c < wn; c++) ((uint16_t *)out)[base + c] = o16[row[c]];
+            else if (osize == 4) for (int c = 0; c < wn; c++) ((float *)out)[base + c] = of[row[c]];
+            else for (int c = 0; c < wn; c++) ((uint8_t *)out)[base + c] = o8[row[c]];
+        }
+    }
+}
+
 /* Decode blocks [b0, b1) (b0 a multiple of 8) from the whole payload into the map `out`.
  * Returns 0, 1 (mode B where the method has none) or 2 (scale flag outside the list). */
 int FN(fmc_decode)(const uint8_t *payload, int64_t nbytes, const int64_t *cfg, const tabs_t *T, int64_t b0,
                    int64_t b1, void *out, double qscale) {
     const int st = (int)cfg[C_ST], k = (int)cfg[C_K], bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB];
     const int implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS], allow_b = (int)cfg[C_MODEB];
-    const int kind = (int)cfg[C_OUT], P = 1 << k;
+    const int P = 1 << k;
     const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
     const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bc * bh * bw;
     const int64_t gc = (C + bc - 1) / bc, gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
     const int64_t r = 2 * bits + fb + (int64_t)n * k;
     const int rec64 = r == 64 && bits == 16 && n * k == 32;
-    const int osize = kind ? 4 : (st >= 3 ? 1 : 2); /* output element bytes */
     const float qs = (float)qscale;
     br_t rd = {payload + b0 * r / 8, payload + nbytes, 0, 0};
     int64_t t = b0, iw = t % gw; t /= gw;
@@ -510,23 +536,7 @@ int FN(fmc_decode)(const uint8_t *payload, int64_t nbytes, const int64_t *cfg, c
         W pts[MP], span = b - a;
         for (int j = 0; j < P; j++) pts[j] = a + span * f[j];
         if (mb) pts[0] = 0;
-        uint16_t o16[MP];
-        uint8_t o8[MP];
-        float of[MP];
-        FN(outputs)(pts, P, st, kind, qs, o16, o8, of);
-        int64_t cb0 = ic * bc, rb0 = ih * bh, wb0 = iw * bw;
-        int wn = wb0 + bw <= Wd ? bw : (int)(Wd - wb0);
-        for (int ca = 0; ca < bc; ca++) {
-            if (cb0 + ca >= C) break;
-            for (int y = 0; y < bh; y++) {
-                if (rb0 + y >= H) break;
-                int64_t base = ((nn * C + cb0 + ca) * H + rb0 + y) * Wd + wb0;
-                const uint8_t *row = ix + (ca * bh + y) * bw;
-                if (osize == 2) for (int c = 0; c < wn; c++) ((uint16_t *)out)[base + c] = o16[row[c]];
-                else if (osize == 4) for (int c = 0; c < wn; c++) ((float *)out)[base + c] = of[row[c]];
-                else for (int c = 0; c < wn; c++) ((uint8_t *)out)[base + c] = o8[row[c]];
-            }
-        }
+        FN(block_out)(pts, P, ix, cfg, nn, ic, ih, iw, out, qs);
         if (++iw == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
     }
     return 0;

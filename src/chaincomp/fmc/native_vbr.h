@@ -4,7 +4,7 @@
  * stream is sectioned (all tag planes, then every normal block's [e0 | e1 | flag], then their
  * indices, then the low-index blocks likewise, then one value per constant block), so encoding
  * is two passes: `fmc_vbr_scan` codes blocks (in parallel over block ranges) into per-block
- * fields, `fmc_vbr_pack` lays the sections out. The decisions are codec._vbr_tags': a constant
+ * fields, `fmc_vbr_pack` lays the sections out. `fmc_vbr_decode` reads the sections side by side. The decisions are codec._vbr_tags': a constant
  * block is zero or const; a block with at most 2^(k-1) distinct values is coded with k-1 bits and
  * kept as "low" only when that decodes back exactly (the decoder's points, rounded to the stored
  * dtype, equal to every value); the rest are normal, coded as in CBR.
@@ -151,6 +151,93 @@ int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const i
             counts[3 + res.scale[l]]++;
             counts[11]++;
         }
+    }
+    return 0;
+}
+
+/* reader positioned at bit `at` of the payload */
+static inline br_t FN(reader_at)(const uint8_t *payload, int64_t nbytes, int64_t at) {
+    br_t r = {payload + (at >> 3), payload + nbytes, 0, 0};
+    get(&r, (int)(at & 7));
+    return r;
+}
+
+/* Decode a VBR payload of `payload_bits` bits into the map `out` (the torch path's decode_tags,
+ * then the sections read side by side, block after block). code / len: the tag code (len 255:
+ * unused; 0: the only tag, no planes); cfg1 / T1: k - 1's; tags, pre: nb bytes of scratch each.
+ * Returns 0, or (the torch path then reports the error) 1 / 2 as fmc_decode, 3 an invalid tag,
+ * 4 section sizes that disagree with payload_bits, 5 low blocks with 1-bit indices. */
+int FN(fmc_vbr_decode)(const uint8_t *payload, int64_t payload_bits, const int64_t *cfg, const tabs_t *T,
+                       const int64_t *cfg1, const tabs_t *T1, const int64_t *code, const int64_t *len, uint8_t *tags,
+                       uint8_t *pre, void *out, double qscale) {
+    const int st = (int)cfg[C_ST], k = (int)cfg[C_K], bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB];
+    const int implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS];
+    const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
+    const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bc * bh * bw;
+    const int64_t gc = (C + bc - 1) / bc, gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
+    const int64_t nb = cfg[C_N] * gc * gh * gw, nbytes = (payload_bits + 7) / 8, mbits = 2 * bits + fb;
+    const float qs = (float)qscale;
+    int only = -1, maxlen = 0;
+    for (int t = 0; t < 4; t++) {
+        if (len[t] == 0) only = t;
+        if (len[t] != 255 && len[t] > maxlen) maxlen = (int)len[t];
+    }
+    int64_t pos = 0, cnt[4] = {0, 0, 0, 0};
+    if (only >= 0) memset(tags, only, nb);
+    else {
+        br_t rd = {payload, payload + nbytes, 0, 0};
+        memset(tags, 255, nb);
+        memset(pre, 0, nb);
+        for (int j = 0; j < maxlen; j++)
+            for (int64_t b = 0; b < nb; b++) {
+                if (tags[b] != 255) continue;
+                pre[b] = (uint8_t)((pre[b] << 1) | get(&rd, 1));
+                pos++;
+                for (int t = 0; t < 4; t++)
+                    if (len[t] == j + 1 && code[t] == pre[b]) tags[b] = (uint8_t)t;
+            }
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        if (tags[b] > 3) return 3;
+        cnt[tags[b]]++;
+    }
+    if (cnt[2] && k == 1) return 5;
+    const int64_t nm = pos, ni = nm + cnt[3] * mbits, lm = ni + cnt[3] * n * k, li = lm + cnt[2] * mbits,
+                  cv = li + cnt[2] * n * (k - 1);
+    if (cv + cnt[1] * bits != payload_bits) return 4;
+    br_t rnm = FN(reader_at)(payload, nbytes, nm), rni = FN(reader_at)(payload, nbytes, ni),
+         rlm = FN(reader_at)(payload, nbytes, lm), rli = FN(reader_at)(payload, nbytes, li),
+         rcv = FN(reader_at)(payload, nbytes, cv);
+    W tab[2][2 * MT][MP];
+    for (int i = 0; i < 2 * ns; i++)
+        for (int j = 0; j < MP; j++) { tab[0][i][j] = (W)T->dtab[i][j]; tab[1][i][j] = (W)T1->dtab[i][j]; }
+    static const uint8_t zeros[NMAX];
+    uint8_t ix[NMAX];
+    int64_t nn = 0, ic = 0, ih = 0, iw = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        const int t = tags[b];
+        W pts[MP];
+        if (t <= 1) { /* zero, or one stored value */
+            pts[0] = t ? FN(val)(get(&rcv, bits), st) : 0;
+            FN(block_out)(pts, 1, zeros, cfg, nn, ic, ih, iw, out, qs);
+        } else {
+            const int low = t == 2, kk = low ? k - 1 : k, P = 1 << kk;
+            br_t *mr = low ? &rlm : &rnm, *ir = low ? &rli : &rni;
+            uint32_t p0 = get(mr, bits), p1 = get(mr, bits), flag = get(mr, fb);
+            for (int i = 0; i < n; i++) ix[i] = (uint8_t)get(ir, kk);
+            W e0 = FN(val)(p0, st), e1 = FN(val)(p1, st);
+            int mb = e0 > e1;
+            if (mb && !(low ? cfg1 : cfg)[C_MODEB]) return 1;
+            W a = mb ? e1 : e0, hb = mb ? e0 : e1, span = hb - a;
+            int sc;
+            if (implicit) sc = (int)((p0 ^ p1) & 1) * (1 + (hb <= 0));
+            else { sc = (int)flag; if (sc >= ns) return 2; }
+            const W *f = tab[low][sc + ns * mb];
+            for (int j = 0; j < P; j++) pts[j] = a + span * f[j];
+            if (mb) pts[0] = 0;
+            FN(block_out)(pts, P, ix, cfg, nn, ic, ih, iw, out, qs);
+        }
+        if (++iw == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
     }
     return 0;
 }
