@@ -106,8 +106,12 @@ def test_native_streams_and_decodes_match_torch_path(dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", list(BITS))
 def test_native_vbr_streams_match_torch_path(dtype, monkeypatch):
     """VBR: tags (zero / const / low / normal), the low-index exactness check and the sectioned
-    layout give the torch path's bytes; every tag occurs somewhere in the sweep."""
+    layout give the torch path's bytes, and the native decoder its values; every tag occurs
+    somewhere in the sweep."""
     monkeypatch.setattr(native, "MIN_VALUES_PER_THREAD", 256)
+    decoded = []
+    real = native.decode_vbr
+    monkeypatch.setattr(native, "decode_vbr", lambda *a: decoded.append(real(*a)) or decoded[-1])
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     seen = set()
@@ -120,6 +124,8 @@ def test_native_vbr_streams_match_torch_path(dtype, monkeypatch):
                     vbr = {**cfg, "mode": "vbr"}
                     ref, got = streams(x, monkeypatch, bits_in=bits, **vbr)
                     assert ref == got, (dtype, shape, kind, cfg)
+                    a, b = decodes(ref, monkeypatch)
+                    assert same_tensor(a, b), (dtype, shape, kind, cfg)
                     monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "1")
                     stats = encode_with_stats(x, bits_in=bits, **vbr)[1]
                     monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "0")
@@ -128,6 +134,7 @@ def test_native_vbr_streams_match_torch_path(dtype, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert seen == {"zero", "const", "low", "normal"}, seen
+    assert decoded and all(decoded), "the native VBR decoder did not run (or declined a valid stream)"
 
 
 @needs_kernel
@@ -170,6 +177,7 @@ def test_fallback_without_compiler(monkeypatch):
         assert encode(x, mode="cbr") == expected["cbr"]
         assert encode(x, mode="vbr") == expected["vbr"]
         assert same_tensor(decode(expected["paper"]), decodes(expected["paper"], monkeypatch)[0])
+        assert same_tensor(decode(expected["vbr"]), decodes(expected["vbr"], monkeypatch)[0])
     finally:
         native.reset()
 
@@ -179,6 +187,7 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setattr(native, "encode_cbr", lambda *a, **k: pytest.fail("native path used"))
     monkeypatch.setattr(native, "decode_cbr", lambda *a, **k: pytest.fail("native path used"))
     monkeypatch.setattr(native, "encode_vbr", lambda *a, **k: pytest.fail("native path used"))
+    monkeypatch.setattr(native, "decode_vbr", lambda *a, **k: pytest.fail("native path used"))
     x = make_map((1, 2, 8, 8), torch.float16, seed=0, kind="relu")
     assert decode(encode(x, preset="paper")).shape == x.shape
     assert decode(encode(x, mode="vbr")).shape == x.shape
@@ -214,3 +223,25 @@ def test_kernel_build_is_atomic_and_cached(monkeypatch, tmp_path):
     with pytest.raises(subprocess.CalledProcessError):
         native._build("cc")
     assert list(path.parent.iterdir()) == []
+
+
+@needs_kernel
+def test_native_vbr_decoder_declines_bad_streams(monkeypatch):
+    """A VBR payload whose sections disagree with the header, or whose tags are not a code word, is
+    declined by the kernel; the torch path then raises its error."""
+    from chaincomp.fmc import bitstream
+    from chaincomp.fmc.codec import check
+    from chaincomp.fmc.methods import flag_bits
+
+    x = make_map((2, 4, 16, 64), torch.float16, seed=3, kind="relu")
+    head, payload = bitstream.read(encode(x, mode="vbr"))
+    out = torch.empty(x.shape, dtype=torch.float16)
+    m, block, sids, _ = check(tuple(x.shape), mode="vbr")
+    args = (payload, torch.float16, out, head.shape, block, head.index_bits, m, sids, flag_bits(m, len(sids)), 16,
+            head.qscale)
+    assert native.decode_vbr(*args, head.tag_lengths, head.payload_bits)
+    assert same_tensor(out, decode(encode(x, mode="vbr")))
+    assert not native.decode_vbr(*args, head.tag_lengths, head.payload_bits - 8)  # sizes disagree
+    bad = bitstream.write(bitstream.Header(**{**head.__dict__, "payload_bits": head.payload_bits + 8}), payload + b"\0")
+    with pytest.raises(UserError):
+        decode(bad)
