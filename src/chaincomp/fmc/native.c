@@ -1,4 +1,9 @@
-/* Fused CPU kernels of the fmc codec's constant-bitrate path (see native.py for why and how).
+/* Fused CPU kernels of the fmc codec (see native.py for why and how): the constant-bitrate path
+ * here and in native_body.h, the variable-bitrate one in native_vbr.h.
+ *
+ * Hand-written because no library implements this codec (ASC: per-block min/max, the squared error
+ * of every (mode, scale) candidate, midpoint-threshold indices, the implicit method's endpoint
+ * nudge, bit records); the torch path runs it as ~45 map-sized tensor passes.
  *
  * One pass per block: load the block straight from the map (edge padding by index clamping),
  * min/max, every (mode, scale) candidate's squared error, the winner's indices, the implicit

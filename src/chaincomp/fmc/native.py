@@ -1,5 +1,5 @@
-"""Fused native CPU kernels for the codec's constant-bitrate path (`native.c`), with the torch path
-as the fallback.
+"""Fused native CPU kernels for the codec's constant- and variable-bitrate paths (`native.c`,
+`native_vbr.h`), with the torch path as the fallback.
 
 Why hand-written: no library implements ASC (block min/max, every (mode, scale) candidate's
 squared error, midpoint-threshold indices, the implicit method's endpoint nudge, bit records). The
