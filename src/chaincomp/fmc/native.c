@@ -26,6 +26,7 @@
 #define MT 4   /* tables per mode at most */
 #define MP 16  /* points per table at most */
 #define NMAX 512
+#define MAX_PARTS 64 /* threads per call at most (native.MAX_PARTS) */
 
 typedef struct {
     double afrac[MT][MP], amid[MT][MP], bfrac[MT][MP], bmid[MT][MP], bfg[MT][MP], dtab[2 * MT][MP];
@@ -319,7 +320,6 @@ static void *run_job(void *p) {
     return 0;
 }
 
-#define MAX_PARTS 64
 static int run_parts(job_t *jobs, int parts) {
     pthread_t th[MAX_PARTS];
     int started[MAX_PARTS] = {0}, rc = 0;

@@ -119,7 +119,8 @@ def library():
                 lib.fmc_vbr_pack.argtypes = [p, i64, p, p, p, p, p, p]
                 lib.fmc_vbr_pack.restype = i64
                 for w in "fd":
-                    getattr(lib, f"fmc_vbr_decode_{w}").argtypes = [p, i64, p, p, p, p, p, p, p, p, p, ctypes.c_double]
+                    getattr(lib, f"fmc_vbr_decode_{w}").argtypes = [p, i64, p, p, p, p, p, p, p, p, p, ctypes.c_double,
+                                                                     i32]
                 reason = ""
             except (OSError, subprocess.SubprocessError, AttributeError) as e:
                 reason = f"native fmc kernel unavailable: {e}"
@@ -262,8 +263,9 @@ def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
 
 def decode_vbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, block, k: int, method, sids,
                fb: int, bits: int, qscale: float, lengths, payload_bits: int) -> bool:
-    """Decode a VBR payload into `out` (as `decode_cbr`; one thread: the sections are read in
-    order). `lengths`: the header's tag code lengths, already checked (`tags.check_lengths`).
+    """Decode a VBR payload into `out` (as `decode_cbr`; the tags are read on one thread, then the
+    blocks split over threads). `lengths`: the header's tag code lengths, already checked
+    (`tags.check_lengths`).
     False when the kernel declines (an invalid stream: the torch path raises the error)."""
     lib = library()
     if lib is None:
@@ -281,4 +283,5 @@ def decode_vbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, b
     buf = np.frombuffer(payload, np.uint8)
     fn = lib.fmc_vbr_decode_d if storage == torch.bfloat16 else lib.fmc_vbr_decode_f
     return not fn(_ptr(buf), payload_bits, _ptr(cfg), _ptr(tabs), _ptr(cfg1), _ptr(tabs1), _ptr(codes), _ptr(lens),
-                  _ptr(scratch_tags), _ptr(scratch_tags) + nb, out.data_ptr(), qscale)
+                  _ptr(scratch_tags), _ptr(scratch_tags) + nb, out.data_ptr(), qscale,
+                  threads(nb * block[0] * block[1] * block[2]))

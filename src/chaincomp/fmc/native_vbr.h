@@ -156,6 +156,78 @@ int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const i
 }
 
 /* reader positioned at bit `at` of the payload */
+static inline br_t FN(reader_at)(const uint8_t *payload, int64_t nbytes, int64_t at);
+
+/* blocks [b0, b1) of a VBR payload; at[5]: where the part's fields start in the five sections
+ * (normal meta, normal indices, low meta, low indices, const values) */
+typedef struct {
+    const uint8_t *payload;
+    int64_t nbytes, b0, b1, at[5];
+    const int64_t *cfg, *cfg1;
+    const tabs_t *T, *T1;
+    const uint8_t *tags;
+    void *out;
+    float qs;
+    int rc;
+} FN(vbr_part_t);
+
+static int FN(vbr_blocks)(const FN(vbr_part_t) *j) {
+    const int64_t *cfg = j->cfg, *cfg1 = j->cfg1;
+    const uint8_t *payload = j->payload, *tags = j->tags;
+    const int64_t nbytes = j->nbytes;
+    void *out = j->out;
+    const float qs = j->qs;
+    const int st = (int)cfg[C_ST], k = (int)cfg[C_K], bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB];
+    const int implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS];
+    const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
+    const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bc * bh * bw;
+    const int64_t gc = (C + bc - 1) / bc, gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
+    br_t rnm = FN(reader_at)(payload, nbytes, j->at[0]), rni = FN(reader_at)(payload, nbytes, j->at[1]),
+         rlm = FN(reader_at)(payload, nbytes, j->at[2]), rli = FN(reader_at)(payload, nbytes, j->at[3]),
+         rcv = FN(reader_at)(payload, nbytes, j->at[4]);
+    W tab[2][2 * MT][MP];
+    for (int i = 0; i < 2 * ns; i++)
+        for (int q = 0; q < MP; q++) { tab[0][i][q] = (W)j->T->dtab[i][q]; tab[1][i][q] = (W)j->T1->dtab[i][q]; }
+    static const uint8_t zeros[NMAX];
+    uint8_t ix[NMAX];
+    int64_t t0 = j->b0, iw = t0 % gw; t0 /= gw;
+    int64_t ih = t0 % gh; t0 /= gh;
+    int64_t ic = t0 % gc, nn = t0 / gc;
+    for (int64_t b = j->b0; b < j->b1; b++) {
+        const int t = tags[b];
+        W pts[MP];
+        if (t <= 1) { /* zero, or one stored value */
+            pts[0] = t ? FN(val)(get(&rcv, bits), st) : 0;
+            FN(block_out)(pts, 1, zeros, cfg, nn, ic, ih, iw, out, qs);
+        } else {
+            const int low = t == 2, kk = low ? k - 1 : k, P = 1 << kk;
+            br_t *mr = low ? &rlm : &rnm, *ir = low ? &rli : &rni;
+            uint32_t p0 = get(mr, bits), p1 = get(mr, bits), flag = get(mr, fb);
+            for (int i = 0; i < n; i++) ix[i] = (uint8_t)get(ir, kk);
+            W e0 = FN(val)(p0, st), e1 = FN(val)(p1, st);
+            int mb = e0 > e1;
+            if (mb && !(low ? cfg1 : cfg)[C_MODEB]) return 1;
+            W a = mb ? e1 : e0, hb = mb ? e0 : e1, span = hb - a;
+            int sc;
+            if (implicit) sc = (int)((p0 ^ p1) & 1) * (1 + (hb <= 0));
+            else { sc = (int)flag; if (sc >= ns) return 2; }
+            const W *f = tab[low][sc + ns * mb];
+            for (int q = 0; q < P; q++) pts[q] = a + span * f[q];
+            if (mb) pts[0] = 0;
+            FN(block_out)(pts, P, ix, cfg, nn, ic, ih, iw, out, qs);
+        }
+        if (++iw == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
+    }
+    return 0;
+}
+
+static void *FN(vbr_run)(void *p) {
+    FN(vbr_part_t) *j = p;
+    j->rc = FN(vbr_blocks)(j);
+    return 0;
+}
+
+/* reader positioned at bit `at` of the payload */
 static inline br_t FN(reader_at)(const uint8_t *payload, int64_t nbytes, int64_t at) {
     br_t r = {payload + (at >> 3), payload + nbytes, 0, 0};
     get(&r, (int)(at & 7));
@@ -164,14 +236,14 @@ static inline br_t FN(reader_at)(const uint8_t *payload, int64_t nbytes, int64_t
 
 /* Decode a VBR payload of `payload_bits` bits into the map `out` (the torch path's decode_tags,
  * then the sections read side by side, block after block). code / len: the tag code (len 255:
- * unused; 0: the only tag, no planes); cfg1 / T1: k - 1's; tags, pre: nb bytes of scratch each.
+ * unused; 0: the only tag, no planes); cfg1 / T1: k - 1's; tags, pre: nb bytes of scratch each;
+ * blocks split over `parts` threads once the tags are read.
  * Returns 0, or (the torch path then reports the error) 1 / 2 as fmc_decode, 3 an invalid tag,
  * 4 section sizes that disagree with payload_bits, 5 low blocks with 1-bit indices. */
 int FN(fmc_vbr_decode)(const uint8_t *payload, int64_t payload_bits, const int64_t *cfg, const tabs_t *T,
                        const int64_t *cfg1, const tabs_t *T1, const int64_t *code, const int64_t *len, uint8_t *tags,
-                       uint8_t *pre, void *out, double qscale) {
-    const int st = (int)cfg[C_ST], k = (int)cfg[C_K], bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB];
-    const int implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS];
+                       uint8_t *pre, void *out, double qscale, int parts) {
+    const int k = (int)cfg[C_K], bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB];
     const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
     const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bc * bh * bw;
     const int64_t gc = (C + bc - 1) / bc, gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
@@ -205,41 +277,31 @@ int FN(fmc_vbr_decode)(const uint8_t *payload, int64_t payload_bits, const int64
     const int64_t nm = pos, ni = nm + cnt[3] * mbits, lm = ni + cnt[3] * n * k, li = lm + cnt[2] * mbits,
                   cv = li + cnt[2] * n * (k - 1);
     if (cv + cnt[1] * bits != payload_bits) return 4;
-    br_t rnm = FN(reader_at)(payload, nbytes, nm), rni = FN(reader_at)(payload, nbytes, ni),
-         rlm = FN(reader_at)(payload, nbytes, lm), rli = FN(reader_at)(payload, nbytes, li),
-         rcv = FN(reader_at)(payload, nbytes, cv);
-    W tab[2][2 * MT][MP];
-    for (int i = 0; i < 2 * ns; i++)
-        for (int j = 0; j < MP; j++) { tab[0][i][j] = (W)T->dtab[i][j]; tab[1][i][j] = (W)T1->dtab[i][j]; }
-    static const uint8_t zeros[NMAX];
-    uint8_t ix[NMAX];
-    int64_t nn = 0, ic = 0, ih = 0, iw = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        const int t = tags[b];
-        W pts[MP];
-        if (t <= 1) { /* zero, or one stored value */
-            pts[0] = t ? FN(val)(get(&rcv, bits), st) : 0;
-            FN(block_out)(pts, 1, zeros, cfg, nn, ic, ih, iw, out, qs);
-        } else {
-            const int low = t == 2, kk = low ? k - 1 : k, P = 1 << kk;
-            br_t *mr = low ? &rlm : &rnm, *ir = low ? &rli : &rni;
-            uint32_t p0 = get(mr, bits), p1 = get(mr, bits), flag = get(mr, fb);
-            for (int i = 0; i < n; i++) ix[i] = (uint8_t)get(ir, kk);
-            W e0 = FN(val)(p0, st), e1 = FN(val)(p1, st);
-            int mb = e0 > e1;
-            if (mb && !(low ? cfg1 : cfg)[C_MODEB]) return 1;
-            W a = mb ? e1 : e0, hb = mb ? e0 : e1, span = hb - a;
-            int sc;
-            if (implicit) sc = (int)((p0 ^ p1) & 1) * (1 + (hb <= 0));
-            else { sc = (int)flag; if (sc >= ns) return 2; }
-            const W *f = tab[low][sc + ns * mb];
-            for (int j = 0; j < P; j++) pts[j] = a + span * f[j];
-            if (mb) pts[0] = 0;
-            FN(block_out)(pts, P, ix, cfg, nn, ic, ih, iw, out, qs);
+    /* parts of about equal block counts; each starts where the earlier blocks' fields end */
+    FN(vbr_part_t) jobs[MAX_PARTS];
+    pthread_t th[MAX_PARTS];
+    int started[MAX_PARTS] = {0}, rc = 0;
+    if (parts < 1 || parts > MAX_PARTS) return -2;
+    int64_t at[5] = {nm, ni, lm, li, cv}, b = 0;
+    for (int i = 0; i < parts; i++) {
+        int64_t b1 = i + 1 == parts ? nb : nb * (i + 1) / parts;
+        jobs[i] = (FN(vbr_part_t)){.payload = payload, .nbytes = nbytes, .b0 = b, .b1 = b1, .cfg = cfg, .cfg1 = cfg1,
+                                  .T = T, .T1 = T1, .tags = tags, .out = out, .qs = qs};
+        memcpy(jobs[i].at, at, sizeof at);
+        for (; b < b1; b++) {
+            const int t = tags[b];
+            if (t == 1) at[4] += bits;
+            else if (t >= 2) { at[t == 2 ? 2 : 0] += mbits; at[t == 2 ? 3 : 1] += (int64_t)n * (t == 2 ? k - 1 : k); }
         }
-        if (++iw == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
     }
-    return 0;
+    for (int i = 1; i < parts; i++) started[i] = pthread_create(&th[i], 0, FN(vbr_run), &jobs[i]) == 0;
+    FN(vbr_run)(&jobs[0]);
+    for (int i = 1; i < parts; i++) {
+        if (started[i]) pthread_join(th[i], 0);
+        else FN(vbr_run)(&jobs[i]);
+    }
+    for (int i = 0; i < parts; i++) if (jobs[i].rc && !rc) rc = jobs[i].rc;
+    return rc;
 }
 
 #undef FN
