@@ -48,7 +48,6 @@ DEFAULT_INDEX_BITS = 3
 DEFAULT_SCALES = ("linear", "hlog")
 
 
-
 @dataclass(frozen=True)
 class Preset:
     """A named operating point: the keywords it fixes (see `resolve`)."""
@@ -223,9 +222,8 @@ _NATIVE_INPUT = {(torch.float16, 16): (0, torch.float16), (torch.bfloat16, 16): 
 
 
 def _native(x, bits_in, m, block, k, sids, fb, mode):
-    """Payload from the native kernel: (payload, bits, dtype code, qscale, counts, tag code lengths,
-    tag counts), or None (not covered, unavailable or declined: the torch path runs and raises any
-    input error)."""
+    """(payload, bits, dtype code, qscale, counts, tag code lengths, tag counts) from the native kernel,
+    or None (not covered, unavailable, declined: the torch path runs and raises any input error)."""
     if not (native.enabled() and x.device.type == "cpu" and x.numel()):
         return None
     if (x.dtype, bits_in) in _NATIVE_INPUT:
