@@ -8,6 +8,7 @@ Usage:
                                                    # and where the encoder's time goes
     python benchmarks/fmc_throughput.py --sweep    # block shape x index bits x scales sweep
     python benchmarks/fmc_throughput.py --native-speed --repeats 15   # torch path vs native kernel
+    python benchmarks/fmc_throughput.py --native-speed --native-only --repeats 15   # native columns only
 
 Maps (float16, the 16-bit maps of the paper's headline):
 - "gauss": pre-activation-like: a Gaussian field with a 1/f^2 power spectrum (the spectrum of
@@ -236,10 +237,10 @@ def _times(x, cfg, repeats: int) -> tuple[list, list, list, list]:
     return ew, ec, dw, dc
 
 
-def native_speed(repeats: int = 15) -> None:
+def native_speed(repeats: int = 15, native_only: bool = False) -> None:
     """The torch path (CHAINCOMP_FMC_NATIVE=0) against the native kernel, same maps as `speed`:
-    MB/s best / median of `repeats` wall times (best CPU time in brackets), 1 and 2 threads. VBR
-    has no native path yet (both columns run the torch path)."""
+    MB/s best / median of `repeats` wall times (best CPU time in brackets), 1 and 2 threads.
+    native_only: the native columns alone (quicker; the torch path's do not change with kernel work)."""
     import os
 
     from chaincomp.fmc import native
@@ -250,9 +251,13 @@ def native_speed(repeats: int = 15) -> None:
     configs = [("preset paper", dict(preset="paper")), ("default cbr", dict(mode="cbr")), ("default vbr", {})]
     print(f"native kernel: {native.library() is not None} {native.reason}")
     threads, env = torch.get_num_threads(), os.environ.get("CHAINCOMP_FMC_NATIVE")
-    print("| map | config | threads | encode MB/s torch path | encode MB/s native | decode MB/s torch path | "
-          "decode MB/s native |")
-    print("|---|---|---|---|---|---|---|")
+    if native_only:
+        print("| map | config | threads | encode MB/s native | decode MB/s native |")
+        print("|---|---|---|---|---|")
+    else:
+        print("| map | config | threads | encode MB/s torch path | encode MB/s native | decode MB/s torch path | "
+              "decode MB/s native |")
+        print("|---|---|---|---|---|---|---|")
 
     def cell(raw, wall, cpu):
         return f"{raw / min(wall):.0f} / {raw / statistics.median(wall):.0f} ({raw / min(cpu):.0f})"
@@ -263,10 +268,15 @@ def native_speed(repeats: int = 15) -> None:
             raw = x.numel() * 2 / 1e6
             for name, cfg in configs:
                 got = {}
-                for flag in ("0", "1"):
+                for flag in ("1",) if native_only else ("0", "1"):
                     os.environ["CHAINCOMP_FMC_NATIVE"] = flag
                     got[flag] = _times(x, cfg, repeats)
-                (ew0, ec0, dw0, dc0), (ew1, ec1, dw1, dc1) = got["0"], got["1"]
+                ew1, ec1, dw1, dc1 = got["1"]
+                if native_only:
+                    print(f"| {label} | {name} | {n_threads} | {cell(raw, ew1, ec1)} | {cell(raw, dw1, dc1)} |",
+                          flush=True)
+                    continue
+                ew0, ec0, dw0, dc0 = got["0"]
                 print(f"| {label} | {name} | {n_threads} | {cell(raw, ew0, ec0)} | {cell(raw, ew1, ec1)} | "
                       f"{cell(raw, dw0, dc0)} | {cell(raw, dw1, dc1)} |", flush=True)
     torch.set_num_threads(threads)
@@ -307,6 +317,7 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true", help="MB/s on a typical map, 1 and 2 threads, and a profile")
     ap.add_argument("--native-speed", action="store_true",
                     help="torch path against the native kernel, 1 and 2 threads (use --repeats 15)")
+    ap.add_argument("--native-only", action="store_true", help="with --native-speed: the native columns alone")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
@@ -319,7 +330,7 @@ def main() -> None:
     elif args.speed:
         speed()
     elif args.native_speed:
-        native_speed(repeats=args.repeats)
+        native_speed(repeats=args.repeats, native_only=args.native_only)
     else:
         throughput(repeats=args.repeats)
 

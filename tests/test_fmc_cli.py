@@ -4,6 +4,7 @@ import json
 import pytest
 
 from chaincomp.cli import main
+from chaincomp.fmc import native
 from chaincomp.studies.feature_maps import load_fmc_recipe
 from conftest import fails_with_one_line
 
@@ -50,6 +51,7 @@ def test_fmc_json_fields(run):
         by[("minmax", 16)]["bits_per_value_cbr"] + 1 / 64 + 1e-3
     d = r["details"][0]
     assert sum(d["mode_histogram"]["mode"].values()) > 0 and d["throughput"]["encode_mbps_cbr"] > 0
+    assert d["throughput"]["path"] == ("native" if native.library() is not None else "torch")
 
 
 def test_report_and_plot_written(run):

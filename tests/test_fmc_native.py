@@ -1,6 +1,7 @@
-"""The native CPU kernel (`chaincomp.fmc.native`) against the torch path: byte-identical streams and
-bit-identical decodes, and the torch path as the fallback (no compiler, CHAINCOMP_FMC_NATIVE=0,
-non-finite input). The torch path is itself pinned to the numpy reference (test_fmc_reference)."""
+"""The native CPU kernel (`chaincomp.fmc.native`) against the torch path: byte-identical streams (CBR
+and VBR) and bit-identical decodes, and the torch path as the fallback (no compiler,
+CHAINCOMP_FMC_NATIVE=0, non-finite input). The torch path is itself pinned to the numpy reference
+(test_fmc_reference)."""
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,8 @@ CONFIGS = [
     dict(mode="cbr", method="single_mode"),
     dict(mode="cbr", method="asc_implicit", block=(1, 8, 8), index_bits=3),
 ]
-SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (1, 5, 9, 11), (2, 4, 16, 64), (1, 3, 17, 70)]
+SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (1, 5, 9, 11), (2, 4, 16, 64), (1, 3, 17, 70),
+          (2, 3, 12, 56)]  # 56: rows of 7 blocks of 8 (groups of 8 blocks span block rows)
 
 
 def make_map(shape, dtype, seed, kind):
@@ -49,8 +51,9 @@ def make_map(shape, dtype, seed, kind):
 def streams(x, monkeypatch, **kw):
     """(torch-path stream, native stream), checking that the native kernel really ran."""
     calls = []
-    real = native.encode_cbr
-    monkeypatch.setattr(native, "encode_cbr", lambda *a, **k: calls.append(1) or real(*a, **k))
+    name = "encode_vbr" if kw.get("mode") == "vbr" else "encode_cbr"
+    real = getattr(native, name)
+    monkeypatch.setattr(native, name, lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "0")
     ref = encode(x, **kw)
     assert not calls
@@ -100,9 +103,44 @@ def test_native_streams_and_decodes_match_torch_path(dtype, monkeypatch):
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", list(BITS))
+def test_native_vbr_streams_match_torch_path(dtype, monkeypatch):
+    """VBR: tags (zero / const / low / normal), the low-index exactness check and the sectioned
+    layout give the torch path's bytes, and the native decoder its values; every tag occurs
+    somewhere in the sweep."""
+    monkeypatch.setattr(native, "MIN_VALUES_PER_THREAD", 256)
+    decoded = []
+    real = native.decode_vbr
+    monkeypatch.setattr(native, "decode_vbr", lambda *a: decoded.append(real(*a)) or decoded[-1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = set()
+    try:
+        for i, shape in enumerate(SHAPES):
+            for kind in ("smooth", "relu", "blocks", "tiny", "wide"):
+                x = make_map(shape, dtype, seed=i, kind=kind)
+                for cfg in CONFIGS:
+                    bits = BITS[dtype] if dtype != torch.float32 else 16
+                    vbr = {**cfg, "mode": "vbr"}
+                    ref, got = streams(x, monkeypatch, bits_in=bits, **vbr)
+                    assert ref == got, (dtype, shape, kind, cfg)
+                    a, b = decodes(ref, monkeypatch)
+                    assert same_tensor(a, b), (dtype, shape, kind, cfg)
+                    monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "1")
+                    stats = encode_with_stats(x, bits_in=bits, **vbr)[1]
+                    monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "0")
+                    assert stats == encode_with_stats(x, bits_in=bits, **vbr)[1], (dtype, shape, kind, cfg)
+                    seen |= {t for t, c in stats["mode_histogram"]["tag"].items() if c}
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == {"zero", "const", "low", "normal"}, seen
+    assert decoded and all(decoded), "the native VBR decoder did not run (or declined a valid stream)"
+
+
+@needs_kernel
 def test_native_stats_match(monkeypatch):
     x = make_map((2, 4, 16, 64), torch.float16, seed=5, kind="relu")
-    for cfg in (dict(preset="paper"), dict(mode="cbr")):
+    for cfg in (dict(preset="paper"), dict(mode="cbr"), dict(mode="vbr")):
         monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "0")
         d0, s0 = encode_with_stats(x, **cfg)
         monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "1")
@@ -118,6 +156,8 @@ def test_non_finite_input_still_refused(monkeypatch):
         x[0, 1, 3, 5] = float("nan")
         with pytest.raises(UserError, match="non-finite"):
             encode(x, preset="paper")
+        with pytest.raises(UserError, match="non-finite"):
+            encode(x, mode="vbr")
     with pytest.raises(UserError, match="float16 range"):
         encode(torch.full((1, 1, 4, 4), 1e6), mode="cbr")
 
@@ -126,7 +166,8 @@ def test_fallback_without_compiler(monkeypatch):
     """No compiler: the torch path runs and writes the same bytes (pinned by test_fmc_paper's CRCs too)."""
     x = make_map((2, 4, 16, 64), torch.float16, seed=2, kind="relu")
     monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "0")
-    expected = {name: encode(x, **cfg) for name, cfg in (("paper", dict(preset="paper")), ("cbr", dict(mode="cbr")))}
+    expected = {name: encode(x, **cfg) for name, cfg in (("paper", dict(preset="paper")), ("cbr", dict(mode="cbr")),
+                                                          ("vbr", dict(mode="vbr")))}
     monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "1")
     monkeypatch.setattr(native, "compiler", lambda: None)
     native.reset()
@@ -134,7 +175,9 @@ def test_fallback_without_compiler(monkeypatch):
         assert native.library() is None and "compiler" in native.reason
         assert encode(x, preset="paper") == expected["paper"]
         assert encode(x, mode="cbr") == expected["cbr"]
+        assert encode(x, mode="vbr") == expected["vbr"]
         assert same_tensor(decode(expected["paper"]), decodes(expected["paper"], monkeypatch)[0])
+        assert same_tensor(decode(expected["vbr"]), decodes(expected["vbr"], monkeypatch)[0])
     finally:
         native.reset()
 
@@ -143,8 +186,11 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "0")
     monkeypatch.setattr(native, "encode_cbr", lambda *a, **k: pytest.fail("native path used"))
     monkeypatch.setattr(native, "decode_cbr", lambda *a, **k: pytest.fail("native path used"))
+    monkeypatch.setattr(native, "encode_vbr", lambda *a, **k: pytest.fail("native path used"))
+    monkeypatch.setattr(native, "decode_vbr", lambda *a, **k: pytest.fail("native path used"))
     x = make_map((1, 2, 8, 8), torch.float16, seed=0, kind="relu")
     assert decode(encode(x, preset="paper")).shape == x.shape
+    assert decode(encode(x, mode="vbr")).shape == x.shape
 
 
 def test_kernel_build_is_atomic_and_cached(monkeypatch, tmp_path):
@@ -177,3 +223,25 @@ def test_kernel_build_is_atomic_and_cached(monkeypatch, tmp_path):
     with pytest.raises(subprocess.CalledProcessError):
         native._build("cc")
     assert list(path.parent.iterdir()) == []
+
+
+@needs_kernel
+def test_native_vbr_decoder_declines_bad_streams(monkeypatch):
+    """A VBR payload whose sections disagree with the header, or whose tags are not a code word, is
+    declined by the kernel; the torch path then raises its error."""
+    from chaincomp.fmc import bitstream
+    from chaincomp.fmc.codec import check
+    from chaincomp.fmc.methods import flag_bits
+
+    x = make_map((2, 4, 16, 64), torch.float16, seed=3, kind="relu")
+    head, payload = bitstream.read(encode(x, mode="vbr"))
+    out = torch.empty(x.shape, dtype=torch.float16)
+    m, block, sids, _ = check(tuple(x.shape), mode="vbr")
+    args = (payload, torch.float16, out, head.shape, block, head.index_bits, m, sids, flag_bits(m, len(sids)), 16,
+            head.qscale)
+    assert native.decode_vbr(*args, head.tag_lengths, head.payload_bits)
+    assert same_tensor(out, decode(encode(x, mode="vbr")))
+    assert not native.decode_vbr(*args, head.tag_lengths, head.payload_bits - 8)  # sizes disagree
+    bad = bitstream.write(bitstream.Header(**{**head.__dict__, "payload_bits": head.payload_bits + 8}), payload + b"\0")
+    with pytest.raises(UserError):
+        decode(bad)

@@ -48,7 +48,6 @@ DEFAULT_INDEX_BITS = 3
 DEFAULT_SCALES = ("linear", "hlog")
 
 
-
 @dataclass(frozen=True)
 class Preset:
     """A named operating point: the keywords it fixes (see `resolve`)."""
@@ -194,12 +193,11 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
                                 scales=scales, method=method)
     index_bits, mode = cfg["index_bits"], cfg["mode"]
     k, b, fb = index_bits, bits_in, flag_bits(m, len(sids))
-    fast = _native_cbr(x, bits_in, m, block, k, sids, fb) if mode == "cbr" else None
+    fast = _native(x, bits_in, m, block, k, sids, fb, mode)
     if fast is not None:
-        payload, nbits, dcode, qscale, got = fast
+        payload, nbits, dcode, qscale, got, lengths, tag_counts = fast
         nb = n_blocks(tuple(x.shape), block)
         counts = {"A": got[MODE_A], "B": got[MODE_B], "const": got[CONST], "scale": got[3:3 + len(sids)]}
-        lengths, tag_counts = (bitstream.UNUSED,) * 4, [0, 0, 0, nb]
     else:
         payload, nbits, dcode, qscale, counts, lengths, tag_counts, nb = _torch_encode(x, bits_in, m, block, k, mode,
                                                                                     sids, fb)
@@ -223,9 +221,9 @@ _NATIVE_INPUT = {(torch.float16, 16): (0, torch.float16), (torch.bfloat16, 16): 
                  (torch.float32, 16): (5, torch.float16)}
 
 
-def _native_cbr(x, bits_in, m, block, k, sids, fb):
-    """CBR payload from the native kernel: (payload, bits, dtype code, qscale, counts), or None
-    (not covered, unavailable or declined: the torch path runs and raises any input error)."""
+def _native(x, bits_in, m, block, k, sids, fb, mode):
+    """(payload, bits, dtype code, qscale, counts, tag code lengths, tag counts) from the native kernel,
+    or None (not covered, unavailable, declined: the torch path runs and raises any input error)."""
     if not (native.enabled() and x.device.type == "cpu" and x.numel()):
         return None
     if (x.dtype, bits_in) in _NATIVE_INPUT:
@@ -239,9 +237,13 @@ def _native_cbr(x, bits_in, m, block, k, sids, fb):
         return None
     if not native.covers(m, block, k, storage, x.device):
         return None
-    got = native.encode_cbr(src, storage, st, tuple(x.shape), block, k, m, sids, fb, bits_in,
-                            n_blocks(tuple(x.shape), block))
-    return None if got is None else (got[0], got[1], dcode, qscale, got[2])
+    nb = n_blocks(tuple(x.shape), block)
+    args = (src, storage, st, tuple(x.shape), block, k, m, sids, fb, bits_in, nb)
+    if mode == "cbr":
+        got = native.encode_cbr(*args)
+        return None if got is None else (got[0], got[1], dcode, qscale, got[2], (bitstream.UNUSED,) * 4, [0, 0, 0, nb])
+    got = native.encode_vbr(*args)
+    return None if got is None else (got[0], got[1], dcode, qscale, got[2], got[4], got[3])
 
 
 def _torch_encode(x, bits_in, m, block, k, mode, sids, fb):
@@ -370,11 +372,16 @@ def decode(data: bytes, device=None) -> torch.Tensor:
         e0, e1 = dtypes.bits_value(e0, storage, work), dtypes.bits_value(e1, storage, work)
         return reconstruct(e0, e1, sc, torch.from_numpy(idx).to(dev), kk, m, sids)
 
-    if (head.rate == 0 and dev.type == "cpu" and head.payload_bits == nb * (2 * b + fb + n * k)
-            and native.covers(m, block, k, storage, dev)):
+    if dev.type == "cpu" and native.covers(m, block, k, storage, dev):
         out = torch.empty(head.shape, dtype=torch.float32 if dtype == torch.float32 else storage)
-        if native.decode_cbr(payload, storage, out, head.shape, block, k, m, sids, fb, b, nb, head.qscale):
-            return out  # else an invalid record: the torch path below reports it
+        args = (payload, storage, out, head.shape, block, k, m, sids, fb, b)
+        if head.rate == 0 and head.payload_bits == nb * (2 * b + fb + n * k):
+            if native.decode_cbr(*args, nb, head.qscale):
+                return out  # else an invalid record: the torch path below reports it
+        elif head.rate == 1:
+            tags.check_lengths(head.tag_lengths)
+            if native.decode_vbr(*args, head.qscale, head.tag_lengths, head.payload_bits):
+                return out
     if head.rate == 0:
         dec = rebuild(*reader.records(nb, [b, b, fb], n, k), k)
     else:

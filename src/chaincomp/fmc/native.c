@@ -1,4 +1,9 @@
-/* Fused CPU kernels of the fmc codec's constant-bitrate path (see native.py for why and how).
+/* Fused CPU kernels of the fmc codec (see native.py for why and how): the constant-bitrate path
+ * here and in native_body.h, the variable-bitrate one in native_vbr.h.
+ *
+ * Hand-written because no library implements this codec (ASC: per-block min/max, the squared error
+ * of every (mode, scale) candidate, midpoint-threshold indices, the implicit method's endpoint
+ * nudge, bit records); the torch path runs it as ~45 map-sized tensor passes.
  *
  * One pass per block: load the block straight from the map (edge padding by index clamping),
  * min/max, every (mode, scale) candidate's squared error, the winner's indices, the implicit
@@ -11,6 +16,7 @@
  * float16 (cast here, round to nearest even as torch does).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -20,6 +26,7 @@
 #define MT 4   /* tables per mode at most */
 #define MP 16  /* points per table at most */
 #define NMAX 512
+#define MAX_PARTS 64 /* threads per call at most (native.MAX_PARTS) */
 
 typedef struct {
     double afrac[MT][MP], amid[MT][MP], bfrac[MT][MP], bmid[MT][MP], bfg[MT][MP], dtab[2 * MT][MP];
@@ -39,13 +46,22 @@ static inline uint16_t f2bf(float f) { /* torch's round_to_nearest_even (no NaN 
 
 /* bit writer / reader, MSB first */
 typedef struct { uint8_t *p; uint64_t acc; int n; } bw_t;
-static inline void put(bw_t *w, uint32_t v, int width) {
+static inline void put(bw_t *w, uint32_t v, int width) { /* width <= 32; 4 whole bytes at a time */
     if (!width) return;
     w->acc = (w->acc << width) | v;
     w->n += width;
-    while (w->n >= 8) { w->n -= 8; *w->p++ = (uint8_t)(w->acc >> w->n); }
+    if (w->n >= 32) {
+        w->n -= 32;
+        uint32_t o = __builtin_bswap32((uint32_t)(w->acc >> w->n));
+        memcpy(w->p, &o, 4);
+        w->p += 4;
+    }
 }
-static inline void put_flush(bw_t *w) { if (w->n) *w->p++ = (uint8_t)(w->acc << (8 - w->n)); w->n = 0; }
+static inline void put_flush(bw_t *w) {
+    while (w->n >= 8) { w->n -= 8; *w->p++ = (uint8_t)(w->acc >> w->n); }
+    if (w->n) *w->p++ = (uint8_t)(w->acc << (8 - w->n));
+    w->n = 0;
+}
 
 typedef struct { const uint8_t *p, *end; uint64_t acc; int n; } br_t;
 static inline uint32_t get(br_t *r, int width) {
@@ -81,13 +97,56 @@ static inline __m256 ld8(const void *x, int64_t at, int st, __m256i *badv) {
     return _mm256_cvtph_ps(h);
 }
 
-static uint32_t fast_gather(const void *x, int st, int64_t base, int64_t Wd, int bh, int bw, __m256 *v) {
+/* 4 values of two blocks (p0, p1) as one vector of 8 (storage 0 or 5) */
+static inline __m256 ld44(const void *x, int64_t p0, int64_t p1, int st, __m256i *badv) {
+    __m128i h;
+    if (st == 0)
+        h = _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)((const uint16_t *)x + p0))),
+                                          (const double *)((const uint16_t *)x + p1)));
+    else
+        h = _mm256_cvtps_ph(_mm256_set_m128(_mm_loadu_ps((const float *)x + p1), _mm_loadu_ps((const float *)x + p0)),
+                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m128i e = _mm_and_si128(h, _mm_set1_epi16(0x7C00));
+    *badv = _mm256_or_si256(*badv, _mm256_castsi128_si256(_mm_cmpeq_epi16(e, _mm_set1_epi16(0x7C00))));
+    return _mm256_cvtph_ps(h);
+}
+
+/* Element offsets of the next 8 blocks (bc 1) from block position (nn, ic, ih, iw), advanced past
+ * them; 0 (position unchanged) when one of them is padded at the map's edge. Blocks may run over
+ * block rows and channels: maps whose width holds fewer than 8 blocks (56 / 8 = 7) take this path.
+ * 2: the 8 blocks are consecutive in one block row, so each row of them is one contiguous run. */
+static inline int bases8(const int64_t *cfg, int64_t *pn, int64_t *pc, int64_t *ph, int64_t *pw, int64_t *bases) {
+    const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W], bh = cfg[C_BH], bw = cfg[C_BW];
+    const int64_t gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
+    int64_t nn = *pn, ic = *pc, ih = *ph, iw = *pw;
+    if (iw + 8 <= gw && (ih + 1) * bh <= H && (iw + 8) * bw <= Wd) { /* the common case: one run per row */
+        const int64_t b0 = ((nn * C + ic) * H + ih * bh) * Wd + iw * bw;
+        for (int l = 0; l < 8; l++) bases[l] = b0 + l * bw;
+        if ((*pw = iw + 8) == gw) { *pw = 0; if ((*ph = ih + 1) == gh) { *ph = 0; if ((*pc = ic + 1) == C) { *pc = 0; *pn = nn + 1; } } }
+        return 2;
+    }
+    for (int l = 0; l < 8; l++) {
+        if ((ih + 1) * bh > H || (iw + 1) * bw > Wd) return 0;
+        bases[l] = ((nn * C + ic) * H + ih * bh) * Wd + iw * bw;
+        if (++iw == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == C) { ic = 0; nn++; } } }
+    }
+    *pn = nn; *pc = ic; *ph = ih; *pw = iw;
+    return 1;
+}
+
+static uint32_t fast_gather(const void *x, int st, const int64_t *bases, int run, int64_t Wd, int bh, int bw, __m256 *v) {
     __m256i badv = _mm256_setzero_si256();
     for (int y = 0; y < bh; y++) {
-        int64_t at = base + y * Wd;
+        int64_t dy = y * Wd;
         if (bw == 4) {
-            __m256 r0 = ld8(x, at, st, &badv), r1 = ld8(x, at + 8, st, &badv), r2 = ld8(x, at + 16, st, &badv),
-                   r3 = ld8(x, at + 24, st, &badv);
+            __m256 r0, r1, r2, r3;
+            if (run) {
+                r0 = ld8(x, bases[0] + dy, st, &badv); r1 = ld8(x, bases[0] + dy + 8, st, &badv);
+                r2 = ld8(x, bases[0] + dy + 16, st, &badv); r3 = ld8(x, bases[0] + dy + 24, st, &badv);
+            } else {
+                r0 = ld44(x, bases[0] + dy, bases[1] + dy, st, &badv); r1 = ld44(x, bases[2] + dy, bases[3] + dy, st, &badv);
+                r2 = ld44(x, bases[4] + dy, bases[5] + dy, st, &badv); r3 = ld44(x, bases[6] + dy, bases[7] + dy, st, &badv);
+            }
             __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
             __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
             v[y * 4 + 0] = _mm256_shuffle_ps(t0, t2, 0x44);
@@ -96,7 +155,7 @@ static uint32_t fast_gather(const void *x, int st, int64_t base, int64_t Wd, int
             v[y * 4 + 3] = _mm256_shuffle_ps(t1, t3, 0xEE);
         } else {
             __m256 r[8], t[8], s[8];
-            for (int j = 0; j < 8; j++) r[j] = ld8(x, at + 8 * j, st, &badv);
+            for (int j = 0; j < 8; j++) r[j] = ld8(x, bases[j] + dy, st, &badv);
             for (int j = 0; j < 8; j += 2) { t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]); t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]); }
             s[0] = _mm256_shuffle_ps(t[0], t[2], 0x44); s[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
             s[2] = _mm256_shuffle_ps(t[1], t[3], 0x44); s[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
@@ -133,7 +192,8 @@ static void transpose_rows(int bw, __m256 *v) { /* the involution used by fast_g
     }
 }
 
-static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *tab, void *out, int64_t base) {
+static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *tab, void *out, const int64_t *bases,
+                        int run) {
     const int k = (int)cfg[C_K], fb = (int)cfg[C_FB], implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS];
     const int allow_b = (int)cfg[C_MODEB], kind = (int)cfg[C_OUT], P = 1 << k;
     const int bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bh * bw, per = 32 / k, nw = (n + per - 1) / per;
@@ -191,11 +251,21 @@ static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *ta
             rows[c] = o;
         }
         transpose_rows(bw, rows);
-        int64_t at_row = base + y * Wd;
+        int64_t dy = y * Wd;
         for (int j = 0; j < bw; j++) {
-            if (kind) _mm256_storeu_ps((float *)out + at_row + 8 * j, rows[j]);
-            else _mm_storeu_si128((__m128i *)((uint16_t *)out + at_row + 8 * j),
-                                  _mm256_cvtps_ph(rows[j], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            if (bw == 8 || run) { /* run: rows[j] is 8 consecutive values from the first block's row */
+                int64_t at = bw == 8 ? bases[j] + dy : bases[0] + dy + 8 * j;
+                if (kind) _mm256_storeu_ps((float *)out + at, rows[j]);
+                else _mm_storeu_si128((__m128i *)((uint16_t *)out + at),
+                                      _mm256_cvtps_ph(rows[j], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            } else if (kind) { /* blocks 2j and 2j + 1 */
+                _mm_storeu_ps((float *)out + bases[2 * j] + dy, _mm256_castps256_ps128(rows[j]));
+                _mm_storeu_ps((float *)out + bases[2 * j + 1] + dy, _mm256_extractf128_ps(rows[j], 1));
+            } else {
+                __m128i h = _mm256_cvtps_ph(rows[j], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                _mm_storel_epi64((__m128i *)((uint16_t *)out + bases[2 * j] + dy), h);
+                _mm_storeh_pd((double *)((uint16_t *)out + bases[2 * j + 1] + dy), _mm_castsi128_pd(h));
+            }
         }
     }
     return 0;
@@ -210,6 +280,7 @@ typedef int32_t vfi_t __attribute__((vector_size(32)));
 #define VW vf_t
 #define VI vfi_t
 #include "native_body.h"
+#include "native_vbr.h"
 #undef W
 #undef SUF
 #undef LANES
@@ -223,5 +294,144 @@ typedef int64_t vdi_t __attribute__((vector_size(32)));
 #define VW vd_t
 #define VI vdi_t
 #include "native_body.h"
+#include "native_vbr.h"
 
-int fmc_abi(void) { return 1; }
+/* Several parts of one map at once: parts 1.. on their own threads, part 0 on the caller's (a
+ * thread that cannot start runs on the caller's too). Threads here rather than from Python: one
+ * ctypes call per map, no executor hand-offs (those cost more than a 64x64x64 map's half). */
+typedef struct {
+    int wide, dec, rc;
+    const void *x;
+    const uint8_t *payload;
+    int64_t nbytes, b0, b1;
+    const int64_t *cfg;
+    const tabs_t *T;
+    void *out;
+    int64_t *counts;
+    double qscale;
+} job_t;
+
+static void *run_job(void *p) {
+    job_t *j = p;
+    if (j->dec) j->rc = j->wide ? fmc_decode_d(j->payload, j->nbytes, j->cfg, j->T, j->b0, j->b1, j->out, j->qscale)
+                                : fmc_decode_f(j->payload, j->nbytes, j->cfg, j->T, j->b0, j->b1, j->out, j->qscale);
+    else j->rc = j->wide ? fmc_encode_d(j->x, j->cfg, j->T, j->b0, j->b1, j->out, j->counts)
+                         : fmc_encode_f(j->x, j->cfg, j->T, j->b0, j->b1, j->out, j->counts);
+    return 0;
+}
+
+static int run_parts(job_t *jobs, int parts) {
+    pthread_t th[MAX_PARTS];
+    int started[MAX_PARTS] = {0}, rc = 0;
+    for (int i = 1; i < parts; i++) started[i] = pthread_create(&th[i], 0, run_job, &jobs[i]) == 0;
+    run_job(&jobs[0]);
+    for (int i = 1; i < parts; i++) {
+        if (started[i]) pthread_join(th[i], 0);
+        else run_job(&jobs[i]);
+    }
+    for (int i = 0; i < parts; i++) if (jobs[i].rc && !rc) rc = jobs[i].rc;
+    return rc;
+}
+
+/* Encode block ranges [ranges[2i], ranges[2i+1]) in parallel; counts: 8 per part. Returns as fmc_encode. */
+int fmc_encode_par(int wide, const void *x, const int64_t *cfg, const tabs_t *T, const int64_t *ranges, int parts,
+                   uint8_t *out, int64_t *counts) {
+    job_t jobs[MAX_PARTS];
+    if (parts < 1 || parts > MAX_PARTS) return -2;
+    for (int i = 0; i < parts; i++)
+        jobs[i] = (job_t){.wide = wide, .x = x, .b0 = ranges[2 * i], .b1 = ranges[2 * i + 1], .cfg = cfg, .T = T,
+                          .out = out, .counts = counts + 8 * i};
+    return run_parts(jobs, parts);
+}
+
+/* Decode block ranges in parallel. Returns as fmc_decode (the first failing part's code). */
+int fmc_decode_par(int wide, const uint8_t *payload, int64_t nbytes, const int64_t *cfg, const tabs_t *T,
+                   const int64_t *ranges, int parts, void *out, double qscale) {
+    job_t jobs[MAX_PARTS];
+    if (parts < 1 || parts > MAX_PARTS) return -2;
+    for (int i = 0; i < parts; i++)
+        jobs[i] = (job_t){.wide = wide, .dec = 1, .payload = payload, .nbytes = nbytes, .b0 = ranges[2 * i],
+                          .b1 = ranges[2 * i + 1], .cfg = cfg, .T = T, .out = out, .qscale = qscale};
+    return run_parts(jobs, parts);
+}
+
+/* one block's kk-bit indices from its `index_words` (32 / kk fields a word, the last one shorter) */
+static inline void put_words(bw_t *w, const uint32_t *words, int n, int kk) {
+    const int per = 32 / kk;
+    for (int j = 0, i0 = 0; i0 < n; j++, i0 += per) put(w, words[j], (n - i0 < per ? n - i0 : per) * kk);
+}
+
+/* Lay out a VBR payload from fmc_vbr_scan's fields (see native_vbr.h): the tag code's bit planes
+ * (plane j: bit j of every block whose code is longer than j), then the normal blocks' meta rows
+ * and indices, the low blocks' likewise (k - 1 bits), then each const block's value. code / len:
+ * the canonical code and length of each tag. Returns the payload bits. */
+int64_t fmc_vbr_pack(const int64_t *cfg, int64_t nb, const uint8_t *tags, const uint64_t *meta, const uint32_t *words,
+                     const int64_t *code, const int64_t *len, uint8_t *out) {
+    const int bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB], k = (int)cfg[C_K];
+    const int n = (int)(cfg[C_BC] * cfg[C_BH] * cfg[C_BW]), nw = (n + 32 / k - 1) / (32 / k);
+    bw_t w = {out, 0, 0};
+    int maxlen = 0;
+    for (int t = 0; t < 4; t++) if (len[t] > maxlen) maxlen = (int)len[t];
+    for (int j = 0; j < maxlen; j++)
+        for (int64_t b = 0; b < nb; b++) {
+            int L = (int)len[tags[b]];
+            if (L > j) put(&w, (uint32_t)(code[tags[b]] >> (L - 1 - j)) & 1, 1);
+        }
+    for (int sec = 3; sec >= 2; sec--) { /* normal (k bits), then low (k - 1 bits) */
+        for (int64_t b = 0; b < nb; b++)
+            if (tags[b] == sec) {
+                put(&w, (uint32_t)(meta[b] >> 32) & 0xFFFF, bits);
+                put(&w, (uint32_t)(meta[b] >> 16) & 0xFFFF, bits);
+                put(&w, (uint32_t)meta[b] & 0xFFFF, fb);
+            }
+        for (int64_t b = 0; b < nb; b++)
+            if (tags[b] == sec) put_words(&w, words + b * nw, n, sec == 3 ? k : k - 1);
+    }
+    for (int64_t b = 0; b < nb; b++)
+        if (tags[b] == 1) put(&w, (uint32_t)(meta[b] >> 32) & 0xFFFF, bits);
+    int64_t total = (int64_t)(w.p - out) * 8 + w.n; /* before the flush: w.n < 32 bits pending */
+    put_flush(&w);
+    return total;
+}
+
+/* VBR scan of several block ranges at once (threads as run_parts); counts: 16 per part. */
+typedef struct {
+    int wide, rc;
+    const void *x;
+    const int64_t *cfg, *cfg1;
+    const tabs_t *T, *T1;
+    int64_t b0, b1;
+    uint8_t *tags;
+    uint32_t *words;
+    uint64_t *meta;
+    int64_t *counts;
+} scan_t;
+
+static void *run_scan(void *p) {
+    scan_t *j = p;
+    j->rc = j->wide ? fmc_vbr_scan_d(j->x, j->cfg, j->T, j->cfg1, j->T1, j->b0, j->b1, j->tags, j->meta, j->words, j->counts)
+                    : fmc_vbr_scan_f(j->x, j->cfg, j->T, j->cfg1, j->T1, j->b0, j->b1, j->tags, j->meta, j->words, j->counts);
+    return 0;
+}
+
+int fmc_vbr_scan_par(int wide, const void *x, const int64_t *cfg, const tabs_t *T, const int64_t *cfg1,
+                     const tabs_t *T1, const int64_t *ranges, int parts, uint8_t *tags, uint64_t *meta, uint32_t *words,
+                     int64_t *counts) {
+    scan_t jobs[MAX_PARTS];
+    pthread_t th[MAX_PARTS];
+    int started[MAX_PARTS] = {0}, rc = 0;
+    if (parts < 1 || parts > MAX_PARTS) return -2;
+    for (int i = 0; i < parts; i++)
+        jobs[i] = (scan_t){.wide = wide, .x = x, .cfg = cfg, .cfg1 = cfg1, .T = T, .T1 = T1, .b0 = ranges[2 * i],
+                           .b1 = ranges[2 * i + 1], .tags = tags, .words = words, .meta = meta, .counts = counts + 16 * i};
+    for (int i = 1; i < parts; i++) started[i] = pthread_create(&th[i], 0, run_scan, &jobs[i]) == 0;
+    run_scan(&jobs[0]);
+    for (int i = 1; i < parts; i++) {
+        if (started[i]) pthread_join(th[i], 0);
+        else run_scan(&jobs[i]);
+    }
+    for (int i = 0; i < parts; i++) if (jobs[i].rc && !rc) rc = jobs[i].rc;
+    return rc;
+}
+
+int fmc_abi(void) { return 3; }

@@ -1,5 +1,5 @@
-"""Fused native CPU kernels for the codec's constant-bitrate path (`native.c`), with the torch path
-as the fallback.
+"""Fused native CPU kernels for the codec's constant- and variable-bitrate paths (`native.c`,
+`native_vbr.h`), with the torch path as the fallback.
 
 Why hand-written: no library implements ASC (block min/max, every (mode, scale) candidate's
 squared error, midpoint-threshold indices, the implicit method's endpoint nudge, bit records). The
@@ -8,7 +8,8 @@ does it in one pass per block, in the same operation order (so the streams are b
 
 Why plain C loaded with ctypes, not a torch C++ extension: torch's headers take about a minute to
 compile on this 2-core machine, the C file compiles in about a second with the system compiler, and
-ctypes releases the GIL during the call, so blocks can be split over threads from Python. The
+ctypes releases the GIL during the call; a map's blocks are split over threads inside the one call
+(pthreads, `fmc_encode_par`), which costs less than handing parts to a Python executor. The
 library is built on first use with `-O3` (plus `-mavx2 -mf16c -mfma` when /proc/cpuinfo lists
 them; never -ffast-math, and -ffp-contract=off: the float arithmetic must be torch's) and cached by
 a hash of the source and flags under ~/.cache/chaincomp/kernels (temp file + rename, so a
@@ -26,7 +27,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,12 +34,15 @@ import numpy as np
 import torch
 
 from ..device import cpu_flags
+from . import tags as tag_code
+from .bitstream import UNUSED
 from .points import cell_exponent, fractions, midpoints, table
 
 HERE = Path(__file__).parent
-SOURCES = ("native.c", "native_body.h")
+SOURCES = ("native.c", "native_body.h", "native_vbr.h")
 STORAGE = {torch.float16: 0, torch.bfloat16: 1, torch.int16: 2, torch.int8: 3, torch.uint8: 4}
 MT, MP = 4, 16
+MAX_PARTS = 64  # native.c's MAX_PARTS
 MIN_VALUES_PER_THREAD = 1 << 16  # smaller maps: one thread (a thread start costs ~50 us)
 _LOCK = threading.Lock()
 _STATE: dict = {}
@@ -59,7 +62,7 @@ def compiler() -> str | None:
 
 
 def _flags() -> list[str]:
-    flags = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-std=gnu11"]
+    flags = ["-O3", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno", "-std=gnu11"]
     if {"avx2", "f16c", "fma"} <= cpu_flags():
         flags += ["-mavx2", "-mf16c", "-mfma"]
     # the summation order of torch's sum kernel follows its vector width (`tsum` in native_body.h)
@@ -109,10 +112,15 @@ def library():
         else:
             try:
                 lib = ctypes.CDLL(str(_build(cc)))
-                p, i64 = ctypes.c_void_p, ctypes.c_int64
+                p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+                lib.fmc_encode_par.argtypes = [i32, p, p, p, p, i32, p, p]
+                lib.fmc_decode_par.argtypes = [i32, p, i64, p, p, p, i32, p, ctypes.c_double]
+                lib.fmc_vbr_scan_par.argtypes = [i32, p, p, p, p, p, p, i32, p, p, p, p]
+                lib.fmc_vbr_pack.argtypes = [p, i64, p, p, p, p, p, p]
+                lib.fmc_vbr_pack.restype = i64
                 for w in "fd":
-                    getattr(lib, f"fmc_encode_{w}").argtypes = [p, p, p, i64, i64, p, p]
-                    getattr(lib, f"fmc_decode_{w}").argtypes = [p, i64, p, p, i64, i64, p, ctypes.c_double]
+                    getattr(lib, f"fmc_vbr_decode_{w}").argtypes = [p, i64, p, p, p, p, p, p, p, p, p, ctypes.c_double,
+                                                                     i32]
                 reason = ""
             except (OSError, subprocess.SubprocessError, AttributeError) as e:
                 reason = f"native fmc kernel unavailable: {e}"
@@ -129,7 +137,7 @@ def reset() -> None:
 
 def threads(n_values: int) -> int:
     """Threads for a map: torch's setting, at most one per MIN_VALUES_PER_THREAD values."""
-    return max(1, min(torch.get_num_threads(), n_values // MIN_VALUES_PER_THREAD))
+    return max(1, min(torch.get_num_threads(), n_values // MIN_VALUES_PER_THREAD, MAX_PARTS))
 
 
 @lru_cache(maxsize=1)
@@ -176,21 +184,11 @@ def _cfg(st: int, shape, block, k, method, n_s: int, fb: int, bits: int, ea: int
                      n_s, fb, bits, ea, eb, out_kind], dtype=np.int64)
 
 
-def _chunks(nb: int, parts: int) -> list[tuple[int, int]]:
-    """Block ranges per thread; each starts at a multiple of 8 blocks (8 records are whole bytes)."""
+def _chunks(nb: int, parts: int) -> np.ndarray:
+    """Block ranges per thread, flat [b0, b1, b0, b1, ...]; each starts at a multiple of 8 blocks
+    (8 records are whole bytes). The kernel runs them on its own threads (`fmc_encode_par`)."""
     step = max(8, (-(-nb // parts) + 7) // 8 * 8)
-    return [(b, min(b + step, nb)) for b in range(0, nb, step)]
-
-
-def _each(call, parts: list) -> list[int]:
-    """call(part) for every part, on the kernel threads (ctypes releases the GIL during the call)."""
-    if len(parts) == 1:
-        return [call(parts[0])]
-    with _LOCK:
-        pool = _STATE.get("pool")
-        if pool is None or pool._max_workers < len(parts):
-            pool = _STATE["pool"] = ThreadPoolExecutor(len(parts), thread_name_prefix="fmc")
-    return list(pool.map(call, parts))
+    return np.array([(b, min(b + step, nb)) for b in range(0, nb, step)], np.int64).reshape(-1)
 
 
 def encode_cbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: int, method, sids, fb: int,
@@ -207,15 +205,10 @@ def encode_cbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
     r = 2 * bits + fb + block[0] * block[1] * block[2] * k
     nbits = nb * r
     out = np.empty((nbits + 7) // 8 + 8, np.uint8)  # the kernel writes every payload byte
-    fn = lib.fmc_encode_d if storage == torch.bfloat16 else lib.fmc_encode_f
-    parts = _chunks(nb, threads(nb * block[0] * block[1] * block[2]))
-    cnt = np.zeros((len(parts), 8), np.int64)
-    po, pn = _ptr(out), _ptr(cnt)
-
-    def call(i: int) -> int:
-        return fn(px, pc, pt, parts[i][0], parts[i][1], po, pn + 64 * i)
-
-    if any(_each(call, list(range(len(parts))))):
+    ranges = _chunks(nb, threads(nb * block[0] * block[1] * block[2]))
+    cnt = np.zeros((ranges.size // 2, 8), np.int64)
+    if lib.fmc_encode_par(int(storage == torch.bfloat16), px, pc, pt, _ptr(ranges), ranges.size // 2, _ptr(out),
+                          _ptr(cnt)):
         return None
     return out[:(nbits + 7) // 8].tobytes(), nbits, cnt.sum(0).tolist()
 
@@ -231,10 +224,64 @@ def decode_cbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, b
     cfg = _cfg(STORAGE[storage], shape, block, k, method, len(sids), fb, bits, ea, eb,
                int(out.dtype == torch.float32))
     buf = np.frombuffer(payload, np.uint8)
-    fn = lib.fmc_decode_d if storage == torch.bfloat16 else lib.fmc_decode_f
-    pb, pc, pt, po = _ptr(buf), _ptr(cfg), _ptr(tabs), out.data_ptr()
+    ranges = _chunks(nb, threads(nb * block[0] * block[1] * block[2]))
+    return not lib.fmc_decode_par(int(storage == torch.bfloat16), _ptr(buf), buf.size, _ptr(cfg), _ptr(tabs),
+                                  _ptr(ranges), ranges.size // 2, out.data_ptr(), qscale)
 
-    def call(ab) -> int:
-        return fn(pb, buf.size, pc, pt, ab[0], ab[1], po, qscale)
 
-    return not any(_each(call, _chunks(nb, threads(nb * block[0] * block[1] * block[2]))))
+def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: int, method, sids, fb: int,
+               bits: int, nb: int):
+    """VBR payload of a map (as `encode_cbr`): (payload bytes, payload bits, counts, tag counts,
+    tag code lengths), or None when the kernel declines. The tags' Huffman code comes from
+    `tags` (the same code lengths as the torch path); scan and layout are `native_vbr.h`."""
+    lib = library()
+    if lib is None:
+        return None
+    tabs, ea, eb = _tables(method, sids, k)
+    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0)
+    tabs1, ea1, eb1 = _tables(method, sids, k - 1) if k > 1 else (tabs, ea, eb)
+    cfg1 = _cfg(st, shape, block, max(k - 1, 1), method, len(sids), fb, bits, ea1, eb1, 0)
+    n = block[0] * block[1] * block[2]
+    ranges = _chunks(nb, threads(nb * n))
+    tags = np.empty(nb, np.uint8)
+    meta = np.empty(nb, np.uint64)
+    words = np.empty(nb * -(-n // (32 // k)), np.uint32)
+    cnt = np.zeros((ranges.size // 2, 16), np.int64)
+    if lib.fmc_vbr_scan_par(int(storage == torch.bfloat16), x.data_ptr(), _ptr(cfg), _ptr(tabs), _ptr(cfg1),
+                            _ptr(tabs1), _ptr(ranges), ranges.size // 2, _ptr(tags), _ptr(meta), _ptr(words),
+                            _ptr(cnt)):
+        return None
+    got = cnt.sum(0).tolist()
+    tag_counts = got[8:12]
+    lengths = tag_code.code_lengths(np.array(tag_counts))
+    codes = np.ascontiguousarray(tag_code.canonical_codes(lengths), np.int64)
+    lens = np.array([0 if x == UNUSED else x for x in lengths], np.int64)
+    out = np.zeros((nb * (3 + 2 * bits + fb) + nb * n * k + 7) // 8 + 16, np.uint8)
+    nbits = lib.fmc_vbr_pack(_ptr(cfg), nb, _ptr(tags), _ptr(meta), _ptr(words), _ptr(codes), _ptr(lens), _ptr(out))
+    return out[:(nbits + 7) // 8].tobytes(), nbits, got[:8], tag_counts, lengths
+
+
+def decode_vbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, block, k: int, method, sids,
+               fb: int, bits: int, qscale: float, lengths, payload_bits: int) -> bool:
+    """Decode a VBR payload into `out` (as `decode_cbr`; the tags are read on one thread, then the
+    blocks split over threads). `lengths`: the header's tag code lengths, already checked
+    (`tags.check_lengths`).
+    False when the kernel declines (an invalid stream: the torch path raises the error)."""
+    lib = library()
+    if lib is None:
+        return False
+    st = STORAGE[storage]
+    kind = int(out.dtype == torch.float32)
+    tabs, ea, eb = _tables(method, sids, k)
+    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, kind)
+    tabs1, ea1, eb1 = _tables(method, sids, k - 1) if k > 1 else (tabs, ea, eb)
+    cfg1 = _cfg(st, shape, block, max(k - 1, 1), method, len(sids), fb, bits, ea1, eb1, kind)
+    codes = np.ascontiguousarray(tag_code.canonical_codes(lengths), np.int64)
+    lens = np.array(lengths, np.int64)
+    nb = int(np.prod([-(-a // b) for a, b in zip(shape[1:], block)])) * shape[0]
+    scratch_tags = np.empty(2 * nb, np.uint8)
+    buf = np.frombuffer(payload, np.uint8)
+    fn = lib.fmc_vbr_decode_d if storage == torch.bfloat16 else lib.fmc_vbr_decode_f
+    return not fn(_ptr(buf), payload_bits, _ptr(cfg), _ptr(tabs), _ptr(cfg1), _ptr(tabs1), _ptr(codes), _ptr(lens),
+                  _ptr(scratch_tags), _ptr(scratch_tags) + nb, out.data_ptr(), qscale,
+                  threads(nb * block[0] * block[1] * block[2]))

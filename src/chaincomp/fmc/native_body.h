@@ -88,12 +88,21 @@ static inline W FN(tsum)(const W *x, int n) {
  * per-value tensor an array of vectors, so the arithmetic is elementwise, as in torch. */
 static inline VW FN(splat)(W s) { VW r; for (int l = 0; l < LANES; l++) r[l] = s; return r; }
 static inline VI FN(spliti)(int s) { VI r; for (int l = 0; l < LANES; l++) r[l] = s; return r; }
+#if LANES == 8 && defined(FAST_GATHER) /* a float-domain blend: no bypass between compare and select */
+static inline VW FN(sel)(VI m, VW a, VW b) { return (VW)_mm256_blendv_ps((__m256)b, (__m256)a, (__m256)m); }
+/* min / max as torch's where(v < lo, v, lo): minps returns its second operand unless the first is less */
+static inline VW FN(vmin)(VW a, VW b) { return (VW)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline VW FN(vmax)(VW a, VW b) { return (VW)_mm256_max_ps((__m256)a, (__m256)b); }
+#else
 static inline VW FN(sel)(VI m, VW a, VW b) { return (VW)(((VI)a & m) | ((VI)b & ~m)); }
+static inline VW FN(vmin)(VW a, VW b) { return FN(sel)(a < b, a, b); }
+static inline VW FN(vmax)(VW a, VW b) { return FN(sel)(a > b, a, b); }
+#endif
 static inline VI FN(seli)(VI m, VI a, VI b) { return (a & m) | (b & ~m); }
 static inline int FN(any)(VI m) { for (int l = 0; l < LANES; l++) if (m[l]) return 1; return 0; }
 
 /* torch's sum over the n values of each lane's block (see tsum) */
-static inline VW FN(vsum)(const VW *x, int n) {
+static inline __attribute__((always_inline)) VW FN(vsum)(const VW *x, int n) {
     enum { LL = TV / sizeof(W) };
     int nvec = n / LL, ilp = nvec / 4;
     VW part[4][LL];
@@ -132,7 +141,7 @@ typedef struct { VW e0, e1; VI scale, mode; } FN(win_t);
 static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
     const VW *v, int n, const int P, const int64_t *cfg, const tabs_t *T, W wa, W wb, VI *idx) {
     VW lo = v[0], hi = v[0], z = FN(splat)(0), zero = FN(splat)(0), one = FN(splat)(1);
-    for (int i = 1; i < n; i++) { lo = FN(sel)(v[i] < lo, v[i], lo); hi = FN(sel)(v[i] > hi, v[i], hi); }
+    for (int i = 1; i < n; i++) { lo = FN(vmin)(v[i], lo); hi = FN(vmax)(v[i], hi); }
     VI lz = lo == zero, hz0 = hi == zero;
     if (FN(any)(lz | hz0)) { /* a zero endpoint takes the sign of the block's last zero */
         for (int i = 0; i < n; i++) z = FN(sel)(v[i] == zero, v[i], z);
@@ -153,10 +162,12 @@ static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
             m[j] = implicit && ca ? FN(pick)(up, T->amid, 1, 2, j) : FN(splat)((W)T->amid[ca][j]);
             f[j] = implicit && ca ? FN(pick)(up, T->afrac, 1, 2, j) : FN(splat)((W)T->afrac[ca][j]);
         }
+        VW pt[MP]; /* torch's point value f * span + lo per lane, once per point rather than per value */
+        for (int j = 0; j < P; j++) pt[j] = f[j] * span + lo;
         for (int i = 0; i < n; i++) {
-            VW fs = f[0];
-            for (int j = 0; j < P - 1; j++) fs = FN(sel)(q[i] > m[j], f[j + 1], fs);
-            VW d = (fs * span + lo) - v[i];
+            VW fs = pt[0];
+            for (int j = 0; j < P - 1; j++) fs = FN(sel)(q[i] > m[j], pt[j + 1], fs);
+            VW d = fs - v[i];
             dd[i] = d * d;
         }
         VW s = FN(vsum)(dd, n);
@@ -175,8 +186,8 @@ static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
             VI z0 = v[i] == zero;
             hz |= z0;
             VW a = FN(sel)(z0, inf, v[i]), b = FN(sel)(z0, -inf, v[i]);
-            nlo = FN(sel)(a < nlo, a, nlo);
-            nhi = FN(sel)(b > nhi, b, nhi);
+            nlo = FN(vmin)(a, nlo);
+            nhi = FN(vmax)(b, nhi);
         }
         valid = cand & hz & (nlo < nhi);
         blo = FN(sel)(valid, nlo, blo); /* placeholders [1, 2] elsewhere, as in the torch path */
@@ -203,11 +214,14 @@ static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
             }
             VW lw = (zg + below) / FN(splat)(2), hg = (zg + above) / FN(splat)(2);
             lower[cb] = lw; upper[cb] = hg;
+            VW pt[MP];
+            for (int j = 0; j < P - 1; j++) pt[j] = f[j] * bspan + blo;
             for (int i = 0; i < n; i++) {
-                VW fs = f[0];
-                for (int j = 0; j < P - 2; j++) fs = FN(sel)(qb[i] > m[j], f[j + 1], fs);
-                VW keep = (VW)((VI)one & ((qb[i] <= lw) | (qb[i] > hg)));
-                VW d = ((fs * bspan + blo) * keep) - v[i];
+                VW fs = pt[0];
+                for (int j = 0; j < P - 2; j++) fs = FN(sel)(qb[i] > m[j], pt[j + 1], fs);
+                VI keep = (qb[i] <= lw) | (qb[i] > hg);
+                /* torch: (point * keep) - v with keep 1.0 / 0.0; +0 - v squares the same */
+                VW d = (VW)((VI)fs & keep) - v[i];
                 dd[i] = d * d;
             }
             VW s = FN(sel)(valid, FN(vsum)(dd, n), inf);
@@ -299,6 +313,33 @@ static inline __attribute__((always_inline)) uint32_t FN(gather)(
     return bad;
 }
 
+/* The values of the next `lanes` blocks as v[i] (SoA), block position advanced; *lane_of: the
+ * lane of each block. Returns non-zero on a non-finite float. */
+static inline __attribute__((always_inline)) uint32_t FN(load_group)(
+    const void *x, const int64_t *cfg, int lanes, int64_t *nn, int64_t *ic, int64_t *ih, int64_t *iw, VW *v,
+    const int **lane_of) {
+    const int st = (int)cfg[C_ST], bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW];
+    static const int interleaved[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    (void)interleaved; (void)bh; (void)bc; (void)bw;
+#if LANES == 8 && defined(FAST_GATHER)
+    int64_t bases[8];
+    int run;
+    if (lanes == 8 && (st == 0 || st == 5) && bc == 1 && (bw == 4 || bw == 8) &&
+        (run = bases8(cfg, nn, ic, ih, iw, bases))) {
+        if (bw == 4) *lane_of = interleaved;
+        return fast_gather(x, st, bases, run == 2, cfg[C_W], bh, bw, (__m256 *)v);
+    }
+#endif
+    switch (st) { /* constant storage code inside: the loads specialise */
+    case 0: return FN(gather)(x, 0, cfg, lanes, nn, ic, ih, iw, v);
+    case 1: return FN(gather)(x, 1, cfg, lanes, nn, ic, ih, iw, v);
+    case 2: return FN(gather)(x, 2, cfg, lanes, nn, ic, ih, iw, v);
+    case 3: return FN(gather)(x, 3, cfg, lanes, nn, ic, ih, iw, v);
+    case 4: return FN(gather)(x, 4, cfg, lanes, nn, ic, ih, iw, v);
+    default: return FN(gather)(x, 5, cfg, lanes, nn, ic, ih, iw, v);
+    }
+}
+
 /* Encode blocks [b0, b1) (b0 a multiple of 8) into `out` (the whole payload: record i at bit
  * i * r). counts: modes (const, A, B) then non-constant scales. Returns 0, or -1 on a
  * non-finite value (the caller falls back to the torch path, which reports it). */
@@ -318,29 +359,12 @@ int FN(fmc_encode)(const void *x, const int64_t *cfg, const tabs_t *T, int64_t b
     int64_t ic = t % gc, nn = t / gc;
     VW v[NMAX];
     VI idx[NMAX], words[NMAX];
-    static const int in_order[8] = {0, 1, 2, 3, 4, 5, 6, 7}, interleaved[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    static const int in_order[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     const int per = 32 / k, nw = (n + per - 1) / per;
-    (void)interleaved;
     for (int64_t g0 = b0; g0 < b1; g0 += LANES) {
         int lanes = b1 - g0 < LANES ? (int)(b1 - g0) : LANES;
-        uint32_t bad = 0;
         const int *lane_of = in_order;
-#if LANES == 8 && defined(FAST_GATHER)
-        if (lanes == 8 && (st == 0 || st == 5) && bc == 1 && (bw == 4 || bw == 8) && iw + 8 <= gw &&
-            (iw + 8) * bw <= Wd && (ih + 1) * bh <= H) {
-            bad = fast_gather(x, st, ((nn * C + ic) * H + ih * bh) * Wd + iw * bw, Wd, bh, bw, (__m256 *)v);
-            if (bw == 4) lane_of = interleaved;
-            if ((iw += 8) == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
-        } else
-#endif
-        switch (st) { /* constant storage code inside: the loads specialise */
-        case 0: bad = FN(gather)(x, 0, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        case 1: bad = FN(gather)(x, 1, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        case 2: bad = FN(gather)(x, 2, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        case 3: bad = FN(gather)(x, 3, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        case 4: bad = FN(gather)(x, 4, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        default: bad = FN(gather)(x, 5, cfg, lanes, &nn, &ic, &ih, &iw, v); break;
-        }
+        uint32_t bad = FN(load_group)(x, cfg, lanes, &nn, &ic, &ih, &iw, v, &lane_of);
         if (bad) return -1;
         for (int l = lanes; l < LANES; l++)
             for (int i = 0; i < n; i++) v[i][l] = v[i][lanes - 1];
@@ -429,19 +453,45 @@ static inline void FN(outputs)(const W *pts, int P, int st, int kind, float qs, 
     (void)kind;
 }
 
+/* One block's values into the map `out` (as the torch path's from_blocks: edge padding dropped):
+ * point pts[ix[i]] for value i, converted once per point to the output element. */
+static inline void FN(block_out)(const W *pts, int P, const uint8_t *ix, const int64_t *cfg, int64_t nn, int64_t ic,
+                                 int64_t ih, int64_t iw, void *out, float qs) {
+    const int st = (int)cfg[C_ST], kind = (int)cfg[C_OUT];
+    const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
+    const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW];
+    const int osize = kind ? 4 : (st >= 3 ? 1 : 2); /* output element bytes */
+    uint16_t o16[MP];
+    uint8_t o8[MP];
+    float of[MP];
+    FN(outputs)(pts, P, st, kind, qs, o16, o8, of);
+    int64_t cb0 = ic * bc, rb0 = ih * bh, wb0 = iw * bw;
+    int wn = wb0 + bw <= Wd ? bw : (int)(Wd - wb0);
+    for (int ca = 0; ca < bc; ca++) {
+        if (cb0 + ca >= C) break;
+        for (int y = 0; y < bh; y++) {
+            if (rb0 + y >= H) break;
+            int64_t base = ((nn * C + cb0 + ca) * H + rb0 + y) * Wd + wb0;
+            const uint8_t *row = ix + (ca * bh + y) * bw;
+            if (osize == 2) for (int c = 0; c < wn; c++) ((uint16_t *)out)[base + c] = o16[row[c]];
+            else if (osize == 4) for (int c = 0; c < wn; c++) ((float *)out)[base + c] = of[row[c]];
+            else for (int c = 0; c < wn; c++) ((uint8_t *)out)[base + c] = o8[row[c]];
+        }
+    }
+}
+
 /* Decode blocks [b0, b1) (b0 a multiple of 8) from the whole payload into the map `out`.
  * Returns 0, 1 (mode B where the method has none) or 2 (scale flag outside the list). */
 int FN(fmc_decode)(const uint8_t *payload, int64_t nbytes, const int64_t *cfg, const tabs_t *T, int64_t b0,
                    int64_t b1, void *out, double qscale) {
     const int st = (int)cfg[C_ST], k = (int)cfg[C_K], bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB];
     const int implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS], allow_b = (int)cfg[C_MODEB];
-    const int kind = (int)cfg[C_OUT], P = 1 << k;
+    const int P = 1 << k;
     const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
     const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bc * bh * bw;
     const int64_t gc = (C + bc - 1) / bc, gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
     const int64_t r = 2 * bits + fb + (int64_t)n * k;
     const int rec64 = r == 64 && bits == 16 && n * k == 32;
-    const int osize = kind ? 4 : (st >= 3 ? 1 : 2); /* output element bytes */
     const float qs = (float)qscale;
     br_t rd = {payload + b0 * r / 8, payload + nbytes, 0, 0};
     int64_t t = b0, iw = t % gw; t /= gw;
@@ -453,12 +503,13 @@ int FN(fmc_decode)(const uint8_t *payload, int64_t nbytes, const int64_t *cfg, c
     uint8_t ix[NMAX];
     for (int64_t bi = b0; bi < b1; bi++) {
 #if LANES == 8 && defined(FAST_GATHER)
-        if (st == 0 && bc == 1 && (bw == 4 || bw == 8) && bi + 8 <= b1 && iw + 8 <= gw && (iw + 8) * bw <= Wd &&
-            (ih + 1) * bh <= H) { /* 8 blocks of one block row at once (SoA), see fast_gather */
-            int rc = fast_decode8(&rd, rec64, cfg, &tab[0][0], out, ((nn * C + ic) * H + ih * bh) * Wd + iw * bw);
+        int64_t bases[8];
+        int run;
+        if (st == 0 && bc == 1 && (bw == 4 || bw == 8) && bi + 8 <= b1 && (run = bases8(cfg, &nn, &ic, &ih, &iw, bases))) {
+            /* 8 blocks at once (SoA), see fast_gather */
+            int rc = fast_decode8(&rd, rec64, cfg, &tab[0][0], out, bases, run == 2);
             if (rc) return rc;
             bi += 7;
-            if ((iw += 8) == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
             continue;
         }
 #endif
@@ -485,23 +536,7 @@ int FN(fmc_decode)(const uint8_t *payload, int64_t nbytes, const int64_t *cfg, c
         W pts[MP], span = b - a;
         for (int j = 0; j < P; j++) pts[j] = a + span * f[j];
         if (mb) pts[0] = 0;
-        uint16_t o16[MP];
-        uint8_t o8[MP];
-        float of[MP];
-        FN(outputs)(pts, P, st, kind, qs, o16, o8, of);
-        int64_t cb0 = ic * bc, rb0 = ih * bh, wb0 = iw * bw;
-        int wn = wb0 + bw <= Wd ? bw : (int)(Wd - wb0);
-        for (int ca = 0; ca < bc; ca++) {
-            if (cb0 + ca >= C) break;
-            for (int y = 0; y < bh; y++) {
-                if (rb0 + y >= H) break;
-                int64_t base = ((nn * C + cb0 + ca) * H + rb0 + y) * Wd + wb0;
-                const uint8_t *row = ix + (ca * bh + y) * bw;
-                if (osize == 2) for (int c = 0; c < wn; c++) ((uint16_t *)out)[base + c] = o16[row[c]];
-                else if (osize == 4) for (int c = 0; c < wn; c++) ((float *)out)[base + c] = of[row[c]];
-                else for (int c = 0; c < wn; c++) ((uint8_t *)out)[base + c] = o8[row[c]];
-            }
-        }
+        FN(block_out)(pts, P, ix, cfg, nn, ic, ih, iw, out, qs);
         if (++iw == gw) { iw = 0; if (++ih == gh) { ih = 0; if (++ic == gc) { ic = 0; nn++; } } }
     }
     return 0;

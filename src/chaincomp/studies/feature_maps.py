@@ -164,10 +164,12 @@ def _hist(stats: dict) -> dict:
 
 
 def throughput(model, points, data, cfg: FmcRecipe, codec: dict) -> dict:
-    """Encode/decode MB/s of ASC on the task's real float16 maps (median of repeats, one process)."""
+    """Encode/decode MB/s of ASC on the task's real float16 maps (median of repeats, one process).
+    `path`: "native" when the maps are on the CPU and the fused C kernel is available (what `encode`
+    then runs, CBR and VBR encode), else "torch"."""
     import torch
 
-    from ..fmc import decode, encode
+    from ..fmc import decode, encode, native
     from ..fmc.maps import point_codec
 
     modules, maps = dict(model.named_modules()), {}
@@ -180,7 +182,9 @@ def throughput(model, points, data, cfg: FmcRecipe, codec: dict) -> dict:
     for h in hooks:
         h.remove()
     raw = sum(m.numel() * 2 for m in maps.values()) / 1e6
-    res = {"raw_mb": round(raw, 4)}
+    on_cpu = all(m.device.type == "cpu" for m in maps.values())
+    res = {"raw_mb": round(raw, 4),
+           "path": "native" if on_cpu and native.enabled() and native.library() is not None else "torch"}
     for mode in ("cbr", "vbr"):
         kw = {**codec, "bits_in": 16, "mode": mode}
         enc_t, dec_t = [], []

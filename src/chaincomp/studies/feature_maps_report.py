@@ -75,11 +75,11 @@ def write_report(out: Path, res: dict) -> None:
         lines.append(f"| {r['dataset']} | {r.get('codec', '')} | {r.get('finetune_epochs', 0)} | {r['bits_in']} | {r['dram_bytes_fp32']:.0f} B | {r['dram_bytes_cbr']:.0f} B "
                      f"| {r['dram_bytes_vbr']:.0f} B |")
     lines += ["", "Throughput of ASC on each task's float16 maps (one process, median of repeats):", "",
-              "| dataset | codec | maps MB | encode CBR MB/s | decode CBR MB/s | encode VBR MB/s | decode VBR MB/s |",
-              "|---|---|---|---|---|---|---|"]
+              "| dataset | codec | maps MB | codec path | encode CBR MB/s | decode CBR MB/s | encode VBR MB/s "
+              "| decode VBR MB/s |", "|---|---|---|---|---|---|---|---|"]
     for d in details:
         for label, t in d.get("throughput_by_codec", {"": d["throughput"]}).items():
-            lines.append(f"| {d['dataset']} | {label} | {t['raw_mb']:.3f} | {t['encode_mbps_cbr']} "
+            lines.append(f"| {d['dataset']} | {label} | {t['raw_mb']:.3f} | {t.get('path', 'torch')} | {t['encode_mbps_cbr']} "
                          f"| {t['decode_mbps_cbr']} | {t['encode_mbps_vbr']} | {t['decode_mbps_vbr']} |")
     lines += ["", "Coded maps and blocks (a 4th number: that map's index bits): " + "; ".join(
         f"{d['dataset']} [{label}]: " + ", ".join(f"{p} {tuple(b)}" for p, b in pts.items())
