@@ -202,3 +202,22 @@ def test_export_of_an_lsq_model_agrees_with_pytorch(lsq_run, tmp_path):
     c = m["check"]
     assert c["passed"] and abs(c["onnx_metric"] - c["torch_metric"]) <= 0.5, c
     assert c["prediction_agreement"] >= 99.0, c
+
+
+def test_a_step_pushed_through_zero_stays_positive():
+    """An update that would take a learned step size below zero (flipping or zeroing the layer's codes) is
+    clamped to a tiny positive step after the optimizer's update."""
+    from chaincomp.data.digits import load_digits_data
+    from chaincomp.models import build_model
+    from chaincomp.qmodules import QuantPlan, apply_quant, calibrate, step_sizes
+    from chaincomp.train import FitConfig, fit
+
+    torch.manual_seed(0)
+    data = load_digits_data(seed=0)
+    model = build_model("digits_cnn", width=0.25, num_classes=10, in_channels=1)
+    apply_quant(model, QuantPlan(weight_bits=2, act_bits=8, scales="lsq"))
+    calibrate(model, [data.train.x[:64]])
+    for p in step_sizes(model):   # a huge lr on the steps' gradient: without the clamp some go negative
+        p.register_hook(lambda g: g * 1e6)
+    fit(model, data, FitConfig(epochs=1, lr=0.05, batch_size=64))
+    assert all(bool((p > 0).all()) for p in step_sizes(model))

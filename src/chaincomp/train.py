@@ -108,6 +108,7 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
     torch.manual_seed(seed)
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     steps = {id(p) for p in step_sizes(model)}
+    learned = [p for p in params if id(p) in steps]   # kept positive after every update (below)
     if any(id(p) in steps for p in params):   # learned step sizes (LSQ) take no weight decay: it would shrink them
         groups = [{"params": [p for p in params if id(p) not in steps]},
                   {"params": [p for p in params if id(p) in steps], "weight_decay": 0.0}]
@@ -146,6 +147,9 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if learned:   # a step size pushed through zero would flip or zero its layer's codes
+                    with torch.no_grad():
+                        torch._foreach_clamp_min_(learned, 1e-8)
                 sched.step()
                 step += 1
                 faults.point("train_step")
