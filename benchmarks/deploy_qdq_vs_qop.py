@@ -17,27 +17,11 @@ import time
 from pathlib import Path
 
 from chaincomp.chain import load_run
-from chaincomp.deploy.bench import cpu_name, inputs_for
+from chaincomp.deploy.bench import cpu_name, inputs_for, interleaved_ms
 from chaincomp.deploy.export import calibration_input, export_model, strip_fmc
 from chaincomp.deploy.runtime import Deployed, optimized_ops
 
 RESULTS = Path(__file__).with_name("deploy_results.md")
-
-
-def timed(models: dict, inputs: list, runs: int, warmup: int) -> dict[str, list[float]]:
-    names = list(models)
-    for n in names:
-        for i in range(warmup):
-            models[n](inputs[i % len(inputs)])
-    ms: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(runs):
-        x = inputs[r % len(inputs)]
-        for j in range(len(names)):
-            n = names[(r + j) % len(names)]
-            t0 = time.perf_counter()
-            models[n](x)
-            ms[n].append((time.perf_counter() - t0) * 1000)
-    return ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in args.threads or [1, 2]:
             models = {k: Deployed(Path(d), desc, t, spinning=False) for k, desc in descs.items()}
             for b in args.batch or [1, 64]:
-                ms = timed(models, inputs_for(run.data, b), args.runs, args.warmup)
+                ms = interleaved_ms(models, inputs_for(run.data, b), args.runs, args.warmup)
                 best = {k: min(v) for k, v in ms.items()}
                 med = {k: statistics.median(v) for k, v in ms.items()}
                 rows.append(f"| {b} | {t} | {best['qop']:.4f} | {best['qdq']:.4f} | {best['qdq'] / best['qop']:.3f} "

@@ -109,9 +109,9 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     steps = {id(p) for p in step_sizes(model)}
     learned = [p for p in params if id(p) in steps]   # kept positive after every update (below)
-    if any(id(p) in steps for p in params):   # learned step sizes (LSQ) take no weight decay: it would shrink them
+    if learned:   # learned step sizes (LSQ) take no weight decay: it would shrink them
         groups = [{"params": [p for p in params if id(p) not in steps]},
-                  {"params": [p for p in params if id(p) in steps], "weight_decay": 0.0}]
+                  {"params": learned, "weight_decay": 0.0}]
         params = [g for g in groups if g["params"]]
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

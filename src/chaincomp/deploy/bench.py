@@ -62,6 +62,12 @@ def stats(ms: list[float]) -> dict:
 
 
 def time_models(models: dict, inputs: list[np.ndarray], runs: int, warmup: int) -> dict[str, dict]:
+    return {n: stats(v) for n, v in interleaved_ms(models, inputs, runs, warmup).items()}
+
+
+def interleaved_ms(models: dict, inputs: list[np.ndarray], runs: int, warmup: int) -> dict[str, list[float]]:
+    """Wall ms per call of every model, calls interleaved (each run starts at the next model) so that a
+    change of machine load falls on all of them alike."""
     names = list(models)
     for name in names:
         for i in range(warmup):
@@ -74,7 +80,7 @@ def time_models(models: dict, inputs: list[np.ndarray], runs: int, warmup: int) 
             t0 = time.perf_counter()
             models[name](x)
             ms[name].append((time.perf_counter() - t0) * 1000)
-    return {n: stats(v) for n, v in ms.items()}
+    return ms
 
 
 RUNTIMES = ("ort", "openvino")

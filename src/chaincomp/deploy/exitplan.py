@@ -98,18 +98,23 @@ def keep_exits(model: ExitNetwork, kept: list[int]) -> ExitNetwork:
     return out.eval()
 
 
-def _time(path: Path, x: np.ndarray, threads: int, runs: int) -> float:
+def _median_ms(call, runs: int, warmup: int = 5) -> float:
+    """Median wall ms of call() over `runs` calls, after `warmup` untimed ones."""
     import time
 
-    s = session(path, threads)
-    for _ in range(5):
-        s.run(None, {"input": x})
+    for _ in range(warmup):
+        call()
     ms = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        s.run(None, {"input": x})
+        call()
         ms.append((time.perf_counter() - t0) * 1000)
     return float(np.median(ms))
+
+
+def _time(path: Path, x: np.ndarray, threads: int, runs: int) -> float:
+    s = session(path, threads)
+    return _median_ms(lambda: s.run(None, {"input": x}), runs)
 
 
 def measure_costs(model: ExitNetwork, sample: torch.Tensor, write, segment, batch: int = 1, threads: int = 1,
@@ -159,18 +164,11 @@ def measure_costs(model: ExitNetwork, sample: torch.Tensor, write, segment, batc
 def _time_driver(rule: dict, feats: torch.Tensor, logits: torch.Tensor, batch: int, runs: int) -> float:
     """Median ms of the driver's own work after an exit (runtime.ExitRunner.step) at `batch` rows, on the
     first exit's real features and logits, none of the rows leaving (the copy of every row is the worst case)."""
-    import time
-
     runner = ExitRunner([], dict(rule, threshold=float("inf")) if rule["criterion"] != "entropy" else
                         dict(rule, threshold=float("-inf")))
     res = [np.ascontiguousarray(np.resize(t[:1].numpy(), (batch, *t.shape[1:])), np.float32) for t in (feats, logits)]
     out, idx, rows = np.empty_like(res[1]), np.zeros(batch, np.int64), np.arange(batch)
-    ms = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        runner.step(res, rows, 0, out, idx)
-        ms.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(ms))
+    return _median_ms(lambda: runner.step(res, rows, 0, out, idx), runs, warmup=0)
 
 
 def apply(model, data, sample: torch.Tensor, write, segment, costs: dict | None = None, batch: int = 1,

@@ -11,7 +11,7 @@ from onnx import helper
 from torch import nn
 
 from ..qmodules import QUANT_TYPES, act_range
-from .lowering import Graph
+from .lowering import Graph, code_multiplier
 
 @dataclass
 class Codes:
@@ -236,13 +236,11 @@ class Int8Pass:
         w = n.input[1]
         wz = int(a[n.input[3]])  # 128: uint8 codes + 128 (lowering.may_saturate)
         q = a[w].astype(np.int16) - wz
-        # Codes times an integer k (scale / k) where they have room: the product is exactly k times the
-        # model's, but the int32 bias (at scale s_x * s_w / k) k times finer, which matters for low-bit
-        # layers whose s_x * s_w is coarser than the output step. |k q| <= 64 keeps int16 pairs safe.
+        # Codes times an integer k (scale / k) where they have room (lowering.code_multiplier): the int32 bias
+        # k times finer, which matters for low-bit layers whose s_x * s_w is coarser than the output step.
         q_in = self.prod.get(n.input[0])
         hi = self.qview(q_in)[1].hi if q_in is not None and q_in.op_type == "QuantizeLinear" else 255
-        room = min(127, 32767 // (2 * max(hi, 1)))
-        k = np.maximum(1, room // np.maximum(np.abs(q).reshape(q.shape[0], -1).max(1), 1)) if wz == 0 else \
+        k = code_multiplier(q, hi) if wz == 0 else \
             np.ones(q.shape[0], np.int64)
         sign, sw = np.where(m < 0, -1, 1), np.abs(m) / sx / k
         bias = np.round(b / (sx * np.maximum(sw, 1e-30)))

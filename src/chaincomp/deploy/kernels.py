@@ -21,14 +21,13 @@ def kernel_note(layers: dict[str, dict], kernels: str = "int8", form: str = "fas
     if kernels == "int8":
         ops += "; 8-bit codes flow between layers (ReLU, MaxPool, residual QLinearAdd, pools on codes)"
     if kernels == "qdq":
+        codes = ("8-bit codes only where PyTorch quantizes (residual streams and exit-segment features stay float)"
+                 if form == "faithful" else "8-bit codes between layers and between exit segments")
         ops = (f"Q/DQ form (QuantizeLinear/DequantizeLinear around standard Conv/Gemm/Add/pools): the int8 pass's "
                f"graph written portably, exact weight codes with per-channel scales, the QAT activation scales, "
-               f"8-bit codes between layers and between exit segments; ORT fuses it into the same kernels "
+               f"{codes}; ORT fuses it into the same kernels "
                f"({fused} conv layers on QLinearConv, {n['QGemm']} linear layers on QGemm; see ort_ops)")
-        if form == "faithful":
-            ops = ops.replace("8-bit codes between layers and between exit segments", "8-bit codes only where "
-                              "PyTorch quantizes (residual streams and exit-segment features stay float)")
-        elif form == "tensorrt":
+        if form == "tensorrt":
             ops = ("TensorRT's explicit quantization: an int8 Q/DQ pair (zero point 0) before every quantized layer, "
                    "int8 weight codes per channel, float between layers and between exit segments (kernels.tensorrt)")
     low = any(w < 8 or a < 8 for w, a in pairs)

@@ -122,6 +122,15 @@ def may_saturate(m: nn.Module, q: np.ndarray) -> bool:
     return 2 * hi * int(np.abs(q.astype(np.int16)).max(initial=0)) > 32767
 
 
+def code_multiplier(q: np.ndarray, in_hi: int = 255) -> np.ndarray:
+    """Per output channel, the largest integer k the int8 weight codes q (out, ...) can be multiplied by
+    (scale / k: the same products, an int32 bias k times finer) while pairs of input code x weight code
+    stay within int16 (see may_saturate): |k q| <= 64 for input codes up to 255, up to 127 for codes up to
+    in_hi = 15 (4-bit)."""
+    room = min(127, 32767 // (2 * max(in_hi, 1)))
+    return np.maximum(1, room // np.maximum(np.abs(q).reshape(q.shape[0], -1).max(1), 1))
+
+
 def weight_init(g: Graph, name: str, m: nn.Module, q: np.ndarray) -> tuple[str, str]:
     """The layer's exact weight codes and their zero point: int8 (zero point 0), or uint8 codes + 128
     (zero point 128) where int8 could saturate (see may_saturate) unless the graph is portable; the codes are

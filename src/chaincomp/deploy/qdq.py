@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from .lowering import Graph
+from .lowering import Graph, code_multiplier
 
 
 def from_qop(g: Graph) -> None:
@@ -136,7 +136,7 @@ def to_qdq(g: Graph, trt: bool = False) -> dict[str, list[int]]:
             op("Add", [y, c[3].input[1]], layer, output=c[3].output[0])
             continue
         q = a[w].astype(np.int16) - wz
-        k = np.maximum(1, 64 // np.maximum(np.abs(q).reshape(q.shape[0], -1).max(1), 1)) if wz == 0 and not trt else \
+        k = code_multiplier(q) if wz == 0 and not trt else \
             np.ones(q.shape[0], np.int64)
         sign = np.where(mult < 0, -1, 1)
         sw = np.abs(mult) / sx / k
@@ -171,24 +171,31 @@ def int8_activations(g: Graph) -> list[str]:
     check measures what it costs)."""
     a = g.arrays
     prod = {o: n for n in g.nodes for o in n.output}
-    halved = []
-    for q in [n for n in g.nodes if n.op_type == "QuantizeLinear" and a[n.input[2]].dtype == np.uint8]:
+    readers: dict[str, list] = {}  # codes -> the DequantizeLinear nodes reading them
+    for n in g.nodes:
+        if n.op_type == "DequantizeLinear":
+            readers.setdefault(n.input[0], []).append(n)
+    halved, nodes = [], []
+    for q in g.nodes:
+        nodes.append(q)
+        if q.op_type != "QuantizeLinear" or a[q.input[2]].dtype != np.uint8:
+            continue
         s, zp, p = float(a[q.input[1]]), int(a[q.input[2]]), prod.get(q.input[0])
         clip = p is not None and p.op_type == "Clip" and len(p.input) > 2 and p.input[2] in a
         if zp == 0 and not (clip and round(float(a[p.input[2]]) / s) <= 127):
             # uint8 saturated negatives to 0 and codes at 255; int8 codes would go negative: clip in float first
-            lo_hi = [g.f32(np.float32(0), "lo"), g.f32(np.float32(255 * s), "hi")]
             clipped = g._name(f"{q.output[0].split('/')[0]}/Clip")
-            g.nodes.insert(next(i for i, n in enumerate(g.nodes) if n is q), helper.make_node("Clip", [q.input[0], *lo_hi], [clipped], name=clipped))
+            lo_hi = [g.f32(np.float32(0), "lo"), g.f32(np.float32(255 * s), "hi")]
+            nodes.insert(-1, helper.make_node("Clip", [q.input[0], *lo_hi], [clipped], name=clipped))
             halved.append(q.input[0])
             q.input[0], s = clipped, s * 2
         elif zp not in (0, 128):
             raise ValueError(f"activation zero point {zp}: not a chaincomp quantizer")
         hint = q.output[0].split("/")[0]
         names = g.f32(np.float32(s), f"{hint}.scale"), g.init(np.array(0, np.int8), f"{hint}.zp")
-        for n in g.nodes:
-            if n is q or (n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]):
-                n.input[1], n.input[2] = names
+        for n in [q, *readers.get(q.output[0], [])]:
+            n.input[1], n.input[2] = names
+    g.nodes = nodes
     return halved
 
 
