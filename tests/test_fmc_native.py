@@ -245,3 +245,16 @@ def test_native_vbr_decoder_declines_bad_streams(monkeypatch):
     bad = bitstream.write(bitstream.Header(**{**head.__dict__, "payload_bits": head.payload_bits + 8}), payload + b"\0")
     with pytest.raises(UserError):
         decode(bad)
+
+
+def test_every_kernel_source_ships_with_the_package():
+    """A wheel (not an editable install) compiles the kernel from the installed sources: every file of
+    native.SOURCES must be package data, or the kernel silently falls back to the torch path."""
+    import tomllib
+    from pathlib import Path
+
+    from chaincomp.fmc import native
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["chaincomp"]
+    assert {f"fmc/{s}" for s in native.SOURCES} <= set(data)
