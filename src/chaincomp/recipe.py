@@ -120,6 +120,13 @@ class ModelConfig(BaseModel):
         return s | ({"given": "model"} if self.given else {})
 
 
+class ResizePhase(BaseModel):
+    """`epochs` epochs trained at `size` x `size` inputs (progressive resizing)."""
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(ge=1, le=100_000)
+    size: int = Field(ge=4, le=4096)
+
+
 class BaselineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(30, ge=0, le=100_000)
@@ -127,6 +134,20 @@ class BaselineConfig(BaseModel):
     batch_size: int = Field(128, ge=1, le=1_000_000)
     optimizer: Literal["sgd", "adam"] = "sgd"
     weight_decay: float = Field(5e-4, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification only: cross-entropy against "
+                                   "targets smoothed by this much")
+    resize: list[ResizePhase] = Field([], description="classification only: the first epochs train at these "
+                                      "smaller input sizes, in order (cheaper epochs); the rest at the data's size")
+
+    @model_validator(mode="after")
+    def _resize_fits(self) -> "BaselineConfig":
+        if sum(p.epochs for p in self.resize) > self.epochs:
+            raise ValueError("baseline.resize: its phases hold more epochs than baseline.epochs; shorten them")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):   # baselines trained before these fields keep their digest (and their cache)
+        return _without_defaults(handler, self, ("label_smoothing", "resize"))
 
     def fit_config(self) -> FitConfig:
         return FitConfig.of(self)

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import faults, progress
 from .data.base import Split, TaskData
-from .errors import DivergenceError
+from .errors import DivergenceError, UserError
 from .exits.model import ExitNetwork
 from .exits.rules import choose_exits, gather_outputs
 from .qmodules import is_quantized, step_sizes
@@ -62,9 +62,9 @@ def _autocast(data: TaskData, model: nn.Module):
     return contextlib.nullcontext()
 
 
-def task_loss(data: TaskData, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def task_loss(data: TaskData, out: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     if data.task == "classification":
-        return F.cross_entropy(out, y)
+        return F.cross_entropy(out, y, label_smoothing=label_smoothing)
     if data.task == "segmentation":
         return F.cross_entropy(out, y, ignore_index=data.ignore_index if data.ignore_index is not None else -100)
     return F.l1_loss(out, y)
@@ -74,9 +74,20 @@ def as_list(out) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def multi_loss(data: TaskData, outs: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+def multi_loss(data: TaskData, outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Sum of the task loss of every output (exits and final), as the papers train exits."""
-    return sum(task_loss(data, o, y) for o in outs)
+    return sum(task_loss(data, o, y, label_smoothing) for o in outs)
+
+
+def resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Images scaled so their shorter side is `size` (progressive resizing: early epochs at a lower resolution
+    cost about (size/native)^2 of a full one; a pooled head makes the network indifferent to the size).
+    Antialiased bilinear, so a smaller image is a faithful view of the same picture."""
+    if size is None or x.dim() != 4 or min(x.shape[-2:]) == size:
+        return x
+    h, w = x.shape[-2:]
+    out = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
+    return F.interpolate(x, size=out, mode="bilinear", antialias=True, align_corners=False)
 
 
 @dataclass
@@ -86,12 +97,24 @@ class FitConfig:
     batch_size: int = 128
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
+    label_smoothing: float = 0.0
+    resize: tuple[tuple[int, int], ...] = ()   # (epochs, size) phases first; the rest at the data's own size
 
     @classmethod
     def of(cls, budget, epochs: int | None = None) -> "FitConfig":
-        """From any recipe section with epochs, lr, batch_size, weight_decay and optimizer fields."""
+        """From any recipe section with epochs, lr, batch_size, weight_decay and optimizer fields (and, on a
+        baseline, label_smoothing and resize)."""
+        phases = tuple((p.epochs, p.size) for p in getattr(budget, "resize", ()))
         return cls(budget.epochs if epochs is None else epochs, budget.lr, budget.batch_size, budget.weight_decay,
-                   budget.optimizer)
+                   budget.optimizer, getattr(budget, "label_smoothing", 0.0), phases)
+
+    def size_at(self, epoch: int) -> int | None:
+        """The input size of 0-based `epoch` under `resize`; None for the data's own size."""
+        for n, size in self.resize:
+            if epoch < n:
+                return size
+            epoch -= n
+        return None
 
 
 def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | None = None, stage: str = "train",
@@ -99,6 +122,9 @@ def fit(model: nn.Module, data: TaskData, cfg: FitConfig, *, loss_fn: LossFn | N
     """Train with a cosine schedule; returns the loss history. Deterministic for a given seed."""
     if cfg.epochs <= 0:
         return {"loss": []}
+    if (cfg.label_smoothing or cfg.resize) and data.task != "classification":
+        raise UserError(f"baseline.label_smoothing / baseline.resize: classification only (this data is "
+                        f"{data.task}); remove them from the recipe")
     with on_device(model, data.device, data.channels_last):   # before the optimizer is built, so its state is made there
         return _fit(model, data, cfg, loss_fn, stage, seed, params)
 
@@ -131,13 +157,14 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
         for epoch in range(cfg.epochs):
             run = torch.zeros((), dtype=torch.float64, device=dev)   # summed where the loss is, read per epoch
             worst = torch.zeros((), dtype=torch.bool, device=dev)
+            size = cfg.size_at(epoch)
             for x, y in data.train.batches(cfg.batch_size, shuffle=True, generator=gen, device=dev):
                 if data.augment is not None:
                     x, y = data.augment(x, y, gen)
-                x = _inputs(x, dev, data.channels_last)
+                x = _inputs(resized(x, size), dev, data.channels_last)
                 with amp:
                     outs = as_list(model(x))
-                    loss = loss_fn(outs, y, x) if loss_fn else multi_loss(data, outs, y)
+                    loss = loss_fn(outs, y, x) if loss_fn else multi_loss(data, outs, y, cfg.label_smoothing)
                 if faults.nan("loss"):
                     loss = loss * float("nan")
                 worst |= ~torch.isfinite(loss.detach())

@@ -24,8 +24,12 @@ is reported instead of decoding to a silently wrong tensor.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
+
+try:   # ISA-L's CRC32 (carry-less multiply) is the same checksum as zlib's, ~4x faster here: at 1 GB/s the
+    from isal.isal_zlib import crc32   # CRC of a map's payload was a tenth of its encode time with zlib's
+except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same value, slower
+    from zlib import crc32
 
 import numpy as np
 
@@ -57,14 +61,14 @@ class Header:
 
 
 def write(header: Header, payload: bytes) -> bytes:
-    """Serialise header + payload and append the CRC32 of both."""
+    """Serialise header + payload (bytes or any byte buffer) and append the CRC32 of both."""
     scales = tuple(header.scales) + (0,) * (4 - len(header.scales))
     head = struct.pack(
         _FMT, MAGIC, VERSION, header.method, header.dtype, header.bits_in, header.rate,
         header.index_bits, *header.block, len(header.scales), *scales, *header.tag_lengths,
         *header.shape, header.qscale, header.payload_bits,
     )
-    crc = zlib.crc32(payload, zlib.crc32(head))
+    crc = crc32(payload, crc32(head))
     return head + struct.pack(_CRC, crc) + payload
 
 
@@ -72,11 +76,11 @@ def read(data: bytes) -> tuple[Header, bytes]:
     """Parse and verify a container; every failure is a UserError naming the cause."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise UserError(f"fmc decode expects bytes, got {type(data).__name__}")
-    data = bytes(data)
+    data = memoryview(data).cast("B")   # no copy of the payload (a map's stream can be megabytes)
     if len(data) < HEADER_BYTES:
         raise UserError(f"fmc stream truncated: {len(data)} bytes is shorter than the {HEADER_BYTES}-byte header")
-    if data[:4] != MAGIC:
-        raise UserError(f"not an fmc stream: magic {data[:4]!r} != {MAGIC!r}")
+    if bytes(data[:4]) != MAGIC:
+        raise UserError(f"not an fmc stream: magic {bytes(data[:4])!r} != {MAGIC!r}")
     fields = struct.unpack_from(_FMT, data)
     if fields[1] != VERSION:
         raise UserError(f"fmc stream version {fields[1]} is not supported (this build reads version {VERSION})")
@@ -89,7 +93,7 @@ def read(data: bytes) -> tuple[Header, bytes]:
         raise UserError(f"fmc stream truncated: payload has {len(payload)} bytes, header declares {need}")
     if len(payload) > need:
         raise UserError(f"fmc stream has {len(payload) - need} trailing bytes after the declared payload")
-    if zlib.crc32(payload, zlib.crc32(data[:head_len])) != crc:
+    if crc32(payload, crc32(data[:head_len])) != crc:
         raise UserError("fmc stream corrupted: CRC32 mismatch over header and payload")
     (_, _, method, dtype, bits_in, rate, index_bits, b0, b1, b2, n_scales, s0, s1, s2, s3,
      t0, t1, t2, t3, d0, d1, d2, d3, qscale, _) = fields

@@ -35,6 +35,7 @@ from chaincomp.errors import UserError
 from . import bitstream, dtypes, native, tags
 from .blocks import from_blocks, n_blocks, to_blocks
 from .coder import CONST, MODE_A, MODE_B, Coded, code_blocks, reconstruct, row_min, row_min_max
+from .endpoints import ENDPOINTS, fit_endpoints
 from .methods import METHOD_BY_ID, METHODS, flag_bits, scale_ids as method_scale_ids
 from .points import SCALE_ID, SCALES, bits_for_scales
 from .scratch import scratch
@@ -89,18 +90,25 @@ def _preset_block(preset: Preset, shape: tuple) -> tuple[int, int, int]:
     return preset.block
 
 
-def resolve(*, preset=None, block=None, index_bits=None, mode=None, scales=None, method=None) -> dict:
+def resolve(*, preset=None, block=None, index_bits=None, mode=None, scales=None, method=None, endpoints=None) -> dict:
     """Codec keywords with the unset ones (None) filled from the preset, or from the defaults.
 
     With a preset, `method` and `index_bits` must be unset or equal to the preset's, and `block`
     unset (None: the preset picks one per map, `preset_block`) or of the preset's number of values;
     `scales` are ignored as for every method that fixes its own. Returns a dict of block (None =
-    per map), index_bits, mode, scales, method and preset (the Preset or None)."""
+    per map), index_bits, mode, scales, method, preset (the Preset or None) and endpoints ("range": the
+    block's min and max; "fit": least squares, `endpoints.fit_endpoints`)."""
+    endpoints = "range" if endpoints is None else endpoints
+    if endpoints not in ENDPOINTS:
+        raise UserError(f"fmc endpoints must be one of {list(ENDPOINTS)}, got {endpoints!r}")
+    if endpoints == "fit" and (preset is not None or method == "asc_implicit"):
+        raise UserError("fmc endpoints: fit does not apply to preset paper / method asc_implicit (their endpoints "
+                        "also signal the scale); use endpoints: range there")
     if preset is None:
         return {"block": DEFAULT_BLOCK if block is None else block,
                 "index_bits": DEFAULT_INDEX_BITS if index_bits is None else index_bits,
                 "mode": "vbr" if mode is None else mode, "scales": DEFAULT_SCALES if scales is None else scales,
-                "method": "asc" if method is None else method, "preset": None}
+                "method": "asc" if method is None else method, "preset": None, "endpoints": endpoints}
     p = PRESETS.get(preset) if isinstance(preset, str) else preset if isinstance(preset, Preset) else None
     if p is None:
         raise UserError(f"fmc preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -113,7 +121,8 @@ def resolve(*, preset=None, block=None, index_bits=None, mode=None, scales=None,
             raise UserError(f"fmc preset '{p.name}' codes blocks of {p.block_values} values; block {block} "
                             f"has {math.prod(block) if len(block) == 3 else '?'} (leave it out to fit one per map)")
     return {"block": block, "index_bits": p.index_bits, "mode": p.mode if mode is None else mode,
-            "scales": DEFAULT_SCALES if scales is None else scales, "method": p.method, "preset": p}
+            "scales": DEFAULT_SCALES if scales is None else scales, "method": p.method, "preset": p,
+            "endpoints": endpoints}
 
 
 def check_args(block, index_bits, mode, method, scales) -> tuple:
@@ -160,15 +169,15 @@ def cbr_bytes(shape, *, bits_in: int = 16, block=None, index_bits=None, n_scales
 
 
 def encode(x: torch.Tensor, *, bits_in: int = 16, block=None, index_bits: int | None = None, mode: str | None = None,
-           scales=None, method: str | None = None, preset=None) -> bytes:
+           scales=None, method: str | None = None, preset=None, endpoints: str | None = None) -> bytes:
     """Compress an (N, C, H, W) map; see `encode_with_stats` for the arguments."""
     return encode_with_stats(x, bits_in=bits_in, block=block, index_bits=index_bits, mode=mode,
-                             scales=scales, method=method, preset=preset)[0]
+                             scales=scales, method=method, preset=preset, endpoints=endpoints)[0]
 
 
 def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_bits: int | None = None,
                       mode: str | None = None, scales=None, method: str | None = None,
-                      preset=None) -> tuple[bytes, dict]:
+                      preset=None, endpoints: str | None = None) -> tuple[bytes, dict]:
     """Compress and report counted sizes and how often each mode / scale / VBR tag was chosen.
 
     Unset keywords (None) take the defaults below, or the preset's values (`resolve`).
@@ -181,6 +190,8 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
     method: "asc" (default), "asc_implicit" (no scale flag, see `methods`), or the baselines
     "single_mode" and "minmax".
     preset: "paper" / PAPER: the paper's 4.00x operating point (`PAPER`).
+    endpoints: "range" (default: each block's min and max) or "fit" (least squares, lower error at the same
+    bits, torch path only: `endpoints`); the stream's layout is the same.
     Runs on x's device; only the finished bytes come back to the host.
     Stats: raw_bytes, encoded_bytes (= len of the bytes), ratio, payload_ratio (raw bytes / payload
     bytes, i.e. without the header), bits_per_value (header included), payload_bits, header_bytes,
@@ -190,17 +201,17 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         dtypes.prepare(x, bits_in)  # raises the input error
     m, block, sids, cfg = check(tuple(x.shape), preset=preset, block=block, index_bits=index_bits, mode=mode,
-                                scales=scales, method=method)
-    index_bits, mode = cfg["index_bits"], cfg["mode"]
+                                scales=scales, method=method, endpoints=endpoints)
+    index_bits, mode, fit = cfg["index_bits"], cfg["mode"], cfg["endpoints"] == "fit"
     k, b, fb = index_bits, bits_in, flag_bits(m, len(sids))
-    fast = _native(x, bits_in, m, block, k, sids, fb, mode)
+    fast = None if fit else _native(x, bits_in, m, block, k, sids, fb, mode)
     if fast is not None:
         payload, nbits, dcode, qscale, got, lengths, tag_counts = fast
         nb = n_blocks(tuple(x.shape), block)
         counts = {"A": got[MODE_A], "B": got[MODE_B], "const": got[CONST], "scale": got[3:3 + len(sids)]}
     else:
         payload, nbits, dcode, qscale, counts, lengths, tag_counts, nb = _torch_encode(x, bits_in, m, block, k, mode,
-                                                                                    sids, fb)
+                                                                                    sids, fb, fit)
     head = bitstream.Header(m.id, dcode, bits_in, int(mode == "vbr"), k, block, sids, lengths,
                             tuple(x.shape), qscale, nbits)
     data = bitstream.write(head, payload)
@@ -246,8 +257,8 @@ def _native(x, bits_in, m, block, k, sids, fb, mode):
     return None if got is None else (got[0], got[1], dcode, qscale, got[2], got[4], got[3])
 
 
-def _torch_encode(x, bits_in, m, block, k, mode, sids, fb):
-    """The vectorised torch encoder (any device, CBR and VBR)."""
+def _torch_encode(x, bits_in, m, block, k, mode, sids, fb, fit: bool = False):
+    """The vectorised torch encoder (any device, CBR and VBR); `fit`: least-squares endpoints."""
     storage, dcode, qscale = dtypes.prepare(x, bits_in)
     sdt = storage.dtype
     work = dtypes.work_dtype(sdt)
@@ -257,6 +268,8 @@ def _torch_encode(x, bits_in, m, block, k, mode, sids, fb):
     signed = dtypes.has_negative_zero(storage)
     lohi = row_min_max(v, signed)
     coded = code_blocks(v, k, m, sids, lohi, sdt)
+    if fit:
+        coded = fit_endpoints(v, coded, k, sids, sdt)
     counts = {"A": 0, "B": 0, "const": 0, "scale": [0] * len(sids)}
     out = bitstream.Writer()
 

@@ -210,7 +210,7 @@ def encode_cbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
     if lib.fmc_encode_par(int(storage == torch.bfloat16), px, pc, pt, _ptr(ranges), ranges.size // 2, _ptr(out),
                           _ptr(cnt)):
         return None
-    return out[:(nbits + 7) // 8].tobytes(), nbits, cnt.sum(0).tolist()
+    return memoryview(out[:(nbits + 7) // 8]), nbits, cnt.sum(0).tolist()   # a view: written out once, in `bitstream.write`
 
 
 def decode_cbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, block, k: int, method, sids,
@@ -258,7 +258,7 @@ def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
     lens = np.array([0 if x == UNUSED else x for x in lengths], np.int64)
     out = np.zeros((nb * (3 + 2 * bits + fb) + nb * n * k + 7) // 8 + 16, np.uint8)
     nbits = lib.fmc_vbr_pack(_ptr(cfg), nb, _ptr(tags), _ptr(meta), _ptr(words), _ptr(codes), _ptr(lens), _ptr(out))
-    return out[:(nbits + 7) // 8].tobytes(), nbits, got[:8], tag_counts, lengths
+    return memoryview(out[:(nbits + 7) // 8]), nbits, got[:8], tag_counts, lengths
 
 
 def decode_vbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, block, k: int, method, sids,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, model_serializer, model_validator
 from torch import nn
 
 from ..arch import record
@@ -67,19 +67,29 @@ class FmcConfig(StageConfig):
                                             "blocks, 2-bit indices, mode from the endpoint order, no scale flag; "
                                             "exactly 4x at cbr on 16-bit maps); fixes block, index_bits, method")
 
+    endpoints: Literal["range", "fit"] = Field("range", description="range: each block's min and max; fit: "
+                                               "least squares (lower error at the same bits; torch path)")
+
     @model_validator(mode="after")
     def _preset_fixes(self) -> "FmcConfig":
         fixed = {"block", "index_bits", "method"} & self.model_fields_set
         if self.preset and fixed:
             raise ValueError(f"preset {self.preset} fixes {', '.join(sorted(fixed))}; leave them out")
+        if self.preset and self.endpoints == "fit":
+            raise ValueError(f"preset {self.preset} signals the scale in its endpoints; leave out endpoints: fit")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):   # recipes written before `endpoints` keep their digest
+        d = handler(self)
+        return {k: v for k, v in d.items() if k != "endpoints" or v != "range"}
 
     def codec(self) -> dict:
         if self.preset:     # the preset's own rate unless `mode` was given
             mode = self.mode if "mode" in self.model_fields_set else "cbr"
             return {"bits_in": self.bits_in, "mode": mode, "preset": self.preset, "scales": list(self.scales)}
         return {"bits_in": self.bits_in, "index_bits": self.index_bits, "mode": self.mode, "method": self.method,
-                "scales": list(self.scales)}
+                "scales": list(self.scales)} | ({"endpoints": "fit"} if self.endpoints == "fit" else {})
 
 
 @register

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_serializer, model_validator
 
 from ..device import DeviceName, describe, resolve
 from ..recipe import (
@@ -66,18 +66,28 @@ class CodecConfig(BaseModel):
                                             "code the same blocks")
     allocate: AllocateConfig | None = Field(None, description="one more index bit on the maps where it measures "
                                             "to help, keeping the network's CBR ratio (feature_maps_tune)")
+    endpoints: Literal["range", "fit"] = Field("range", description="range: each block's min and max; fit: least "
+                                               "squares (ASC and the baselines alike)")
 
     @model_validator(mode="after")
     def _preset_fixes_bits(self) -> "CodecConfig":
         if self.preset and self.allocate:
             raise ValueError(f"preset {self.preset} fixes the index bits; leave out allocate")
+        if self.preset and self.endpoints == "fit":
+            raise ValueError(f"preset {self.preset} signals the scale in its endpoints; leave out endpoints: fit")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):   # recipes written before `endpoints` keep their digest
+        d = handler(self)
+        return {k: v for k, v in d.items() if k != "endpoints" or v != "range"}
 
     def label(self) -> str:
         """How rows name this codec: the preset, else the block and index bits (+ alloc)."""
         if self.preset:
             return self.preset
-        return "x".join(map(str, self.block)) + f" k{self.index_bits}" + (" alloc" if self.allocate else "")
+        return ("x".join(map(str, self.block)) + f" k{self.index_bits}" + (" alloc" if self.allocate else "")
+                + (" fit" if self.endpoints == "fit" else ""))
 
     def kwargs(self, bits: int, mode: str, method: str) -> dict:
         if self.preset and method == "asc":
@@ -85,7 +95,8 @@ class CodecConfig(BaseModel):
         from ..fmc import PRESETS
 
         k = PRESETS[self.preset].index_bits if self.preset else self.index_bits  # baselines at the preset's rate
-        return {"bits_in": bits, "index_bits": k, "mode": mode, "method": method, "scales": list(self.scales)}
+        return {"bits_in": bits, "index_bits": k, "mode": mode, "method": method, "scales": list(self.scales)} | (
+            {"endpoints": "fit"} if self.endpoints == "fit" else {})
 
 
 def _codecs(v):
@@ -166,7 +177,8 @@ def _hist(stats: dict) -> dict:
 def throughput(model, points, data, cfg: FmcRecipe, codec: dict) -> dict:
     """Encode/decode MB/s of ASC on the task's real float16 maps (median of repeats, one process).
     `path`: "native" when the maps are on the CPU and the fused C kernel is available (what `encode`
-    then runs, CBR and VBR encode), else "torch"."""
+    then runs, CBR and VBR encode), else "torch" (also for `endpoints: fit`, encoded on the torch path;
+    decode is native there too)."""
     import torch
 
     from ..fmc import decode, encode, native
@@ -184,7 +196,8 @@ def throughput(model, points, data, cfg: FmcRecipe, codec: dict) -> dict:
     raw = sum(m.numel() * 2 for m in maps.values()) / 1e6
     on_cpu = all(m.device.type == "cpu" for m in maps.values())
     res = {"raw_mb": round(raw, 4),
-           "path": "native" if on_cpu and native.enabled() and native.library() is not None else "torch"}
+           "path": "native" if on_cpu and native.enabled() and native.library() is not None
+           and codec.get("endpoints", "range") == "range" else "torch"}
     for mode in ("cbr", "vbr"):
         kw = {**codec, "bits_in": 16, "mode": mode}
         enc_t, dec_t = [], []

@@ -1,0 +1,89 @@
+"""Baseline training options for short schedules: label smoothing and progressive resizing (early epochs at
+smaller inputs). Recipes without them keep their digest; with them the loop really changes what it trains on."""
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from chaincomp import baselines
+from chaincomp.cli import main
+from chaincomp.errors import UserError
+from chaincomp.models import build_model
+from chaincomp.recipe import parse_recipe
+from chaincomp.train import FitConfig, fit, resized, task_loss
+from conftest import tiny_recipe
+
+
+def test_size_at_walks_the_phases_then_returns_to_the_data_size():
+    cfg = FitConfig(6, resize=((2, 16), (1, 24)))
+    assert [cfg.size_at(e) for e in range(6)] == [16, 16, 24, None, None, None]
+    assert FitConfig(3).size_at(0) is None
+
+
+def test_resized_keeps_the_picture_at_a_smaller_size():
+    x = torch.linspace(0, 1, 32)[None, None, None, :].expand(2, 3, 32, 32).contiguous()   # a horizontal ramp
+    y = resized(x, 16)
+    assert y.shape == (2, 3, 16, 16)
+    assert torch.allclose(y.mean(), x.mean(), atol=1e-3)            # same picture, fewer pixels
+    assert bool((y[..., 1:] > y[..., :-1]).all())                  # the ramp still rises left to right
+    assert resized(x, 32) is x and resized(x, None) is x
+    assert resized(torch.zeros(1, 3, 32, 64), 16).shape == (1, 3, 16, 32)   # shorter side, aspect kept
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy(digits):
+    out, y = torch.randn(5, 10, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 3, 9, 1, 2])
+    want = 0.9 * F.cross_entropy(out, y) + 0.1 * (-F.log_softmax(out, -1).mean(-1)).mean()
+    assert torch.allclose(task_loss(digits, out, y, 0.1), want, atol=1e-6)
+    assert torch.allclose(task_loss(digits, out, y), F.cross_entropy(out, y))
+
+
+def test_fit_trains_the_early_epochs_at_the_phase_sizes(digits):
+    model = build_model("digits_cnn", in_channels=1, num_classes=10, width=0.25)
+    seen = []
+    model.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[-2:])))
+    hist = fit(model, digits, FitConfig(3, lr=0.05, batch_size=100, resize=((1, 4), (1, 6))))
+    per_epoch = len(seen) // 3
+    assert [seen[i * per_epoch] for i in range(3)] == [(4, 4), (6, 6), (8, 8)]
+    assert len(hist["loss"]) == 3
+
+
+def test_label_smoothing_changes_the_training(digits):
+    def run(ls):
+        torch.manual_seed(0)
+        m = build_model("digits_cnn", in_channels=1, num_classes=10, width=0.25)
+        return fit(m, digits, FitConfig(1, lr=0.05, batch_size=100, label_smoothing=ls))["loss"][0]
+    assert run(0.0) == run(0.0)
+    assert run(0.3) > run(0.0)      # smoothed targets can never be fitted to zero loss: a higher loss
+
+
+def test_recipes_without_the_fields_keep_their_digest_and_with_them_change_it():
+    plain = baselines.digest(baselines.of_recipe(parse_recipe(tiny_recipe([]))))
+    explicit = tiny_recipe([])
+    explicit["baseline"] = {**explicit["baseline"], "label_smoothing": 0.0, "resize": []}
+    assert baselines.digest(baselines.of_recipe(parse_recipe(explicit))) == plain
+    for extra in ({"label_smoothing": 0.1}, {"resize": [{"epochs": 1, "size": 4}]}):
+        r = tiny_recipe([])
+        r["baseline"] = {**r["baseline"], **extra}
+        assert baselines.digest(baselines.of_recipe(parse_recipe(r))) != plain, extra
+
+
+@pytest.mark.parametrize("baseline, field", [
+    ({"epochs": 1, "resize": [{"epochs": 2, "size": 4}]}, "baseline.resize"),
+    ({"epochs": 2, "resize": [{"epochs": 1, "size": 1}]}, "baseline.resize"),
+    ({"epochs": 1, "label_smoothing": 1.5}, "baseline.label_smoothing"),
+])
+def test_bad_schedules_are_one_line_exit_2(tmp_path, capsys, baseline, field):
+    r = tiny_recipe([])
+    r["baseline"] = {**r["baseline"], **baseline}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(r))
+    assert main(["check", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert field in err and "\n" not in err
+
+
+def test_the_options_refuse_a_task_that_is_not_classification():
+    class Task:   # only what fit reads before it starts
+        task = "super_resolution"
+    with pytest.raises(UserError, match="classification only"):
+        fit(torch.nn.Conv2d(1, 1, 1), Task(), FitConfig(1, label_smoothing=0.1))
