@@ -21,7 +21,7 @@ def block_sse(x, y, block=(1, 8, 8)):
     return ((to_blocks(x.double(), block) - to_blocks(y.double(), block)) ** 2).sum(1)
 
 
-@pytest.mark.parametrize("kind, factor", [("tanh", 0.9), ("relu", 0.97)])   # ReLU blocks: mostly mode B, kept
+@pytest.mark.parametrize("kind, factor", [("tanh", 0.9), ("relu", 0.93)])   # ReLU: mode-B blocks, fitted on their bulk
 @pytest.mark.parametrize("mode", ["cbr", "vbr"])
 def test_fit_never_raises_a_blocks_error_and_lowers_the_total(kind, factor, mode):
     x = dense_map(kind=kind).to(torch.float16)
@@ -32,6 +32,13 @@ def test_fit_never_raises_a_blocks_error_and_lowers_the_total(kind, factor, mode
     e_rng, e_fit = block_sse(decode(rng), x), block_sse(decode(fit), x)
     assert bool((e_fit <= e_rng).all())               # a block keeps the new coding only where it helps
     assert float(e_fit.sum()) < factor * float(e_rng.sum())   # and on dense maps it helps a lot
+
+
+def test_fit_keeps_every_blocks_mode_and_scale():
+    x = dense_map(seed=4, kind="relu").to(torch.float16)
+    _, st_range = encode_with_stats(x, mode="cbr")
+    _, st_fit = encode_with_stats(x, mode="cbr", endpoints="fit")
+    assert st_fit["mode_histogram"] == st_range["mode_histogram"] and st_range["mode_histogram"]["mode"]["B"] > 0
 
 
 def test_fit_streams_decode_the_same_on_the_native_and_torch_paths(monkeypatch):
