@@ -242,7 +242,8 @@ def test_native_vbr_decoder_declines_bad_streams(monkeypatch):
     assert native.decode_vbr(*args, head.tag_lengths, head.payload_bits)
     assert same_tensor(out, decode(encode(x, mode="vbr")))
     assert not native.decode_vbr(*args, head.tag_lengths, head.payload_bits - 8)  # sizes disagree
-    bad = bitstream.write(bitstream.Header(**{**head.__dict__, "payload_bits": head.payload_bits + 8}), payload + b"\0")
+    bad = bitstream.write(bitstream.Header(**{**head.__dict__, "payload_bits": head.payload_bits + 8}),
+                          bytes(payload) + b"\0")   # `read` hands the payload back as a view
     with pytest.raises(UserError):
         decode(bad)
 

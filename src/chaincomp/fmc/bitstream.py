@@ -72,8 +72,9 @@ def write(header: Header, payload: bytes) -> bytes:
     return head + struct.pack(_CRC, crc) + payload
 
 
-def read(data: bytes) -> tuple[Header, bytes]:
-    """Parse and verify a container; every failure is a UserError naming the cause."""
+def read(data: bytes) -> tuple[Header, memoryview]:
+    """Parse and verify a container (the payload comes back as a view of `data`, not a copy); every
+    failure is a UserError naming the cause."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise UserError(f"fmc decode expects bytes, got {type(data).__name__}")
     data = memoryview(data).cast("B")   # no copy of the payload (a map's stream can be megabytes)
