@@ -82,6 +82,17 @@ def test_bad_schedules_are_one_line_exit_2(tmp_path, capsys, baseline, field):
     assert field in err and "\n" not in err
 
 
+def test_check_refuses_the_options_on_a_dataset_that_is_not_classification(tmp_path, capsys):
+    r = tiny_recipe([])
+    r["data"] = {"name": "sr_sample", "scale": 2}
+    r["baseline"] = {**r["baseline"], "resize": [{"epochs": 1, "size": 8}]}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(r))
+    assert main(["check", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "baseline.resize" in err and "classification only" in err and "\n" not in err
+
+
 def test_the_options_refuse_a_task_that_is_not_classification():
     class Task:   # only what fit reads before it starts
         task = "super_resolution"

@@ -177,6 +177,9 @@ class Recipe(BaseModel):
             for i, s in enumerate(self.chain):
                 if s.technique == "early_exit":
                     raise ValueError(f"chain.{i}: early_exit needs a classification dataset, not {self.data.name}")
+            for f in ("label_smoothing", "resize"):
+                if f in self.baseline.model_fields_set and getattr(self.baseline, f):
+                    raise ValueError(f"baseline.{f}: classification only, not {self.data.name}; remove it")
         return self
 
     def identity(self) -> dict:
