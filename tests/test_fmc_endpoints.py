@@ -41,9 +41,10 @@ def test_fit_keeps_every_blocks_mode_and_scale():
     assert st_fit["mode_histogram"] == st_range["mode_histogram"] and st_range["mode_histogram"]["mode"]["B"] > 0
 
 
-def test_fit_streams_decode_the_same_on_the_native_and_torch_paths(monkeypatch):
-    x = dense_map(seed=1).float()
-    data = encode(x, mode="cbr", endpoints="fit")
+@pytest.mark.parametrize("kind, mode", [("tanh", "cbr"), ("relu", "cbr"), ("relu", "vbr")])
+def test_fit_streams_decode_the_same_on_the_native_and_torch_paths(monkeypatch, kind, mode):
+    x = dense_map(seed=1, kind=kind).float()
+    data = encode(x, mode=mode, endpoints="fit")
     native_out = decode(data)
     monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "0")
     assert torch.equal(decode(data), native_out)
