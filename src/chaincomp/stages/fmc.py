@@ -48,6 +48,24 @@ def _block(v: tuple[int, int, int]) -> tuple[int, int, int]:
 # A codec block (channels, height, width): one type for the stage and the fmc study, so `check` refuses
 # what the command would.
 CodecBlock = Annotated[tuple[int, int, int], AfterValidator(_block)]
+Endpoints = Literal["range", "fit"]
+ENDPOINTS_HELP = "range: each block's min and max; fit: least squares (lower error at the same bits; torch path)"
+
+
+def refuse_fit_with_preset(preset: str | None, endpoints: str) -> None:
+    """A preset signals the scale in its endpoints' parity: they cannot be fitted (recipes say so at check time)."""
+    if preset and endpoints == "fit":
+        raise ValueError(f"preset {preset} signals the scale in its endpoints; leave out endpoints: fit")
+
+
+def without_default_endpoints(d: dict) -> dict:
+    """A dumped codec section without `endpoints: range`, so recipes written before the field keep their digest."""
+    return {k: v for k, v in d.items() if k != "endpoints" or v != "range"}
+
+
+def endpoints_kwargs(endpoints: str) -> dict:
+    """The codec keyword for `endpoints`, only when it is not the default (codec dicts stay as they were)."""
+    return {"endpoints": "fit"} if endpoints == "fit" else {}
 
 
 class FmcConfig(StageConfig):
@@ -67,29 +85,26 @@ class FmcConfig(StageConfig):
                                             "blocks, 2-bit indices, mode from the endpoint order, no scale flag; "
                                             "exactly 4x at cbr on 16-bit maps); fixes block, index_bits, method")
 
-    endpoints: Literal["range", "fit"] = Field("range", description="range: each block's min and max; fit: "
-                                               "least squares (lower error at the same bits; torch path)")
+    endpoints: Endpoints = Field("range", description=ENDPOINTS_HELP)
 
     @model_validator(mode="after")
     def _preset_fixes(self) -> "FmcConfig":
         fixed = {"block", "index_bits", "method"} & self.model_fields_set
         if self.preset and fixed:
             raise ValueError(f"preset {self.preset} fixes {', '.join(sorted(fixed))}; leave them out")
-        if self.preset and self.endpoints == "fit":
-            raise ValueError(f"preset {self.preset} signals the scale in its endpoints; leave out endpoints: fit")
+        refuse_fit_with_preset(self.preset, self.endpoints)
         return self
 
     @model_serializer(mode="wrap")
-    def _dump(self, handler):   # recipes written before `endpoints` keep their digest
-        d = handler(self)
-        return {k: v for k, v in d.items() if k != "endpoints" or v != "range"}
+    def _dump(self, handler):
+        return without_default_endpoints(handler(self))
 
     def codec(self) -> dict:
         if self.preset:     # the preset's own rate unless `mode` was given
             mode = self.mode if "mode" in self.model_fields_set else "cbr"
             return {"bits_in": self.bits_in, "mode": mode, "preset": self.preset, "scales": list(self.scales)}
         return {"bits_in": self.bits_in, "index_bits": self.index_bits, "mode": self.mode, "method": self.method,
-                "scales": list(self.scales)} | ({"endpoints": "fit"} if self.endpoints == "fit" else {})
+                "scales": list(self.scales)} | endpoints_kwargs(self.endpoints)
 
 
 @register

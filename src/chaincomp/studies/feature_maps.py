@@ -47,7 +47,14 @@ from ..recipe import (
     read_yaml_recipe,
     validate_document,
 )
-from ..stages.fmc import CodecBlock
+from ..stages.fmc import (
+    ENDPOINTS_HELP,
+    CodecBlock,
+    Endpoints,
+    endpoints_kwargs,
+    refuse_fit_with_preset,
+    without_default_endpoints,
+)
 from .feature_maps_tune import AllocateConfig, FinetuneConfig, attach_precision
 
 DEFAULT_RECIPE = "fmc_default"
@@ -66,21 +73,18 @@ class CodecConfig(BaseModel):
                                             "code the same blocks")
     allocate: AllocateConfig | None = Field(None, description="one more index bit on the maps where it measures "
                                             "to help, keeping the network's CBR ratio (feature_maps_tune)")
-    endpoints: Literal["range", "fit"] = Field("range", description="range: each block's min and max; fit: least "
-                                               "squares (ASC and the baselines alike)")
+    endpoints: Endpoints = Field("range", description=ENDPOINTS_HELP + " (ASC and the baselines alike)")
 
     @model_validator(mode="after")
     def _preset_fixes_bits(self) -> "CodecConfig":
         if self.preset and self.allocate:
             raise ValueError(f"preset {self.preset} fixes the index bits; leave out allocate")
-        if self.preset and self.endpoints == "fit":
-            raise ValueError(f"preset {self.preset} signals the scale in its endpoints; leave out endpoints: fit")
+        refuse_fit_with_preset(self.preset, self.endpoints)
         return self
 
     @model_serializer(mode="wrap")
-    def _dump(self, handler):   # recipes written before `endpoints` keep their digest
-        d = handler(self)
-        return {k: v for k, v in d.items() if k != "endpoints" or v != "range"}
+    def _dump(self, handler):
+        return without_default_endpoints(handler(self))
 
     def label(self) -> str:
         """How rows name this codec: the preset, else the block and index bits (+ alloc)."""
@@ -95,8 +99,8 @@ class CodecConfig(BaseModel):
         from ..fmc import PRESETS
 
         k = PRESETS[self.preset].index_bits if self.preset else self.index_bits  # baselines at the preset's rate
-        return {"bits_in": bits, "index_bits": k, "mode": mode, "method": method, "scales": list(self.scales)} | (
-            {"endpoints": "fit"} if self.endpoints == "fit" else {})
+        return {"bits_in": bits, "index_bits": k, "mode": mode, "method": method,
+                "scales": list(self.scales)} | endpoints_kwargs(self.endpoints)
 
 
 def _codecs(v):
