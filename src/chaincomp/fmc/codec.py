@@ -35,7 +35,7 @@ from chaincomp.errors import UserError
 from . import bitstream, dtypes, native, tags
 from .blocks import from_blocks, n_blocks, to_blocks
 from .coder import CONST, MODE_A, MODE_B, Coded, code_blocks, reconstruct, row_min, row_min_max
-from .endpoints import ENDPOINTS, fit_endpoints
+from .endpoints import ENDPOINTS, ITERATIONS, fit_endpoints
 from .methods import METHOD_BY_ID, METHODS, flag_bits, scale_ids as method_scale_ids
 from .points import SCALE_ID, SCALES, bits_for_scales
 from .scratch import scratch
@@ -191,7 +191,7 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
     "single_mode" and "minmax".
     preset: "paper" / PAPER: the paper's 4.00x operating point (`PAPER`).
     endpoints: "range" (default: each block's min and max) or "fit" (least squares, lower error at the same
-    bits, torch path only: `endpoints`); the stream's layout is the same.
+    bits: `endpoints`; native on the CPU too); the stream's layout is the same.
     Runs on x's device; only the finished bytes come back to the host.
     Stats: raw_bytes, encoded_bytes (= len of the bytes), ratio, payload_ratio (raw bytes / payload
     bytes, i.e. without the header), bits_per_value (header included), payload_bits, header_bytes,
@@ -204,7 +204,7 @@ def encode_with_stats(x: torch.Tensor, *, bits_in: int = 16, block=None, index_b
                                 scales=scales, method=method, endpoints=endpoints)
     index_bits, mode, fit = cfg["index_bits"], cfg["mode"], cfg["endpoints"] == "fit"
     k, b, fb = index_bits, bits_in, flag_bits(m, len(sids))
-    fast = None if fit else _native(x, bits_in, m, block, k, sids, fb, mode)
+    fast = _native(x, bits_in, m, block, k, sids, fb, mode, ITERATIONS if fit else 0)
     if fast is not None:
         payload, nbits, dcode, qscale, got, lengths, tag_counts = fast
         nb = n_blocks(tuple(x.shape), block)
@@ -232,7 +232,7 @@ _NATIVE_INPUT = {(torch.float16, 16): (0, torch.float16), (torch.bfloat16, 16): 
                  (torch.float32, 16): (5, torch.float16)}
 
 
-def _native(x, bits_in, m, block, k, sids, fb, mode):
+def _native(x, bits_in, m, block, k, sids, fb, mode, fit: int = 0):
     """(payload, bits, dtype code, qscale, counts, tag code lengths, tag counts) from the native kernel,
     or None (not covered, unavailable, declined: the torch path runs and raises any input error)."""
     if not (native.enabled() and x.device.type == "cpu" and x.numel()):
@@ -249,7 +249,7 @@ def _native(x, bits_in, m, block, k, sids, fb, mode):
     if not native.covers(m, block, k, storage, x.device):
         return None
     nb = n_blocks(tuple(x.shape), block)
-    args = (src, storage, st, tuple(x.shape), block, k, m, sids, fb, bits_in, nb)
+    args = (src, storage, st, tuple(x.shape), block, k, m, sids, fb, bits_in, nb, fit)
     if mode == "cbr":
         got = native.encode_cbr(*args)
         return None if got is None else (got[0], got[1], dcode, qscale, got[2], (bitstream.UNUSED,) * 4, [0, 0, 0, nb])

@@ -10,8 +10,8 @@ every value takes its nearest point again, and a block keeps the new coding only
 reads endpoints as always, so `fit` streams decode everywhere.
 
 Mode-B blocks (a zero point beside the bulk, ReLU maps) are refined over their bulk values. Not for the
-implicit method (`preset: paper`): its endpoints also signal the scale by their parity. Runs on the torch
-path (any device); the native kernel codes `range` only.
+implicit method (`preset: paper`): its endpoints also signal the scale by their parity. This is the torch
+path (any device); the native CPU kernel runs the same arithmetic per block (`native_fit.h`, byte-identical).
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@
  * Storage codes: 0 float16, 1 bfloat16, 2 int16, 3 int8, 4 uint8, 5 float32 input stored as
  * float16 (cast here, round to nearest even as torch does).
  */
+#define _GNU_SOURCE /* sched_getcpu, CPU affinity (native_pool.h) */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -27,6 +28,7 @@
 #define MP 16  /* points per table at most */
 #define NMAX 512
 #define MAX_PARTS 64 /* threads per call at most (native.MAX_PARTS) */
+#include "native_pool.h"
 
 typedef struct {
     double afrac[MT][MP], amid[MT][MP], bfrac[MT][MP], bmid[MT][MP], bfg[MT][MP], dtab[2 * MT][MP];
@@ -34,7 +36,7 @@ typedef struct {
 
 /* configuration, int64 each */
 enum { C_ST, C_N, C_C, C_H, C_W, C_BC, C_BH, C_BW, C_K, C_IMPLICIT, C_MODEB, C_NS, C_FB, C_BITS, C_EA, C_EB,
-       C_OUT, C_COUNT };
+       C_OUT, C_FIT, C_COUNT }; /* C_FIT: `endpoints: fit` passes (0: range endpoints) */
 
 static inline float h2f(uint16_t b) { _Float16 h; memcpy(&h, &b, 2); return (float)h; }
 static inline uint16_t f2h(float f) { _Float16 h = (_Float16)f; uint16_t b; memcpy(&b, &h, 2); return b; }
@@ -272,6 +274,9 @@ static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *ta
 }
 #endif
 
+static void fit_block(const double *v, int n, int P, const double *fr, int is_b, int st, int wide, double *lo,
+                      double *hi, uint8_t *ix, int iterations); /* native_fit.h */
+
 #define W float
 #define SUF f
 #define LANES 8
@@ -295,6 +300,7 @@ typedef int64_t vdi_t __attribute__((vector_size(32)));
 #define VI vdi_t
 #include "native_body.h"
 #include "native_vbr.h"
+#include "native_fit.h"
 
 /* Several parts of one map at once: parts 1.. on their own threads, part 0 on the caller's (a
  * thread that cannot start runs on the caller's too). Threads here rather than from Python: one
@@ -321,14 +327,8 @@ static void *run_job(void *p) {
 }
 
 static int run_parts(job_t *jobs, int parts) {
-    pthread_t th[MAX_PARTS];
-    int started[MAX_PARTS] = {0}, rc = 0;
-    for (int i = 1; i < parts; i++) started[i] = pthread_create(&th[i], 0, run_job, &jobs[i]) == 0;
-    run_job(&jobs[0]);
-    for (int i = 1; i < parts; i++) {
-        if (started[i]) pthread_join(th[i], 0);
-        else run_job(&jobs[i]);
-    }
+    int rc = 0;
+    pool_run(run_job, jobs, sizeof jobs[0], parts);
     for (int i = 0; i < parts; i++) if (jobs[i].rc && !rc) rc = jobs[i].rc;
     return rc;
 }
@@ -418,18 +418,12 @@ int fmc_vbr_scan_par(int wide, const void *x, const int64_t *cfg, const tabs_t *
                      const tabs_t *T1, const int64_t *ranges, int parts, uint8_t *tags, uint64_t *meta, uint32_t *words,
                      int64_t *counts) {
     scan_t jobs[MAX_PARTS];
-    pthread_t th[MAX_PARTS];
-    int started[MAX_PARTS] = {0}, rc = 0;
+    int rc = 0;
     if (parts < 1 || parts > MAX_PARTS) return -2;
     for (int i = 0; i < parts; i++)
         jobs[i] = (scan_t){.wide = wide, .x = x, .cfg = cfg, .cfg1 = cfg1, .T = T, .T1 = T1, .b0 = ranges[2 * i],
                            .b1 = ranges[2 * i + 1], .tags = tags, .words = words, .meta = meta, .counts = counts + 16 * i};
-    for (int i = 1; i < parts; i++) started[i] = pthread_create(&th[i], 0, run_scan, &jobs[i]) == 0;
-    run_scan(&jobs[0]);
-    for (int i = 1; i < parts; i++) {
-        if (started[i]) pthread_join(th[i], 0);
-        else run_scan(&jobs[i]);
-    }
+    pool_run(run_scan, jobs, sizeof jobs[0], parts);
     for (int i = 0; i < parts; i++) if (jobs[i].rc && !rc) rc = jobs[i].rc;
     return rc;
 }

@@ -9,7 +9,8 @@ does it in one pass per block, in the same operation order (so the streams are b
 Why plain C loaded with ctypes, not a torch C++ extension: torch's headers take about a minute to
 compile on this 2-core machine, the C file compiles in about a second with the system compiler, and
 ctypes releases the GIL during the call; a map's blocks are split over threads inside the one call
-(pthreads, `fmc_encode_par`), which costs less than handing parts to a Python executor. The
+(`fmc_encode_par`: persistent workers pinned to the other CPUs, `native_pool.h`), which costs less
+than handing parts to a Python executor. The
 library is built on first use with `-O3` (plus `-mavx2 -mf16c -mfma` when /proc/cpuinfo lists
 them; never -ffast-math, and -ffp-contract=off: the float arithmetic must be torch's) and cached by
 a hash of the source and flags under ~/.cache/chaincomp/kernels (temp file + rename, so a
@@ -39,11 +40,11 @@ from .bitstream import UNUSED
 from .points import cell_exponent, fractions, midpoints, table
 
 HERE = Path(__file__).parent
-SOURCES = ("native.c", "native_body.h", "native_vbr.h")
+SOURCES = ("native.c", "native_body.h", "native_vbr.h", "native_pool.h", "native_fit.h")
 STORAGE = {torch.float16: 0, torch.bfloat16: 1, torch.int16: 2, torch.int8: 3, torch.uint8: 4}
 MT, MP = 4, 16
 MAX_PARTS = 64  # native.c's MAX_PARTS
-MIN_VALUES_PER_THREAD = 1 << 16  # smaller maps: one thread (a thread start costs ~50 us)
+MIN_VALUES_PER_THREAD = 1 << 16  # smaller maps: one thread (waking a sleeping worker costs ~10-40 us)
 _LOCK = threading.Lock()
 _STATE: dict = {}
 reason = ""  # why the native path is unavailable ("" when it is, or before the first try)
@@ -179,9 +180,11 @@ def _ptr(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
 
-def _cfg(st: int, shape, block, k, method, n_s: int, fb: int, bits: int, ea: int, eb: int, out_kind: int):
+def _cfg(st: int, shape, block, k, method, n_s: int, fb: int, bits: int, ea: int, eb: int, out_kind: int,
+         fit: int = 0):
+    """native.c's configuration row (its C_* order); fit: `endpoints: fit` passes, 0 for range endpoints."""
     return np.array([st, *shape, *block, k, int(method.implicit_scale), int(method.mode_b and (1 << k) - 1 >= 2),
-                     n_s, fb, bits, ea, eb, out_kind], dtype=np.int64)
+                     n_s, fb, bits, ea, eb, out_kind, fit], dtype=np.int64)
 
 
 def _chunks(nb: int, parts: int) -> np.ndarray:
@@ -192,15 +195,16 @@ def _chunks(nb: int, parts: int) -> np.ndarray:
 
 
 def encode_cbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: int, method, sids, fb: int,
-               bits: int, nb: int):
-    """CBR payload of a map (x: contiguous, CPU, its storage form or float32 for st 5).
+               bits: int, nb: int, fit: int = 0):
+    """CBR payload of a map (x: contiguous, CPU, its storage form or float32 for st 5); fit: the passes of
+    least-squares endpoints (`endpoints.fit_endpoints`, in `native_fit.h`), 0 for min/max.
     Returns (payload bytes, payload bits, counts) or None when the kernel declines (non-finite
     input: the torch path raises the error)."""
     lib = library()
     if lib is None:
         return None
     tabs, ea, eb = _tables(method, sids, k)
-    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0)
+    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0, fit)
     pc, pt, px = _ptr(cfg), _ptr(tabs), x.data_ptr()
     r = 2 * bits + fb + block[0] * block[1] * block[2] * k
     nbits = nb * r
@@ -230,7 +234,7 @@ def decode_cbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, b
 
 
 def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: int, method, sids, fb: int,
-               bits: int, nb: int):
+               bits: int, nb: int, fit: int = 0):
     """VBR payload of a map (as `encode_cbr`): (payload bytes, payload bits, counts, tag counts,
     tag code lengths), or None when the kernel declines. The tags' Huffman code comes from
     `tags` (the same code lengths as the torch path); scan and layout are `native_vbr.h`."""
@@ -238,9 +242,9 @@ def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
     if lib is None:
         return None
     tabs, ea, eb = _tables(method, sids, k)
-    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0)
+    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0, fit)
     tabs1, ea1, eb1 = _tables(method, sids, k - 1) if k > 1 else (tabs, ea, eb)
-    cfg1 = _cfg(st, shape, block, max(k - 1, 1), method, len(sids), fb, bits, ea1, eb1, 0)
+    cfg1 = _cfg(st, shape, block, max(k - 1, 1), method, len(sids), fb, bits, ea1, eb1, 0)  # low blocks: range
     n = block[0] * block[1] * block[2]
     ranges = _chunks(nb, threads(nb * n))
     tags = np.empty(nb, np.uint8)

@@ -271,6 +271,26 @@ static inline __attribute__((always_inline)) FN(win_t) FN(code_lanes)(
     return r;
 }
 
+/* `endpoints: fit` (native_fit.h) on every coded lane: res's endpoints and the indices replaced where
+ * they lower the block's error */
+static void FN(fit_lanes)(const VW *v, int n, int P, const int64_t *cfg, const tabs_t *T, FN(win_t) *res, VI *idx) {
+    const int ns = (int)cfg[C_NS], st = (int)cfg[C_ST], wide = sizeof(W) == 8, iterations = (int)cfg[C_FIT];
+    double vals[NMAX], fr[MP];
+    uint8_t ix[NMAX];
+    for (int l = 0; l < LANES; l++) {
+        const int mode = (int)res->mode[l], is_b = mode == 2;
+        if (!mode) continue;
+        const int row = (int)res->scale[l] + ns * is_b;
+        for (int j = 0; j < P; j++) fr[j] = (double)(W)T->dtab[row][j];
+        for (int i = 0; i < n; i++) { vals[i] = (double)v[i][l]; ix[i] = (uint8_t)idx[i][l]; }
+        double lo = is_b ? res->e1[l] : res->e0[l], hi = is_b ? res->e0[l] : res->e1[l];
+        fit_block(vals, n, P, fr, is_b, st, wide, &lo, &hi, ix, iterations);
+        res->e0[l] = (W)(is_b ? hi : lo);
+        res->e1[l] = (W)(is_b ? lo : hi);
+        for (int i = 0; i < n; i++) idx[i][l] = ix[i];
+    }
+}
+
 /* the values of `lanes` consecutive blocks (edge padding by clamping), block position advanced;
  * returns non-zero on a non-finite float */
 static inline __attribute__((always_inline)) uint32_t FN(gather)(
@@ -344,7 +364,8 @@ static inline __attribute__((always_inline)) uint32_t FN(load_group)(
  * i * r). counts: modes (const, A, B) then non-constant scales. Returns 0, or -1 on a
  * non-finite value (the caller falls back to the torch path, which reports it). */
 int FN(fmc_encode)(const void *x, const int64_t *cfg, const tabs_t *T, int64_t b0, int64_t b1, uint8_t *out,
-                   int64_t *counts) {
+                   int64_t *total) {
+    int64_t counts[8] = {0}; /* local: the threads' count rows may share a cache line (false sharing) */
     const int st = (int)cfg[C_ST], k = (int)cfg[C_K], bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB];
     const int implicit = (int)cfg[C_IMPLICIT];
     const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
@@ -375,6 +396,7 @@ int FN(fmc_encode)(const void *x, const int64_t *cfg, const tabs_t *T, int64_t b
         case 3: res = FN(code_lanes)(v, n, 8, cfg, T, wa, wb, idx); break;
         default: res = FN(code_lanes)(v, n, 16, cfg, T, wa, wb, idx); break;
         }
+        if (cfg[C_FIT]) FN(fit_lanes)(v, n, 1 << k, cfg, T, &res, idx);
         for (int j = 0; j < nw; j++) { /* indices packed per lane: `per` k-bit fields a word */
             int i0 = j * per, i1 = i0 + per < n ? i0 + per : n;
             VI acc = FN(spliti)(0);
@@ -433,6 +455,7 @@ int FN(fmc_encode)(const void *x, const int64_t *cfg, const tabs_t *T, int64_t b
         }
     }
     put_flush(&w);
+    for (int i = 0; i < 8; i++) total[i] += counts[i];
     return 0;
 }
 

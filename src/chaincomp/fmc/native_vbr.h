@@ -64,26 +64,91 @@ static inline W FN(stored)(W val, int st) {
     }
 }
 
+/* per lane: whether its indices take at most d distinct values (necessary for at most d distinct
+ * values: equal values get equal indices), two vector operations a value against few_values' ~20 */
+static inline VI FN(few_indices)(const VI *ix, int n, int d) {
+    VI used = FN(spliti)(0), one = FN(spliti)(1), r;
+    for (int i = 0; i < n; i++) used |= one << ix[i];
+    for (int l = 0; l < LANES; l++) r[l] = __builtin_popcountll((uint64_t)used[l]) <= d ? -1 : 0;
+    return r;
+}
+
+/* Blocks waiting for the k - 1 bit try (`low_batch`): their values as lanes, where they go, and the
+ * mode / scale their normal coding was counted under. */
+typedef struct {
+    VW v[NMAX];
+    int64_t b[LANES];
+    int mode[LANES], scale[LANES], count;
+} FN(low_t);
+
+/* Code the waiting blocks with k - 1 bits; those that decode back exactly (the decoder's points,
+ * rounded to the stored dtype, equal to every value) become "low", replacing their normal fields. */
+static void FN(low_batch)(FN(low_t) *q, const int64_t *cfg1, const tabs_t *T1, int n, uint8_t *tags, uint64_t *meta,
+                          uint32_t *words, int nw, int64_t *counts) {
+    const int st = (int)cfg1[C_ST], k1 = (int)cfg1[C_K], implicit = (int)cfg1[C_IMPLICIT], ns = (int)cfg1[C_NS];
+    const int P1 = 1 << k1, nw1 = (n + 32 / k1 - 1) / (32 / k1);
+    const W wa1 = (W)(double)(1 << cfg1[C_EA]), wb1 = (W)(double)(1 << cfg1[C_EB]);
+    VI ix1[NMAX], wk1[NMAX];
+    FN(win_t) res1;
+    for (int l = q->count; l < LANES; l++) /* unused lanes repeat the first block */
+        for (int i = 0; i < n; i++) q->v[i][l] = q->v[i][0];
+    switch (k1) {
+    case 1: res1 = FN(code_lanes)(q->v, n, 2, cfg1, T1, wa1, wb1, ix1); break;
+    case 2: res1 = FN(code_lanes)(q->v, n, 4, cfg1, T1, wa1, wb1, ix1); break;
+    default: res1 = FN(code_lanes)(q->v, n, 8, cfg1, T1, wa1, wb1, ix1); break;
+    }
+    FN(index_words)(ix1, n, k1, wk1);
+    for (int l = 0; l < q->count; l++) {
+        uint32_t q0, q1;
+        FN(lane_patterns)(&res1, l, st, implicit, &q0, &q1);
+        W e0 = FN(val)(q0, st), e1 = FN(val)(q1, st);
+        int mb = e0 > e1;
+        W a = mb ? e1 : e0, hb = mb ? e0 : e1, span = hb - a, pts[MP];
+        int sc = implicit ? (int)((q0 ^ q1) & 1) * (1 + (hb <= 0)) : (int)res1.scale[l];
+        for (int j = 0; j < P1; j++) pts[j] = FN(stored)(a + span * (W)T1->dtab[sc + ns * mb][j], st);
+        if (mb) pts[0] = 0;
+        int exact = 1;
+        for (int i = 0; i < n && exact; i++) exact = pts[ix1[i][l]] == q->v[i][l];
+        if (!exact) continue;
+        const int64_t b = q->b[l];
+        counts[q->mode[l]]--; /* no longer normal */
+        counts[3 + q->scale[l]]--;
+        counts[11]--;
+        tags[b] = 2;
+        meta[b] = ((uint64_t)q0 << 32) | ((uint64_t)q1 << 16) | (uint64_t)res1.scale[l];
+        for (int j = 0; j < nw1; j++) words[b * nw + j] = (uint32_t)wk1[j][l];
+        counts[res1.mode[l]]++;
+        counts[3 + res1.scale[l]]++;
+        counts[10]++;
+    }
+    q->count = 0;
+}
+
 /* Scan blocks [b0, b1): tags[b] (0 zero, 1 const, 2 low, 3 normal), meta[b] = e0 pattern << 32 |
  * e1 pattern << 16 | flag (const: the value's pattern in e0), words[b * nw ...] the indices (k bits,
- * or k - 1 for low blocks) as `index_words`, nw = the words of k-bit indices. cfg1 / T1: the configuration and tables for k - 1 (k >= 2).
+ * or k - 1 for low blocks) as `index_words`, nw = the words of k-bit indices. cfg1 / T1: the
+ * configuration and tables for k - 1 (k >= 2). Every coded block is written as normal first; the
+ * few that may be low (at most 2^(k-1) distinct values) wait in batches of LANES for their k - 1 bit
+ * try, so that try runs on full vectors (it used to run on every group holding one such block).
  * counts: modes (const, A, B) and scales 3..6 over the coded (low and normal) blocks, tags 8..11.
  * Returns 0, or -1 on a non-finite value. */
 int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const int64_t *cfg1, const tabs_t *T1,
-                     int64_t b0, int64_t b1, uint8_t *tags, uint64_t *meta, uint32_t *words, int64_t *counts) {
-    const int st = (int)cfg[C_ST], k = (int)cfg[C_K], implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS];
+                     int64_t b0, int64_t b1, uint8_t *tags, uint64_t *meta, uint32_t *words, int64_t *total) {
+    int64_t counts[16] = {0}; /* local: the threads' count rows may share a cache line (false sharing) */
+    const int st = (int)cfg[C_ST], k = (int)cfg[C_K], implicit = (int)cfg[C_IMPLICIT];
     const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
     const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bc * bh * bw;
     const int64_t gc = (C + bc - 1) / bc, gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
     const W wa = (W)(double)(1 << cfg[C_EA]), wb = (W)(double)(1 << cfg[C_EB]);
-    const W wa1 = k > 1 ? (W)(double)(1 << cfg1[C_EA]) : 1, wb1 = k > 1 ? (W)(double)(1 << cfg1[C_EB]) : 1;
-    const int d = k > 1 ? 1 << (k - 1) : 0, P1 = d;
+    const int d = k > 1 ? 1 << (k - 1) : 0;
     int64_t t = b0, iw = t % gw; t /= gw;
     int64_t ih = t % gh; t /= gh;
     int64_t ic = t % gc, nn = t / gc;
     VW v[NMAX];
-    VI ix[NMAX], ix1[NMAX], wk[NMAX], wk1[NMAX];
-    const int nw = (n + 32 / k - 1) / (32 / k), nw1 = k > 1 ? (n + 32 / (k - 1) - 1) / (32 / (k - 1)) : 0;
+    VI ix[NMAX], wk[NMAX];
+    FN(low_t) waiting;
+    waiting.count = 0;
+    const int nw = (n + 32 / k - 1) / (32 / k);
     static const int in_order[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     for (int64_t g0 = b0; g0 < b1; g0 += LANES) {
         int lanes = b1 - g0 < LANES ? (int)(b1 - g0) : LANES;
@@ -91,26 +156,19 @@ int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const i
         if (FN(load_group)(x, cfg, lanes, &nn, &ic, &ih, &iw, v, &lane_of)) return -1;
         for (int l = lanes; l < LANES; l++)
             for (int i = 0; i < n; i++) v[i][l] = v[i][lanes - 1];
-        FN(win_t) res, res1;
+        FN(win_t) res;
         switch (k) {
         case 1: res = FN(code_lanes)(v, n, 2, cfg, T, wa, wb, ix); break;
         case 2: res = FN(code_lanes)(v, n, 4, cfg, T, wa, wb, ix); break;
         case 3: res = FN(code_lanes)(v, n, 8, cfg, T, wa, wb, ix); break;
         default: res = FN(code_lanes)(v, n, 16, cfg, T, wa, wb, ix); break;
         }
+        if (cfg[C_FIT]) FN(fit_lanes)(v, n, 1 << k, cfg, T, &res, ix); /* normal blocks; low ones keep range */
         FN(index_words)(ix, n, k, wk);
         VI low = FN(spliti)(0);
         if (d) low = res.mode != FN(spliti)(0);
+        if (FN(any)(low)) low &= FN(few_indices)(ix, n, d);
         if (FN(any)(low)) low &= FN(few_values)(v, n, d);
-        for (int l = lanes; l < LANES; l++) low[l] = 0;
-        if (FN(any)(low)) {
-            switch (k) {
-            case 2: res1 = FN(code_lanes)(v, n, 2, cfg1, T1, wa1, wb1, ix1); break;
-            case 3: res1 = FN(code_lanes)(v, n, 4, cfg1, T1, wa1, wb1, ix1); break;
-            default: res1 = FN(code_lanes)(v, n, 8, cfg1, T1, wa1, wb1, ix1); break;
-            }
-            FN(index_words)(ix1, n, k - 1, wk1);
-        }
         for (int blk = 0; blk < lanes; blk++) {
             const int l = lane_of[blk];
             const int64_t b = g0 + blk;
@@ -123,26 +181,6 @@ int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const i
                 counts[8 + tags[b]]++;
                 continue;
             }
-            if (low[l]) { /* exact with k - 1 bits? (the decoder's points, rounded to the stored dtype) */
-                FN(lane_patterns)(&res1, l, st, implicit, &q0, &q1);
-                W e0 = FN(val)(q0, st), e1 = FN(val)(q1, st);
-                int mb = e0 > e1;
-                W a = mb ? e1 : e0, hb = mb ? e0 : e1, span = hb - a, pts[MP];
-                int sc = implicit ? (int)((q0 ^ q1) & 1) * (1 + (hb <= 0)) : (int)res1.scale[l];
-                for (int j = 0; j < P1; j++) pts[j] = FN(stored)(a + span * (W)T1->dtab[sc + ns * mb][j], st);
-                if (mb) pts[0] = 0;
-                int exact = 1;
-                for (int i = 0; i < n && exact; i++) exact = pts[ix1[i][l]] == v[i][l];
-                if (exact) {
-                    tags[b] = 2;
-                    meta[b] = ((uint64_t)q0 << 32) | ((uint64_t)q1 << 16) | (uint64_t)res1.scale[l];
-                    for (int j = 0; j < nw1; j++) o[j] = (uint32_t)wk1[j][l];
-                    counts[res1.mode[l]]++;
-                    counts[3 + res1.scale[l]]++;
-                    counts[10]++;
-                    continue;
-                }
-            }
             FN(lane_patterns)(&res, l, st, implicit, &q0, &q1);
             tags[b] = 3;
             meta[b] = ((uint64_t)q0 << 32) | ((uint64_t)q1 << 16) | (uint64_t)res.scale[l];
@@ -150,8 +188,18 @@ int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const i
             counts[res.mode[l]]++;
             counts[3 + res.scale[l]]++;
             counts[11]++;
+            if (low[l]) { /* may decode exactly with k - 1 bits: wait for a full batch */
+                const int s = waiting.count++;
+                for (int i = 0; i < n; i++) waiting.v[i][s] = v[i][l];
+                waiting.b[s] = b;
+                waiting.mode[s] = (int)res.mode[l];
+                waiting.scale[s] = (int)res.scale[l];
+                if (waiting.count == LANES) FN(low_batch)(&waiting, cfg1, T1, n, tags, meta, words, nw, counts);
+            }
         }
     }
+    if (waiting.count) FN(low_batch)(&waiting, cfg1, T1, n, tags, meta, words, nw, counts);
+    for (int i = 0; i < 16; i++) total[i] += counts[i];
     return 0;
 }
 
@@ -279,8 +327,7 @@ int FN(fmc_vbr_decode)(const uint8_t *payload, int64_t payload_bits, const int64
     if (cv + cnt[1] * bits != payload_bits) return 4;
     /* parts of about equal block counts; each starts where the earlier blocks' fields end */
     FN(vbr_part_t) jobs[MAX_PARTS];
-    pthread_t th[MAX_PARTS];
-    int started[MAX_PARTS] = {0}, rc = 0;
+    int rc = 0;
     if (parts < 1 || parts > MAX_PARTS) return -2;
     int64_t at[5] = {nm, ni, lm, li, cv}, b = 0;
     for (int i = 0; i < parts; i++) {
@@ -294,12 +341,7 @@ int FN(fmc_vbr_decode)(const uint8_t *payload, int64_t payload_bits, const int64
             else if (t >= 2) { at[t == 2 ? 2 : 0] += mbits; at[t == 2 ? 3 : 1] += (int64_t)n * (t == 2 ? k - 1 : k); }
         }
     }
-    for (int i = 1; i < parts; i++) started[i] = pthread_create(&th[i], 0, FN(vbr_run), &jobs[i]) == 0;
-    FN(vbr_run)(&jobs[0]);
-    for (int i = 1; i < parts; i++) {
-        if (started[i]) pthread_join(th[i], 0);
-        else FN(vbr_run)(&jobs[i]);
-    }
+    pool_run(FN(vbr_run), jobs, sizeof jobs[0], parts);
     for (int i = 0; i < parts; i++) if (jobs[i].rc && !rc) rc = jobs[i].rc;
     return rc;
 }

@@ -49,7 +49,7 @@ def _block(v: tuple[int, int, int]) -> tuple[int, int, int]:
 # what the command would.
 CodecBlock = Annotated[tuple[int, int, int], AfterValidator(_block)]
 Endpoints = Literal["range", "fit"]
-ENDPOINTS_HELP = "range: each block's min and max; fit: least squares (lower error at the same bits; torch path)"
+ENDPOINTS_HELP = "range: each block's min and max; fit: least squares (lower error at the same bits)"
 
 
 def refuse_fit_with_preset(preset: str | None, endpoints: str) -> None:

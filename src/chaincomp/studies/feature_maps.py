@@ -181,8 +181,7 @@ def _hist(stats: dict) -> dict:
 def throughput(model, points, data, cfg: FmcRecipe, codec: dict) -> dict:
     """Encode/decode MB/s of ASC on the task's real float16 maps (median of repeats, one process).
     `path`: "native" when the maps are on the CPU and the fused C kernel is available (what `encode`
-    then runs, CBR and VBR encode), else "torch" (also for `endpoints: fit`, encoded on the torch path;
-    decode is native there too)."""
+    then runs, CBR and VBR encode, `endpoints: fit` included), else "torch"."""
     import torch
 
     from ..fmc import decode, encode, native
@@ -200,8 +199,7 @@ def throughput(model, points, data, cfg: FmcRecipe, codec: dict) -> dict:
     raw = sum(m.numel() * 2 for m in maps.values()) / 1e6
     on_cpu = all(m.device.type == "cpu" for m in maps.values())
     res = {"raw_mb": round(raw, 4),
-           "path": "native" if on_cpu and native.enabled() and native.library() is not None
-           and codec.get("endpoints", "range") == "range" else "torch"}
+           "path": "native" if on_cpu and native.enabled() and native.library() is not None else "torch"}
     for mode in ("cbr", "vbr"):
         kw = {**codec, "bits_in": 16, "mode": mode}
         enc_t, dec_t = [], []
