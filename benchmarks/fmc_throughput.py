@@ -248,7 +248,8 @@ def native_speed(repeats: int = 15, native_only: bool = False) -> None:
     cases = [("64x64x64 float32 (relu)", torch.relu(pink_field((1, 64, 64, 64)) - 0.25)),
              ("64x64x64 float32 (gauss)", pink_field((1, 64, 64, 64), seed=1)),
              ("8x64x56x56 float16 (relu)", relu_map((8, 64, 56, 56)))]
-    configs = [("preset paper", dict(preset="paper")), ("default cbr", dict(mode="cbr")), ("default vbr", {})]
+    configs = [("preset paper", dict(preset="paper")), ("default cbr", dict(mode="cbr")), ("default vbr", {}),
+               ("fit cbr", dict(mode="cbr", endpoints="fit"))]
     print(f"native kernel: {native.library() is not None} {native.reason}")
     threads, env = torch.get_num_threads(), os.environ.get("CHAINCOMP_FMC_NATIVE")
     if native_only:

@@ -13,11 +13,12 @@
 #define PASTE(a, b) PASTE2(a, b)
 #define FN(name) PASTE(name, SUF)
 
-/* per lane: whether its n values take at most d distinct values (== as in torch: -0 == +0). Every
- * slot starts as the first value, so slots not filled yet only repeat a value already seen. */
-static inline VI FN(few_values)(const VW *v, int n, int d) {
+/* per lane asked (`ask`): whether its n values take at most d distinct values (== as in torch: -0 == +0);
+ * lanes not asked count as over from the start, so they do not keep the scan going. Every slot starts
+ * as the first value, so slots not filled yet only repeat a value already seen. */
+static inline VI FN(few_values)(const VW *v, int n, int d, VI ask) {
     VW seen[MP];
-    VI cnt = FN(spliti)(1), over = FN(spliti)(0), full = FN(spliti)(d);
+    VI cnt = FN(spliti)(1), over = ~ask, full = FN(spliti)(d);
     for (int j = 0; j < d; j++) seen[j] = v[0];
     for (int i = 1; i < n; i++) {
         VI hit = FN(spliti)(0);
@@ -168,7 +169,7 @@ int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const i
         VI low = FN(spliti)(0);
         if (d) low = res.mode != FN(spliti)(0);
         if (FN(any)(low)) low &= FN(few_indices)(ix, n, d);
-        if (FN(any)(low)) low &= FN(few_values)(v, n, d);
+        if (FN(any)(low)) low &= FN(few_values)(v, n, d, low);
         for (int blk = 0; blk < lanes; blk++) {
             const int l = lane_of[blk];
             const int64_t b = g0 + blk;
