@@ -194,8 +194,9 @@ static void transpose_rows(int bw, __m256 *v) { /* the involution used by fast_g
     }
 }
 
-static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *tab, void *out, const int64_t *bases,
-                        int run) {
+/* rd: the records (CBR), or the endpoints and flags with ird the indices (VBR's two sections; CBR passes rd) */
+static int fast_decode8(br_t *rd, br_t *ird, int rec64, const int64_t *cfg, const float *tab, void *out,
+                        const int64_t *bases, int run) {
     const int k = (int)cfg[C_K], fb = (int)cfg[C_FB], implicit = (int)cfg[C_IMPLICIT], ns = (int)cfg[C_NS];
     const int allow_b = (int)cfg[C_MODEB], kind = (int)cfg[C_OUT], P = 1 << k;
     const int bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bh * bw, per = 32 / k, nw = (n + per - 1) / per;
@@ -215,7 +216,7 @@ static int fast_decode8(br_t *rd, int rec64, const int64_t *cfg, const float *ta
             words[0][l] = (int32_t)(uint32_t)word;
         } else {
             e0s[l] = (uint16_t)get(rd, 16); e1s[l] = (uint16_t)get(rd, 16); flag[l] = (int32_t)get(rd, fb);
-            for (int j = 0; j < nw; j++) words[j][l] = (int32_t)get(rd, (j + 1 < nw ? per : n - j * per) * k);
+            for (int j = 0; j < nw; j++) words[j][l] = (int32_t)get(ird, (j + 1 < nw ? per : n - j * per) * k);
         }
     }
     __m256i p0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)e0s));

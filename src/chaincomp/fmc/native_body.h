@@ -530,7 +530,7 @@ int FN(fmc_decode)(const uint8_t *payload, int64_t nbytes, const int64_t *cfg, c
         int run;
         if (st == 0 && bc == 1 && (bw == 4 || bw == 8) && bi + 8 <= b1 && (run = bases8(cfg, &nn, &ic, &ih, &iw, bases))) {
             /* 8 blocks at once (SoA), see fast_gather */
-            int rc = fast_decode8(&rd, rec64, cfg, &tab[0][0], out, bases, run == 2);
+            int rc = fast_decode8(&rd, &rd, rec64, cfg, &tab[0][0], out, bases, run == 2);
             if (rc) return rc;
             bi += 7;
             continue;

@@ -220,6 +220,13 @@ typedef struct {
     int rc;
 } FN(vbr_part_t);
 
+/* whether the 8 tags from t on are all normal (3) */
+static inline int FN(normal8)(const uint8_t *t) {
+    uint64_t w;
+    memcpy(&w, t, 8);
+    return w == 0x0303030303030303ull;
+}
+
 static int FN(vbr_blocks)(const FN(vbr_part_t) *j) {
     const int64_t *cfg = j->cfg, *cfg1 = j->cfg1;
     const uint8_t *payload = j->payload, *tags = j->tags;
@@ -245,6 +252,17 @@ static int FN(vbr_blocks)(const FN(vbr_part_t) *j) {
     for (int64_t b = j->b0; b < j->b1; b++) {
         const int t = tags[b];
         W pts[MP];
+#if LANES == 8 && defined(FAST_GATHER)
+        int64_t bases[8];
+        int run;
+        if (t == 3 && st == 0 && bc == 1 && (bw == 4 || bw == 8) && b + 8 <= j->b1 && FN(normal8)(tags + b) &&
+            (run = bases8(cfg, &nn, &ic, &ih, &iw, bases))) { /* 8 normal blocks at once, as CBR's fast_decode8 */
+            int rc = fast_decode8(&rnm, &rni, 0, cfg, &tab[0][0][0], out, bases, run == 2);
+            if (rc) return rc;
+            b += 7;
+            continue;
+        }
+#endif
         if (t <= 1) { /* zero, or one stored value */
             pts[0] = t ? FN(val)(get(&rcv, bits), st) : 0;
             FN(block_out)(pts, 1, zeros, cfg, nn, ic, ih, iw, out, qs);
