@@ -53,3 +53,19 @@ def test_native_fit_lowers_the_error_on_a_dense_map(monkeypatch):
     monkeypatch.setenv("CHAINCOMP_FMC_NATIVE", "1")
     err = {e: float((decode(encode(x, mode="cbr", endpoints=e)).float() - x).pow(2).sum()) for e in ("range", "fit")}
     assert err["fit"] < 0.9 * err["range"], err
+
+
+def test_fit_on_blocks_past_the_kernels_sum_order_runs_on_the_torch_path(monkeypatch):
+    """`fit` sums in float64: the kernel follows torch's order for fewer than 64 vectors of them (256 values
+    with AVX2), so a larger block is left to the torch path, whose bytes it then writes."""
+    if native._vector_bytes() != 32:
+        pytest.skip("with AVX512 the float64 limit is the kernel's own 512 values")
+    calls = []
+    real = native.encode_cbr
+    monkeypatch.setattr(native, "encode_cbr", lambda *a: calls.append(a[-1]) or real(*a))
+    x = make_map((1, 2, 32, 32), torch.float16, 0, "smooth")
+    big = (1, 16, 16)
+    (ref, _), (got, _) = both(x, monkeypatch, mode="cbr", block=big, endpoints="fit")
+    assert got == ref and calls == []
+    both(x, monkeypatch, mode="cbr", block=big)   # range endpoints on the same block: native
+    assert calls == [0]

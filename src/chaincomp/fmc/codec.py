@@ -246,7 +246,7 @@ def _native(x, bits_in, m, block, k, sids, fb, mode, fit: int = 0):
         st = native.STORAGE.get(storage)
     else:
         return None
-    if not native.covers(m, block, k, storage, x.device):
+    if not native.covers(m, block, k, storage, x.device, fit=bool(fit)):
         return None
     nb = n_blocks(tuple(x.shape), block)
     args = (src, storage, st, tuple(x.shape), block, k, m, sids, fb, bits_in, nb, fit)

@@ -147,10 +147,11 @@ def _vector_bytes() -> int:
     return 64 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 32
 
 
-def covers(method, block, k: int, storage: torch.dtype, device) -> bool:
-    """Whether the kernel codes this configuration (else the torch path does)."""
+def covers(method, block, k: int, storage: torch.dtype, device, fit: bool = False) -> bool:
+    """Whether the kernel codes this configuration (else the torch path does). Its sums follow torch's
+    order for rows of fewer than 64 vectors (`tsum`): float64 ones for bfloat16 maps and for `fit`."""
     n = block[0] * block[1] * block[2]
-    lanes = _vector_bytes() // (8 if storage == torch.bfloat16 else 4)
+    lanes = _vector_bytes() // (8 if storage == torch.bfloat16 or fit else 4)
     return (enabled() and torch.device(device).type == "cpu" and not method.rounding and storage in STORAGE
             and 1 <= k <= 4 and n < min(64 * lanes, 512))
 
