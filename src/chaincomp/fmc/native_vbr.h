@@ -13,23 +13,21 @@
 #define PASTE(a, b) PASTE2(a, b)
 #define FN(name) PASTE(name, SUF)
 
-/* per lane asked (`ask`): whether its n values take at most d distinct values (== as in torch: -0 == +0);
- * lanes not asked count as over from the start, so they do not keep the scan going. Every slot starts
- * as the first value, so slots not filled yet only repeat a value already seen. */
-static inline VI FN(few_values)(const VW *v, int n, int d, VI ask) {
-    VW seen[MP];
-    VI cnt = FN(spliti)(1), over = ~ask, full = FN(spliti)(d);
-    for (int j = 0; j < d; j++) seen[j] = v[0];
-    for (int i = 1; i < n; i++) {
-        VI hit = FN(spliti)(0);
-        for (int j = 0; j < d; j++) hit |= v[i] == seen[j];
-        VI fresh = ~hit;
-        over |= fresh & (cnt == full);
-        for (int j = 1; j < d; j++) seen[j] = FN(sel)(fresh & (cnt == FN(spliti)(j)), v[i], seen[j]);
-        cnt -= fresh & (cnt < full);
-        if ((i & 7) == 7 && !FN(any)(~over)) break;
+/* whether lane l's n values take at most d distinct values (== as in torch: -0 == +0). One lane at a time:
+ * the blocks asked are few (those whose indices already take at most d values), and a lane's scan stops
+ * at its first value past d, where a vector over all lanes ran until every lane was out. */
+static inline int FN(few_values)(const VW *v, int n, int d, int l) {
+    W seen[MP];
+    int cnt = 0;
+    for (int i = 0; i < n; i++) {
+        const W x = v[i][l];
+        int hit = 0;
+        for (int j = 0; j < cnt && !hit; j++) hit = x == seen[j];
+        if (hit) continue;
+        if (cnt == d) return 0;
+        seen[cnt++] = x;
     }
-    return ~over;
+    return 1;
 }
 
 /* the k-bit indices of each lane as words of 32 / k fields (the last one shorter), as the CBR records */
@@ -169,7 +167,8 @@ int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const i
         VI low = FN(spliti)(0);
         if (d) low = res.mode != FN(spliti)(0);
         if (FN(any)(low)) low &= FN(few_indices)(ix, n, d);
-        if (FN(any)(low)) low &= FN(few_values)(v, n, d, low);
+        for (int l = 0; l < LANES; l++)
+            if (low[l]) low[l] = FN(few_values)(v, n, d, l) ? -1 : 0;
         for (int blk = 0; blk < lanes; blk++) {
             const int l = lane_of[blk];
             const int64_t b = g0 + blk;
