@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from chaincomp.fmc import native
-from chaincomp.fmc.codec import decode, encode
+from chaincomp.fmc.codec import decode, encode, encode_with_stats
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"native kernel unavailable: {native.reason}")
 
@@ -44,6 +44,19 @@ def test_any_number_of_parts_gives_the_one_thread_result(set_parts, mode):
         data, y = coded(x, parts, mode)
         assert data == want, parts
         assert torch.equal(y, want_map), parts
+
+
+def test_part_counts_changing_call_after_call(set_parts):
+    """Workers left idle by one call must not wake into the next (a part run twice would count its
+    blocks twice in the stats, or a call would return before its parts finished)."""
+    x = relu_map(2, shape=(1, 8, 32, 32))
+    set_parts(1)
+    want = {mode: encode_with_stats(x, mode=mode) for mode in ("cbr", "vbr")}
+    for i in range(120):
+        mode = ("cbr", "vbr")[i % 2]
+        set_parts((8, 2, 5, 3, 7)[i % 5])
+        data, stats = encode_with_stats(x, mode=mode)
+        assert (data, stats) == want[mode], i
 
 
 def test_concurrent_callers_get_their_own_results(set_parts):

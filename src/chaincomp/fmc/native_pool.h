@@ -38,18 +38,23 @@ static void run_threads(part_fn fn, char *jobs, size_t stride, int parts) {
 #ifdef POOL
 #define SPIN_US 100
 
+/* Each worker has its own start word, bumped only for a call that gives it a part, and the caller waits
+ * for every part it handed out: a worker never wakes for a call that has no part for it, so it never
+ * reads the fields of a later call (one shared word let an idle worker that woke late run a part of the
+ * next call twice). */
 static struct {
-    pthread_mutex_t lock;  /* held by the caller that owns the pool for one call */
-    atomic_uint gen;       /* bumped per call (futex word of idle workers) */
-    atomic_uint left;      /* worker parts not finished (futex word of the caller) */
-    atomic_int sleepers, waiting;
+    pthread_mutex_t lock;        /* held by the caller that owns the pool for one call */
+    atomic_uint go[MAX_PARTS];   /* worker i's start word (its futex word) */
+    atomic_int asleep[MAX_PARTS];
+    atomic_uint left;            /* worker parts not finished (futex word of the caller) */
+    atomic_int waiting;
     part_fn fn;
     char *jobs;
     size_t stride;
-    int parts, workers;
-    pid_t pid;             /* the process the workers belong to */
+    int workers;
+    pid_t pid;                   /* the process the workers belong to */
     pthread_t th[MAX_PARTS];
-    int cpu[MAX_PARTS];    /* the CPU worker i is pinned to, -1 none */
+    int cpu[MAX_PARTS];          /* the CPU worker i is pinned to, -1 none */
     unsigned seen0[MAX_PARTS];
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -94,12 +99,10 @@ static void *pool_worker(void *arg) {
     const int id = (int)(intptr_t)arg;
     unsigned seen = pool.seen0[id];
     for (;;) {
-        seen = wait_change(&pool.gen, seen, &pool.sleepers);
-        if (id < pool.parts) {
-            pool.fn(pool.jobs + id * pool.stride);
-            if (atomic_fetch_sub(&pool.left, 1) == 1 && atomic_load(&pool.waiting))
-                futex(&pool.left, FUTEX_WAKE_PRIVATE, 1);
-        }
+        seen = wait_change(&pool.go[id], seen, &pool.asleep[id]);
+        pool.fn(pool.jobs + id * pool.stride);
+        if (atomic_fetch_sub(&pool.left, 1) == 1 && atomic_load(&pool.waiting))
+            futex(&pool.left, FUTEX_WAKE_PRIVATE, 1);
     }
     return 0;
 }
@@ -127,14 +130,13 @@ static void pool_run(part_fn fn, void *jobs_, size_t stride, int parts) {
     if (pool.pid != getpid()) { /* first call, or a forked child: no workers of ours run here */
         pool.pid = getpid();
         pool.workers = 0;
-        atomic_store(&pool.sleepers, 0);
     }
     cpu_set_t allowed;
     int here = sched_getcpu(), count = sched_getaffinity(0, sizeof allowed, &allowed) ? 0 : CPU_COUNT(&allowed);
-    unsigned gen = atomic_load(&pool.gen);
-    while (pool.workers + 1 < parts) { /* start the missing workers (they wait for the next gen) */
+    while (pool.workers + 1 < parts) { /* start the missing workers (they wait for their word to move) */
         int id = pool.workers + 1;
-        pool.seen0[id] = gen;
+        atomic_store(&pool.asleep[id], 0);
+        pool.seen0[id] = atomic_load(&pool.go[id]);
         if (pthread_create(&pool.th[id], 0, pool_worker, (void *)(intptr_t)id)) break;
         pool.cpu[id] = -1;
         pool.workers = id;
@@ -147,10 +149,11 @@ static void pool_run(part_fn fn, void *jobs_, size_t stride, int parts) {
     pool.fn = fn;
     pool.jobs = jobs;
     pool.stride = stride;
-    pool.parts = on_pool;
     atomic_store(&pool.left, (unsigned)(on_pool - 1));
-    atomic_fetch_add(&pool.gen, 1);
-    if (atomic_load(&pool.sleepers)) futex(&pool.gen, FUTEX_WAKE_PRIVATE, MAX_PARTS);
+    for (int i = 1; i < on_pool; i++) {
+        atomic_fetch_add(&pool.go[i], 1);
+        if (atomic_load(&pool.asleep[i])) futex(&pool.go[i], FUTEX_WAKE_PRIVATE, 1);
+    }
     fn(jobs);
     for (int i = on_pool; i < parts; i++) fn(jobs + i * stride); /* workers that could not start */
     unsigned left;
