@@ -38,8 +38,15 @@ typedef struct {
 enum { C_ST, C_N, C_C, C_H, C_W, C_BC, C_BH, C_BW, C_K, C_IMPLICIT, C_MODEB, C_NS, C_FB, C_BITS, C_EA, C_EB,
        C_OUT, C_FIT, C_COUNT }; /* C_FIT: `endpoints: fit` passes (0: range endpoints) */
 
+#ifdef __F16C__ /* the instructions: through _Float16 the compiler fuses float16 -> float -> double into one
+                  conversion it calls a software routine for */
+#include <immintrin.h>
+static inline float h2f(uint16_t b) { return _cvtsh_ss(b); }
+static inline uint16_t f2h(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#else
 static inline float h2f(uint16_t b) { _Float16 h; memcpy(&h, &b, 2); return (float)h; }
 static inline uint16_t f2h(float f) { _Float16 h = (_Float16)f; uint16_t b; memcpy(&b, &h, 2); return b; }
+#endif
 static inline float bf2f(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline uint16_t f2bf(float f) { /* torch's round_to_nearest_even (no NaN here) */
     uint32_t u; memcpy(&u, &f, 4);

@@ -291,6 +291,22 @@ static void FN(fit_lanes)(const VW *v, int n, int P, const int64_t *cfg, const t
     }
 }
 
+/* A group of LANES blocks coded with cfg's k (P = 2^k a constant in each branch, so code_lanes
+ * specialises) and, where cfg asks for `endpoints: fit`, refined: the winners, indices in idx. */
+static inline __attribute__((always_inline)) FN(win_t) FN(code_group)(const VW *v, int n, const int64_t *cfg,
+                                                                     const tabs_t *T, VI *idx) {
+    const W wa = (W)(double)(1 << cfg[C_EA]), wb = (W)(double)(1 << cfg[C_EB]);
+    FN(win_t) res;
+    switch (cfg[C_K]) {
+    case 1: res = FN(code_lanes)(v, n, 2, cfg, T, wa, wb, idx); break;
+    case 2: res = FN(code_lanes)(v, n, 4, cfg, T, wa, wb, idx); break;
+    case 3: res = FN(code_lanes)(v, n, 8, cfg, T, wa, wb, idx); break;
+    default: res = FN(code_lanes)(v, n, 16, cfg, T, wa, wb, idx); break;
+    }
+    if (cfg[C_FIT]) FN(fit_lanes)(v, n, 1 << cfg[C_K], cfg, T, &res, idx);
+    return res;
+}
+
 /* the values of `lanes` consecutive blocks (edge padding by clamping), block position advanced;
  * returns non-zero on a non-finite float */
 static inline __attribute__((always_inline)) uint32_t FN(gather)(
@@ -372,7 +388,6 @@ int FN(fmc_encode)(const void *x, const int64_t *cfg, const tabs_t *T, int64_t b
     const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bc * bh * bw;
     const int64_t gc = (C + bc - 1) / bc, gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
     const int64_t r = 2 * bits + fb + (int64_t)n * k;
-    const W wa = (W)(double)(1 << cfg[C_EA]), wb = (W)(double)(1 << cfg[C_EB]);
     const int rec64 = r == 64 && bits == 16 && n * k == 32;
     bw_t w = {out + b0 * r / 8, 0, 0};
     int64_t t = b0, iw = t % gw; t /= gw;
@@ -389,14 +404,7 @@ int FN(fmc_encode)(const void *x, const int64_t *cfg, const tabs_t *T, int64_t b
         if (bad) return -1;
         for (int l = lanes; l < LANES; l++)
             for (int i = 0; i < n; i++) v[i][l] = v[i][lanes - 1];
-        FN(win_t) res;
-        switch (k) {
-        case 1: res = FN(code_lanes)(v, n, 2, cfg, T, wa, wb, idx); break;
-        case 2: res = FN(code_lanes)(v, n, 4, cfg, T, wa, wb, idx); break;
-        case 3: res = FN(code_lanes)(v, n, 8, cfg, T, wa, wb, idx); break;
-        default: res = FN(code_lanes)(v, n, 16, cfg, T, wa, wb, idx); break;
-        }
-        if (cfg[C_FIT]) FN(fit_lanes)(v, n, 1 << k, cfg, T, &res, idx);
+        FN(win_t) res = FN(code_group)(v, n, cfg, T, idx);
         for (int j = 0; j < nw; j++) { /* indices packed per lane: `per` k-bit fields a word */
             int i0 = j * per, i1 = i0 + per < n ? i0 + per : n;
             VI acc = FN(spliti)(0);

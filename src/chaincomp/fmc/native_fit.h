@@ -9,15 +9,6 @@
  * linear in the endpoints (a, b), a 2x2 least-squares system per block.
  */
 
-/* stored_d with the F16C instructions for float16 (the compiler turns stored_d's float16 -> float -> double
- * into one float16 -> double conversion, which it calls a software routine for) */
-static inline double fit_store(double p, int st) {
-#ifdef FAST_GATHER
-    if (st == 0 || st == 5) return (double)_cvtsh_ss(_cvtss_sh((float)p, _MM_FROUND_TO_NEAREST_INT));
-#endif
-    return stored_d(p, st);
-}
-
 /* the decoder's points for range [a, b] (work dtype: float unless wide), rounded to the stored
  * dtype; mode B's point 0 is the exact zero */
 static void fit_points(double a, double b, const double *fr, int P, int is_b, int st, int wide, double *pts) {
@@ -28,7 +19,7 @@ static void fit_points(double a, double b, const double *fr, int P, int is_b, in
             float fa = (float)a, span = (float)b - fa;
             p = (double)(fa + span * (float)fr[j]);
         }
-        pts[j] = fit_store(p, st);
+        pts[j] = stored_d(p, st);
     }
     if (is_b) pts[0] = 0.0;
 }
@@ -44,7 +35,7 @@ static double fit_error(const double *v, int n, const double *pts, const uint8_t
 }
 
 /* an endpoint from the normal equations: to the work dtype, then the stored dtype */
-static double fit_endpoint(double x, int st, int wide) { return fit_store(wide ? x : (double)(float)x, st); }
+static double fit_endpoint(double x, int st, int wide) { return stored_d(wide ? x : (double)(float)x, st); }
 
 /* Refine one coded block: v[n] its values, fr[P] its (mode, scale) row of the point table in the work
  * dtype, is_b its mode; *lo, *hi the range endpoints and ix[n] the indices, replaced where the

@@ -86,16 +86,10 @@ static void FN(low_batch)(FN(low_t) *q, const int64_t *cfg1, const tabs_t *T1, i
                           uint32_t *words, int nw, int64_t *counts) {
     const int st = (int)cfg1[C_ST], k1 = (int)cfg1[C_K], implicit = (int)cfg1[C_IMPLICIT], ns = (int)cfg1[C_NS];
     const int P1 = 1 << k1, nw1 = (n + 32 / k1 - 1) / (32 / k1);
-    const W wa1 = (W)(double)(1 << cfg1[C_EA]), wb1 = (W)(double)(1 << cfg1[C_EB]);
     VI ix1[NMAX], wk1[NMAX];
-    FN(win_t) res1;
     for (int l = q->count; l < LANES; l++) /* unused lanes repeat the first block */
         for (int i = 0; i < n; i++) q->v[i][l] = q->v[i][0];
-    switch (k1) {
-    case 1: res1 = FN(code_lanes)(q->v, n, 2, cfg1, T1, wa1, wb1, ix1); break;
-    case 2: res1 = FN(code_lanes)(q->v, n, 4, cfg1, T1, wa1, wb1, ix1); break;
-    default: res1 = FN(code_lanes)(q->v, n, 8, cfg1, T1, wa1, wb1, ix1); break;
-    }
+    FN(win_t) res1 = FN(code_group)(q->v, n, cfg1, T1, ix1); /* cfg1 asks for no fit: low blocks keep range */
     FN(index_words)(ix1, n, k1, wk1);
     for (int l = 0; l < q->count; l++) {
         uint32_t q0, q1;
@@ -138,7 +132,6 @@ int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const i
     const int64_t C = cfg[C_C], H = cfg[C_H], Wd = cfg[C_W];
     const int bc = (int)cfg[C_BC], bh = (int)cfg[C_BH], bw = (int)cfg[C_BW], n = bc * bh * bw;
     const int64_t gc = (C + bc - 1) / bc, gh = (H + bh - 1) / bh, gw = (Wd + bw - 1) / bw;
-    const W wa = (W)(double)(1 << cfg[C_EA]), wb = (W)(double)(1 << cfg[C_EB]);
     const int d = k > 1 ? 1 << (k - 1) : 0;
     int64_t t = b0, iw = t % gw; t /= gw;
     int64_t ih = t % gh; t /= gh;
@@ -155,14 +148,7 @@ int FN(fmc_vbr_scan)(const void *x, const int64_t *cfg, const tabs_t *T, const i
         if (FN(load_group)(x, cfg, lanes, &nn, &ic, &ih, &iw, v, &lane_of)) return -1;
         for (int l = lanes; l < LANES; l++)
             for (int i = 0; i < n; i++) v[i][l] = v[i][lanes - 1];
-        FN(win_t) res;
-        switch (k) {
-        case 1: res = FN(code_lanes)(v, n, 2, cfg, T, wa, wb, ix); break;
-        case 2: res = FN(code_lanes)(v, n, 4, cfg, T, wa, wb, ix); break;
-        case 3: res = FN(code_lanes)(v, n, 8, cfg, T, wa, wb, ix); break;
-        default: res = FN(code_lanes)(v, n, 16, cfg, T, wa, wb, ix); break;
-        }
-        if (cfg[C_FIT]) FN(fit_lanes)(v, n, 1 << k, cfg, T, &res, ix); /* normal blocks; low ones keep range */
+        FN(win_t) res = FN(code_group)(v, n, cfg, T, ix);
         FN(index_words)(ix, n, k, wk);
         VI low = FN(spliti)(0);
         if (d) low = res.mode != FN(spliti)(0);
