@@ -363,43 +363,130 @@ int fmc_decode_par(int wide, const uint8_t *payload, int64_t nbytes, const int64
     return run_parts(jobs, parts);
 }
 
-/* one block's kk-bit indices from its `index_words` (32 / kk fields a word, the last one shorter) */
-static inline void put_words(bw_t *w, const uint32_t *words, int n, int kk) {
-    const int per = 32 / kk;
-    for (int j = 0, i0 = 0; i0 < n; j++, i0 += per) put(w, words[j], (n - i0 < per ? n - i0 : per) * kk);
+/* A part's piece of one VBR section, written from bit `at` of the payload while other parts write
+ * theirs. The byte holding `at` may also hold the end of the piece before (another thread's), so
+ * the piece's bits in that byte collect in `head` and the caller ORs them in after the threads
+ * are done; the rest goes through an ordinary writer from the next byte on. */
+typedef struct { bw_t w; int head_left; uint32_t head; } sw_t;
+
+static inline sw_t sw_at(uint8_t *out, int64_t at) {
+    const int r = (int)(at & 7);
+    return (sw_t){{out + (at >> 3) + (r != 0), 0, 0}, r ? 8 - r : 0, 0};
+}
+static inline void sw_put(sw_t *s, uint32_t v, int width) {
+    if (__builtin_expect(s->head_left > 0, 0) && width) {
+        const int t = width < s->head_left ? width : s->head_left;
+        s->head = (s->head << t) | (v >> (width - t));
+        s->head_left -= t;
+        width -= t;
+        v = width ? v & (uint32_t)((1ull << width) - 1) : 0;
+    }
+    put(&s->w, v, width);
 }
 
-/* Lay out a VBR payload from fmc_vbr_scan's fields (see native_vbr.h): the tag code's bit planes
- * (plane j: bit j of every block whose code is longer than j), then the normal blocks' meta rows
- * and indices, the low blocks' likewise (k - 1 bits), then each const block's value. code / len:
- * the canonical code and length of each tag. Returns the payload bits. */
-int64_t fmc_vbr_pack(const int64_t *cfg, int64_t nb, const uint8_t *tags, const uint64_t *meta, const uint32_t *words,
-                     const int64_t *code, const int64_t *len, uint8_t *out) {
+/* one block's kk-bit indices from its `index_words` (32 / kk fields a word, the last one shorter) */
+static inline void sw_words(sw_t *s, const uint32_t *words, int n, int kk) {
+    const int per = 32 / kk;
+    for (int j = 0, i0 = 0; i0 < n; j++, i0 += per) sw_put(s, words[j], (n - i0 < per ? n - i0 : per) * kk);
+}
+
+enum { VBR_PLANES = 3, VBR_SECTIONS = VBR_PLANES + 5 }; /* tag planes, then normal meta / indices, low
+                                                          meta / indices, const values */
+typedef struct {
+    const int64_t *cfg, *code, *len;
+    const uint8_t *tags;
+    const uint64_t *meta;
+    const uint32_t *words;
+    uint8_t *out;
+    int64_t b0, b1, at[VBR_SECTIONS], head_at[VBR_SECTIONS];
+    uint8_t head[VBR_SECTIONS];
+} pack_t;
+
+/* section sec of blocks [b0, b1) from bit j->at[sec] */
+static void pack_section(pack_t *j, int sec) {
+    const int64_t *cfg = j->cfg, *len = j->len;
     const int bits = (int)cfg[C_BITS], fb = (int)cfg[C_FB], k = (int)cfg[C_K];
     const int n = (int)(cfg[C_BC] * cfg[C_BH] * cfg[C_BW]), nw = (n + 32 / k - 1) / (32 / k);
-    bw_t w = {out, 0, 0};
-    int maxlen = 0;
-    for (int t = 0; t < 4; t++) if (len[t] > maxlen) maxlen = (int)len[t];
-    for (int j = 0; j < maxlen; j++)
-        for (int64_t b = 0; b < nb; b++) {
-            int L = (int)len[tags[b]];
-            if (L > j) put(&w, (uint32_t)(code[tags[b]] >> (L - 1 - j)) & 1, 1);
+    const uint8_t *tags = j->tags;
+    sw_t s = sw_at(j->out, j->at[sec]);
+    j->head_at[sec] = -1;
+    if (sec < VBR_PLANES) { /* plane sec: bit sec of the code of every block whose code is longer */
+        uint32_t acc = 0;
+        int got = 0;
+        for (int64_t b = j->b0; b < j->b1; b++) {
+            const int L = (int)len[tags[b]];
+            if (L <= sec) continue;
+            acc = (acc << 1) | ((uint32_t)(j->code[tags[b]] >> (L - 1 - sec)) & 1);
+            if (++got == 32) { sw_put(&s, acc, 32); acc = 0; got = 0; }
         }
-    for (int sec = 3; sec >= 2; sec--) { /* normal (k bits), then low (k - 1 bits) */
-        for (int64_t b = 0; b < nb; b++)
-            if (tags[b] == sec) {
-                put(&w, (uint32_t)(meta[b] >> 32) & 0xFFFF, bits);
-                put(&w, (uint32_t)(meta[b] >> 16) & 0xFFFF, bits);
-                put(&w, (uint32_t)meta[b] & 0xFFFF, fb);
+        sw_put(&s, acc, got);
+    } else if (sec < VBR_PLANES + 4) { /* normal (tag 3, k bits) then low (tag 2, k - 1 bits) */
+        const int tag = sec < VBR_PLANES + 2 ? 3 : 2, rows = (sec - VBR_PLANES) % 2 == 0;
+        for (int64_t b = j->b0; b < j->b1; b++) {
+            if (tags[b] != tag) continue;
+            if (rows) {
+                sw_put(&s, (uint32_t)(j->meta[b] >> 32) & 0xFFFF, bits);
+                sw_put(&s, (uint32_t)(j->meta[b] >> 16) & 0xFFFF, bits);
+                sw_put(&s, (uint32_t)j->meta[b] & 0xFFFF, fb);
+            } else {
+                sw_words(&s, j->words + b * nw, n, tag == 3 ? k : k - 1);
             }
-        for (int64_t b = 0; b < nb; b++)
-            if (tags[b] == sec) put_words(&w, words + b * nw, n, sec == 3 ? k : k - 1);
+        }
+    } else {
+        for (int64_t b = j->b0; b < j->b1; b++)
+            if (tags[b] == 1) sw_put(&s, (uint32_t)(j->meta[b] >> 32) & 0xFFFF, bits);
     }
-    for (int64_t b = 0; b < nb; b++)
-        if (tags[b] == 1) put(&w, (uint32_t)(meta[b] >> 32) & 0xFFFF, bits);
-    int64_t total = (int64_t)(w.p - out) * 8 + w.n; /* before the flush: w.n < 32 bits pending */
-    put_flush(&w);
-    return total;
+    put_flush(&s.w);
+    if (j->at[sec] & 7) {
+        j->head_at[sec] = j->at[sec] >> 3;
+        j->head[sec] = (uint8_t)(s.head << s.head_left);
+    }
+}
+
+static void *run_pack(void *p) {
+    for (int sec = 0; sec < VBR_SECTIONS; sec++) pack_section(p, sec);
+    return 0;
+}
+
+/* Lay out a VBR payload from fmc_vbr_scan's fields (see native_vbr.h) over the scan's block ranges
+ * at once: the tag code's bit planes (plane j: bit j of every block whose code is longer than j),
+ * then the normal blocks' meta rows and indices, the low blocks' likewise (k - 1 bits), then each
+ * const block's value. code / len: the canonical code and length of each tag; counts: the scan's
+ * rows (16 per part; 8..11 the part's tag counts). Every payload byte is written. Returns the
+ * payload bits (-2: bad part count). */
+int64_t fmc_vbr_pack(const int64_t *cfg, const uint8_t *tags, const uint64_t *meta, const uint32_t *words,
+                     const int64_t *code, const int64_t *len, const int64_t *ranges, int parts, const int64_t *counts,
+                     uint8_t *out) {
+    if (parts < 1 || parts > MAX_PARTS) return -2;
+    const int64_t bits = cfg[C_BITS], fb = cfg[C_FB], k = cfg[C_K];
+    const int64_t n = cfg[C_BC] * cfg[C_BH] * cfg[C_BW];
+    pack_t jobs[MAX_PARTS];
+    int64_t at = 0;
+    for (int sec = 0; sec < VBR_SECTIONS; sec++)
+        for (int i = 0; i < parts; i++) {
+            const int64_t *c = counts + 16 * i + 8; /* zero, const, low, normal */
+            int64_t size;
+            if (sec < VBR_PLANES) {
+                size = 0;
+                for (int t = 0; t < 4; t++) if (len[t] > sec) size += c[t];
+            } else if (sec < VBR_PLANES + 4) {
+                const int64_t m = c[sec < VBR_PLANES + 2 ? 3 : 2];
+                size = (sec - VBR_PLANES) % 2 == 0 ? m * (2 * bits + fb) : m * n * (sec < VBR_PLANES + 2 ? k : k - 1);
+            } else {
+                size = c[1] * bits;
+            }
+            if (!sec)
+                jobs[i] = (pack_t){.cfg = cfg, .code = code, .len = len, .tags = tags, .meta = meta, .words = words,
+                                   .out = out, .b0 = ranges[2 * i], .b1 = ranges[2 * i + 1]};
+            if (at & 7) out[at >> 3] = 0; /* a byte two pieces share: its first piece ORs in below */
+            jobs[i].at[sec] = at;
+            at += size;
+        }
+    pool_run(run_pack, jobs, sizeof jobs[0], parts);
+    for (int sec = 0; sec < VBR_SECTIONS; sec++) /* in stream order: a piece that starts and ends in one */
+        for (int i = 0; i < parts; i++)          /* byte ORs in after the piece before it */
+            if (jobs[i].head_at[sec] >= 0) out[jobs[i].head_at[sec]] |= jobs[i].head[sec];
+    return at;
 }
 
 /* VBR scan of several block ranges at once (threads as run_parts); counts: 16 per part. */

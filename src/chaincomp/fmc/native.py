@@ -117,7 +117,7 @@ def library():
                 lib.fmc_encode_par.argtypes = [i32, p, p, p, p, i32, p, p]
                 lib.fmc_decode_par.argtypes = [i32, p, i64, p, p, p, i32, p, ctypes.c_double]
                 lib.fmc_vbr_scan_par.argtypes = [i32, p, p, p, p, p, p, i32, p, p, p, p]
-                lib.fmc_vbr_pack.argtypes = [p, i64, p, p, p, p, p, p]
+                lib.fmc_vbr_pack.argtypes = [p, p, p, p, p, p, p, i32, p, p]
                 lib.fmc_vbr_pack.restype = i64
                 for w in "fd":
                     getattr(lib, f"fmc_vbr_decode_{w}").argtypes = [p, i64, p, p, p, p, p, p, p, p, p, ctypes.c_double,
@@ -261,8 +261,9 @@ def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
     lengths = tag_code.code_lengths(np.array(tag_counts))
     codes = np.ascontiguousarray(tag_code.canonical_codes(lengths), np.int64)
     lens = np.array([0 if x == UNUSED else x for x in lengths], np.int64)
-    out = np.zeros((nb * (3 + 2 * bits + fb) + nb * n * k + 7) // 8 + 16, np.uint8)
-    nbits = lib.fmc_vbr_pack(_ptr(cfg), nb, _ptr(tags), _ptr(meta), _ptr(words), _ptr(codes), _ptr(lens), _ptr(out))
+    out = np.empty((nb * (3 + 2 * bits + fb) + nb * n * k + 7) // 8 + 16, np.uint8)  # the kernel writes every byte
+    nbits = lib.fmc_vbr_pack(_ptr(cfg), _ptr(tags), _ptr(meta), _ptr(words), _ptr(codes), _ptr(lens), _ptr(ranges),
+                             ranges.size // 2, _ptr(cnt), _ptr(out))
     return memoryview(out[:(nbits + 7) // 8]), nbits, got[:8], tag_counts, lengths
 
 
