@@ -259,3 +259,31 @@ def test_every_kernel_source_ships_with_the_package():
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     data = pyproject["tool"]["setuptools"]["package-data"]["chaincomp"]
     assert {f"fmc/{s}" for s in native.SOURCES} <= set(data)
+
+
+def test_kernel_tag_code_is_the_python_huffman_code():
+    """`fmc_tag_code` (the VBR encoder's tag code, computed in the kernel) against `tags.code_lengths` and
+    `tags.canonical_codes` over every pattern of absent tags, ties and skewed counts."""
+    import itertools
+
+    import numpy as np
+
+    from chaincomp.fmc import tags
+
+    lib = native.library()
+    if lib is None:
+        pytest.skip(native.reason)
+    values = [0, 1, 2, 3, 5, 8, 100, 4096]
+    seen = set()
+    for counts in itertools.product(values, repeat=4):
+        if not any(counts):
+            continue
+        c = np.array(counts, np.int64)
+        got_len, got_code = np.zeros(4, np.int64), np.zeros(4, np.int64)
+        lib.fmc_tag_code(c.ctypes.data, got_len.ctypes.data, got_code.ctypes.data)
+        want = tags.code_lengths(c)
+        assert tuple(got_len.tolist()) == want, counts
+        used = [t for t in range(4) if counts[t]]
+        assert [int(got_code[t]) for t in used] == [int(tags.canonical_codes(want)[t]) for t in used], counts
+        seen.add(want)
+    assert len(seen) > 10  # lengths 0-3 in many shapes

@@ -341,11 +341,13 @@ static int run_parts(job_t *jobs, int parts) {
     return rc;
 }
 
-/* Encode block ranges [ranges[2i], ranges[2i+1]) in parallel; counts: 8 per part. Returns as fmc_encode. */
+/* Encode block ranges [ranges[2i], ranges[2i+1]) in parallel; counts: 8 per part (zeroed here). Returns as
+ * fmc_encode. */
 int fmc_encode_par(int wide, const void *x, const int64_t *cfg, const tabs_t *T, const int64_t *ranges, int parts,
                    uint8_t *out, int64_t *counts) {
     job_t jobs[MAX_PARTS];
     if (parts < 1 || parts > MAX_PARTS) return -2;
+    memset(counts, 0, sizeof(int64_t) * 8 * parts); /* the parts add to their rows */
     for (int i = 0; i < parts; i++)
         jobs[i] = (job_t){.wide = wide, .x = x, .b0 = ranges[2 * i], .b1 = ranges[2 * i + 1], .cfg = cfg, .T = T,
                           .out = out, .counts = counts + 8 * i};
@@ -489,7 +491,7 @@ int64_t fmc_vbr_pack(const int64_t *cfg, const uint8_t *tags, const uint64_t *me
     return at;
 }
 
-/* VBR scan of several block ranges at once (threads as run_parts); counts: 16 per part. */
+/* VBR scan of several block ranges at once (threads as run_parts); counts: 16 per part (zeroed here). */
 typedef struct {
     int wide, rc;
     const void *x;
@@ -515,12 +517,69 @@ int fmc_vbr_scan_par(int wide, const void *x, const int64_t *cfg, const tabs_t *
     scan_t jobs[MAX_PARTS];
     int rc = 0;
     if (parts < 1 || parts > MAX_PARTS) return -2;
+    memset(counts, 0, sizeof(int64_t) * 16 * parts); /* the parts add to their rows */
     for (int i = 0; i < parts; i++)
         jobs[i] = (scan_t){.wide = wide, .x = x, .cfg = cfg, .cfg1 = cfg1, .T = T, .T1 = T1, .b0 = ranges[2 * i],
                            .b1 = ranges[2 * i + 1], .tags = tags, .words = words, .meta = meta, .counts = counts + 16 * i};
     pool_run(run_scan, jobs, sizeof jobs[0], parts);
     for (int i = 0; i < parts; i++) if (jobs[i].rc && !rc) rc = jobs[i].rc;
     return rc;
+}
+
+/* tags.code_lengths: Huffman code lengths of the 4 tags from their counts (UNUSED_LEN for a tag that
+ * does not occur, 0 when only one does). Merges the two least (count, least tag id) nodes, the order
+ * heapq gives there (ids are unique among live nodes, so the order is total), hence the same
+ * lengths. Then tags.canonical_codes: codes by (length, tag). */
+enum { UNUSED_LEN = 255 };
+void fmc_tag_code(const int64_t *counts, int64_t *len, int64_t *code) {
+    int64_t c[4], depth[4] = {0, 0, 0, 0};
+    int key[4], members[4], live = 0, used = 0;
+    for (int t = 0; t < 4; t++) {
+        len[t] = UNUSED_LEN;
+        code[t] = 0;
+        if (counts[t] > 0) { c[live] = counts[t]; key[live] = t; members[live] = 1 << t; live++; used |= 1 << t; }
+    }
+    if (live == 1) { len[key[0]] = 0; return; }
+    while (live > 1) {
+        int a = -1, b = -1; /* the least and the next */
+        for (int i = 0; i < live; i++) {
+            if (a < 0 || c[i] < c[a] || (c[i] == c[a] && key[i] < key[a])) { b = a; a = i; }
+            else if (b < 0 || c[i] < c[b] || (c[i] == c[b] && key[i] < key[b])) b = i;
+        }
+        for (int t = 0; t < 4; t++) if ((members[a] | members[b]) >> t & 1) depth[t]++;
+        c[a] += c[b]; key[a] = key[a] < key[b] ? key[a] : key[b]; members[a] |= members[b];
+        live--; /* node b leaves: the last live node takes its place */
+        c[b] = c[live]; key[b] = key[live]; members[b] = members[live];
+    }
+    int64_t next = 0, prev = 0;
+    for (int L = 0; L <= 3; L++)
+        for (int t = 0; t < 4; t++)
+            if ((used >> t & 1) && depth[t] == L) {
+                next <<= L - prev;
+                code[t] = next++;
+                prev = L;
+            }
+    for (int t = 0; t < 4; t++) if (used >> t & 1) len[t] = depth[t];
+}
+
+/* The whole VBR encode in one call: scan (fmc_vbr_scan_par), the tag code (fmc_tag_code), layout
+ * (fmc_vbr_pack); one crossing from Python instead of two and the code's arithmetic between.
+ * counts: parts + 1 rows of 16, the last the parts' sums; len / code: the tag code, as
+ * fmc_tag_code. Returns the payload bits, -1 when the scan declines (non-finite input), -2 for a
+ * bad part count. */
+int64_t fmc_vbr_encode(int wide, const void *x, const int64_t *cfg, const tabs_t *T, const int64_t *cfg1,
+                       const tabs_t *T1, const int64_t *ranges, int parts, uint8_t *tags, uint64_t *meta,
+                       uint32_t *words, int64_t *counts, int64_t *len, int64_t *code, uint8_t *out) {
+    const int rc = fmc_vbr_scan_par(wide, x, cfg, T, cfg1, T1, ranges, parts, tags, meta, words, counts);
+    if (rc) return rc == -2 ? -2 : -1;
+    int64_t *sum = counts + 16 * parts, lens[4];
+    for (int f = 0; f < 16; f++) {
+        sum[f] = 0;
+        for (int i = 0; i < parts; i++) sum[f] += counts[16 * i + f];
+    }
+    fmc_tag_code(sum + 8, len, code);
+    for (int t = 0; t < 4; t++) lens[t] = len[t] == UNUSED_LEN ? 0 : len[t];
+    return fmc_vbr_pack(cfg, tags, meta, words, code, lens, ranges, parts, counts, out);
 }
 
 int fmc_abi(void) { return 3; }

@@ -36,7 +36,6 @@ import torch
 
 from ..device import cpu_flags
 from . import tags as tag_code
-from .bitstream import UNUSED
 from .points import cell_exponent, fractions, midpoints, table
 
 HERE = Path(__file__).parent
@@ -64,8 +63,13 @@ def compiler() -> str | None:
 
 def _flags() -> list[str]:
     flags = ["-O3", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno", "-std=gnu11"]
-    if {"avx2", "f16c", "fma"} <= cpu_flags():
+    have = cpu_flags()
+    if {"avx2", "f16c", "fma"} <= have:
         flags += ["-mavx2", "-mf16c", "-mfma"]
+        if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= have:
+            # the same 8-lane code with 32 vector registers and mask compares: 15-20% faster encodes on a
+            # Xeon (benchmarks/fmc_throughput.md, 2026-12-02); 256-bit vectors keep the core's clock up
+            flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=256"]
     # the summation order of torch's sum kernel follows its vector width (`tsum` in native_body.h)
     return flags + [f"-DTV={_vector_bytes()}"]
 
@@ -119,6 +123,9 @@ def library():
                 lib.fmc_vbr_scan_par.argtypes = [i32, p, p, p, p, p, p, i32, p, p, p, p]
                 lib.fmc_vbr_pack.argtypes = [p, p, p, p, p, p, p, i32, p, p]
                 lib.fmc_vbr_pack.restype = i64
+                lib.fmc_vbr_encode.argtypes = [i32, p, p, p, p, p, p, i32, p, p, p, p, p, p, p]
+                lib.fmc_vbr_encode.restype = i64
+                lib.fmc_tag_code.argtypes = [p, p, p]
                 for w in "fd":
                     getattr(lib, f"fmc_vbr_decode_{w}").argtypes = [p, i64, p, p, p, p, p, p, p, p, p, ctypes.c_double,
                                                                      i32]
@@ -195,6 +202,20 @@ def _chunks(nb: int, parts: int) -> np.ndarray:
     return np.array([(b, min(b + step, nb)) for b in range(0, nb, step)], np.int64).reshape(-1)
 
 
+@lru_cache(maxsize=128)
+def _plan(st: int, shape, block, k: int, method, sids, fb: int, bits: int, nb: int, fit: int, parts: int, vbr: bool):
+    """What an encode call needs that depends on the configuration alone, built once: (arrays kept
+    alive, addresses of cfg / tables / cfg of the k-1 bit tries / tables of those / ranges, range
+    count). Saves ~20 us of array building and address lookups per call."""
+    tabs, ea, eb = _tables(method, sids, k)
+    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0, fit)
+    tabs1, ea1, eb1 = _tables(method, sids, k - 1) if vbr and k > 1 else (tabs, ea, eb)
+    cfg1 = _cfg(st, shape, block, max(k - 1, 1), method, len(sids), fb, bits, ea1, eb1, 0) if vbr else cfg
+    ranges = _chunks(nb, parts)
+    return ((tabs, cfg, tabs1, cfg1, ranges), _ptr(cfg), _ptr(tabs), _ptr(cfg1), _ptr(tabs1), _ptr(ranges),
+            ranges.size // 2)
+
+
 def encode_cbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: int, method, sids, fb: int,
                bits: int, nb: int, fit: int = 0):
     """CBR payload of a map (x: contiguous, CPU, its storage form or float32 for st 5); fit: the passes of
@@ -204,18 +225,17 @@ def encode_cbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
     lib = library()
     if lib is None:
         return None
-    tabs, ea, eb = _tables(method, sids, k)
-    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0, fit)
-    pc, pt, px = _ptr(cfg), _ptr(tabs), x.data_ptr()
-    r = 2 * bits + fb + block[0] * block[1] * block[2] * k
-    nbits = nb * r
-    out = np.empty((nbits + 7) // 8 + 8, np.uint8)  # the kernel writes every payload byte
-    ranges = _chunks(nb, threads(nb * block[0] * block[1] * block[2]))
-    cnt = np.zeros((ranges.size // 2, 8), np.int64)
-    if lib.fmc_encode_par(int(storage == torch.bfloat16), px, pc, pt, _ptr(ranges), ranges.size // 2, _ptr(out),
-                          _ptr(cnt)):
+    n = block[0] * block[1] * block[2]
+    _, pc, pt, _, _, pr, parts = _plan(st, shape, tuple(block), k, method, sids, fb, bits, nb, fit, threads(nb * n),
+                                       False)
+    nbits = nb * (2 * bits + fb + n * k)
+    out = np.empty((nbits + 7) // 8 + 8 + 8 * parts * 8, np.uint8)  # the kernel writes every payload byte
+    po = _ptr(out)
+    cnt_at = (nbits + 7) // 8 + 8  # the counts (8 per part) after the payload: one array, one address
+    if lib.fmc_encode_par(int(storage == torch.bfloat16), x.data_ptr(), pc, pt, pr, parts, po, po + cnt_at):
         return None
-    return memoryview(out[:(nbits + 7) // 8]), nbits, cnt.sum(0).tolist()   # a view: written out once, in `bitstream.write`
+    cnt = out[cnt_at:].view(np.int64).reshape(parts, 8).sum(0).tolist()
+    return memoryview(out[:(nbits + 7) // 8]), nbits, cnt  # a view: written out once, in `bitstream.write`
 
 
 def decode_cbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, block, k: int, method, sids,
@@ -237,34 +257,34 @@ def decode_cbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, b
 def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: int, method, sids, fb: int,
                bits: int, nb: int, fit: int = 0):
     """VBR payload of a map (as `encode_cbr`): (payload bytes, payload bits, counts, tag counts,
-    tag code lengths), or None when the kernel declines. The tags' Huffman code comes from
-    `tags` (the same code lengths as the torch path); scan and layout are `native_vbr.h`."""
+    tag code lengths), or None when the kernel declines. One kernel call (`fmc_vbr_encode`): the
+    scan (`native_vbr.h`), the tags' Huffman code (as `tags.code_lengths`, tested against it) and the
+    layout."""
     lib = library()
     if lib is None:
         return None
-    tabs, ea, eb = _tables(method, sids, k)
-    cfg = _cfg(st, shape, block, k, method, len(sids), fb, bits, ea, eb, 0, fit)
-    tabs1, ea1, eb1 = _tables(method, sids, k - 1) if k > 1 else (tabs, ea, eb)
-    cfg1 = _cfg(st, shape, block, max(k - 1, 1), method, len(sids), fb, bits, ea1, eb1, 0)  # low blocks: range
     n = block[0] * block[1] * block[2]
-    ranges = _chunks(nb, threads(nb * n))
-    tags = np.empty(nb, np.uint8)
-    meta = np.empty(nb, np.uint64)
-    words = np.empty(nb * -(-n // (32 // k)), np.uint32)
-    cnt = np.zeros((ranges.size // 2, 16), np.int64)
-    if lib.fmc_vbr_scan_par(int(storage == torch.bfloat16), x.data_ptr(), _ptr(cfg), _ptr(tabs), _ptr(cfg1),
-                            _ptr(tabs1), _ptr(ranges), ranges.size // 2, _ptr(tags), _ptr(meta), _ptr(words),
-                            _ptr(cnt)):
-        return None
-    got = cnt.sum(0).tolist()
-    tag_counts = got[8:12]
-    lengths = tag_code.code_lengths(np.array(tag_counts))
-    codes = np.ascontiguousarray(tag_code.canonical_codes(lengths), np.int64)
-    lens = np.array([0 if x == UNUSED else x for x in lengths], np.int64)
+    _, pc, pt, pc1, pt1, pr, parts = _plan(st, shape, tuple(block), k, method, sids, fb, bits, nb, fit,
+                                           threads(nb * n), True)
+    nw = -(-n // (32 // k))
+    # scratch, 64-byte aligned pieces: counts ((parts + 1) x 16), tag lengths and codes (4 + 4), tags,
+    # meta (8 a block), index words (4 x nw a block)
+    at_tags = (parts + 1) * 128 + 64
+    at_meta = at_tags + (nb + 63) // 64 * 64
+    at_words = at_meta + nb * 8
+    scratch = np.empty(at_words + nb * nw * 4 + 64, np.uint8)
+    ps = _ptr(scratch)
+    ps += -ps % 64
     out = np.empty((nb * (3 + 2 * bits + fb) + nb * n * k + 7) // 8 + 16, np.uint8)  # the kernel writes every byte
-    nbits = lib.fmc_vbr_pack(_ptr(cfg), _ptr(tags), _ptr(meta), _ptr(words), _ptr(codes), _ptr(lens), _ptr(ranges),
-                             ranges.size // 2, _ptr(cnt), _ptr(out))
-    return memoryview(out[:(nbits + 7) // 8]), nbits, got[:8], tag_counts, lengths
+    nbits = lib.fmc_vbr_encode(int(storage == torch.bfloat16), x.data_ptr(), pc, pt, pc1, pt1, pr, parts,
+                               ps + at_tags, ps + at_meta, ps + at_words, ps, ps + (parts + 1) * 128,
+                               ps + (parts + 1) * 128 + 32, _ptr(out))
+    if nbits < 0:
+        return None
+    off = ps - _ptr(scratch)
+    got = scratch[off + parts * 128:off + (parts + 1) * 128 + 32].view(np.int64).tolist()
+    lengths = tuple(got[16:20])
+    return memoryview(out[:(nbits + 7) // 8]), nbits, got[:8], got[8:12], lengths
 
 
 def decode_vbr(payload: bytes, storage: torch.dtype, out: torch.Tensor, shape, block, k: int, method, sids,
