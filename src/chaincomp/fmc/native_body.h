@@ -115,8 +115,11 @@ static inline __attribute__((always_inline)) VW FN(vsum)(const VW *x, int n) {
         for (int l = 0; l < LL; l++) acc += part[0][l];
         return acc;
     }
-    memset(part, 0, sizeof part);
-    for (int i = 0; i < ilp; i++)
+    if (ilp == 0) memset(part, 0, sizeof part); /* no vectors: the tail alone */
+    else /* the first 4 vectors as the partials (0 + x is x, as above): a 2 KiB memset per call at TV 64 cost */
+        for (int k = 0; k < 4; k++)          /* 5% of the encoder's time (AVX-512 build, 2026-12-02) */
+            for (int l = 0; l < LL; l++) part[k][l] = x[k * LL + l];
+    for (int i = 1; i < ilp; i++)
         for (int k = 0; k < 4; k++)
             for (int l = 0; l < LL; l++) part[k][l] += x[(i * 4 + k) * LL + l];
     for (int i = ilp * 4; i < nvec; i++)
