@@ -19,7 +19,7 @@ import torch
 from chaincomp.fmc import encode_with_stats, native
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fmc_throughput import pink_field  # noqa: E402
+from fmc_throughput import pink_field
 
 
 def main() -> None:

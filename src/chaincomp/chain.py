@@ -277,7 +277,7 @@ def build_results(recipe: Recipe, data: TaskData, base: dict, stages: list[dict]
     return {
         "format": FORMAT, "version": __version__, "recipe": recipe.name, "seed": recipe.seed,
         "task": data.task, "dataset": data.name, "model": recipe.model.name, "metric_name": data.metric_name,
-        "device": devices.describe(data.device), "chain": recipe.techniques(),
+        "device": devices.describe(data.device), "amp": data.amp, "chain": recipe.techniques(),
         "baseline": {k: base[k] for k in (*keys, *opt) if k in base},
         "stages": [{k: s[k] for k in ("name", "technique", *keys, "seconds")} |
                    {k: s[k] for k in (*opt, "exit_histogram", "exit_rule", "notes") if k in s} for s in stages],

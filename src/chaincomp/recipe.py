@@ -163,7 +163,8 @@ class Recipe(BaseModel):
     seed: Seed = 0
     threads: Threads = None
     device: DeviceName = "auto"
-    amp: bool = Field(False, description="bf16 autocast for float training on CUDA (quantized layers stay fp32)")
+    amp: bool = Field(False, description="bf16 autocast for float training on CUDA and on CPUs with AMX (elsewhere "
+                      "on the CPU bf16 is emulated and slower: off); quantized layers stay fp32")
     channels_last: bool | None = Field(None, description="train in the channels_last memory format; default: on "
                                        "CUDA only (on the CPU opt-in: faster with oneDNN, other last float bits)")
     data: DataConfig = DataConfig()

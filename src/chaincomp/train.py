@@ -55,10 +55,10 @@ def _inputs(x: torch.Tensor, device: torch.device, channels_last: bool = False) 
 
 
 def _autocast(data: TaskData, model: nn.Module):
-    """bf16 autocast for float models on CUDA when the recipe asks (`amp: true`); quantized layers keep
-    fp32 so their integer grids stay exact."""
-    if data.amp and data.device.type == "cuda" and not is_quantized(model):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast for float models when the recipe asks (`amp: true`) and it helps on the device
+    (`TaskData.place`: CUDA, or a CPU with AMX); quantized layers keep fp32 so their integer grids stay exact."""
+    if data.amp and not is_quantized(model):
+        return torch.autocast(data.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -11,7 +11,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     recipe, _ = load_recipe(args.recipe)
     rec = train_once(with_device(recipe, args), force=args.force)
-    how = "already cached" if rec["reused"] else f"trained in {rec['seconds']:.0f} s on {rec['device']}"
+    amp = " with bf16 autocast" if rec.get("amp") else ""
+    how = "already cached" if rec["reused"] else f"trained in {rec['seconds']:.0f} s on {rec['device']}{amp}"
     print(f"baseline {rec['digest']}: {rec['metric_name']} {rec['metric']:.2f} ({how}) -> {rec['path']}")
     return 0
 

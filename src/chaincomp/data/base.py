@@ -6,6 +6,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from ..device import amp_helps
+
 CPU = torch.device("cpu")
 
 TASKS = ("classification", "segmentation", "super_resolution")
@@ -87,14 +89,14 @@ class TaskData:
     augment: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None
     info: dict = field(default_factory=dict)
     device: torch.device = CPU           # where training and evaluation run (chosen at the edge)
-    amp: bool = False                    # bf16 autocast for float training on CUDA
+    amp: bool = False                    # bf16 autocast for float training (where `device.amp_helps`)
     channels_last: bool = False          # train channels_last on the CPU too (on CUDA it always is)
 
     def place(self, device: torch.device, amp: bool = False, hold_fraction: float = 0.25,
               channels_last: bool | None = None) -> "TaskData":
         """Run on `device`; on a GPU hold every stacked split there when the three fit in `hold_fraction`
         of its memory (CIFAR-10 as float32 is 0.7 GB), so no batch crosses the bus during training."""
-        self.device, self.amp = device, bool(amp and device.type == "cuda")
+        self.device, self.amp = device, bool(amp and amp_helps(device))
         self.channels_last = bool(channels_last)
         if device.type == "cuda":
             splits = [s for s in (self.train, self.val, self.test) if s.stacked]

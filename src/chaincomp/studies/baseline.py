@@ -40,7 +40,7 @@ def train_once(recipe: Recipe, *, force: bool = False) -> dict:
     m = measure(model, data)
     record = {"recipe": recipe.name, "metric_name": data.metric_name, "metric": m["metric"],
               "bitops": m["bitops"], "params": m["params"], "seconds": round(seconds, 1),
-              "device": describe(data.device), "torch": torch.__version__,
+              "device": describe(data.device), "amp": data.amp, "torch": torch.__version__,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = baselines.store(model, ident, record)
     progress.log(f"baseline: {data.metric_name} {m['metric']:.2f} in {seconds:.0f} s on {record['device']} -> {path}")
