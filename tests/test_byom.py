@@ -153,7 +153,10 @@ def test_dataset_pair_is_data():
 # The default export (Q/DQ: the int8 pass's graph, 8-bit codes between layers, fused by ORT into QLinearConv),
 # checked against PyTorch on the user's models too; the manifest's Q/DQ op count is asserted as well.
 # Tolerance 1 point: these tiny, barely trained models have near ties, and one flipped answer of the 360
-# digits is 0.28 points; agreement of the predictions is asserted as well.
+# digits is 0.28 points; agreement of the predictions is asserted as well, at 90%: MobileNetV2 (26% top-1 here)
+# agreed on 97%+ of the answers on an AVX2 EPYC and on 93.1% on an AVX-512/VNNI Xeon (same metric within 0.28
+# points, every exit decision the same): its residual streams take 8-bit codes in ORT and stay float in
+# PyTorch, and the kernels' requantization rounds ties otherwise there.
 KERNELS, TOLERANCE = "qdq", "1.0"
 
 
@@ -161,7 +164,7 @@ def _exported(out: Path, **kw) -> dict:
     m = export_run(out, out=out / "export" / "model.onnx", echo=lambda *_: None, kernels=KERNELS,
                    tolerance=float(TOLERANCE), **kw)
     c = m["check"]
-    assert c["passed"] and c["prediction_agreement"] >= 97, {k: c[k] for k in ("torch_metric", "onnx_metric", "n",
+    assert c["passed"] and c["prediction_agreement"] >= 90, {k: c[k] for k in ("torch_metric", "onnx_metric", "n",
                                                                                   "prediction_agreement")}
     return m
 

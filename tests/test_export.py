@@ -18,6 +18,7 @@ from chaincomp.data.base import Split, TaskData
 from chaincomp.data.digits import load_digits_data
 from chaincomp.errors import UserError
 from chaincomp.deploy.runtime import Deployed
+from chaincomp.deploy.targets import int16_pairs
 from chaincomp.deploy.export import calibration_input, export_model, export_run, manifest_path
 from chaincomp.qmodules import QUANT_TYPES, act_range
 from chaincomp.recipe import parse_recipe
@@ -139,7 +140,8 @@ def test_integer_kernels_hold_exact_codes(runs, kind, tmp_path):
             # int8, or uint8 + 128 where uint8 x int8 kernels could saturate (x86 without VNNI)
             wide = desc["layers"][name]["weight_codes"] == "uint8+128"
             assert got.dtype == (np.uint8 if wide else np.int8)
-            assert wide == (2 * 255 * np.abs(mod.integer_weight()[0].numpy()).max() > 32767 and mod.act_bits == 8)
+            assert wide == (int16_pairs() and mod.act_bits == 8
+                            and 2 * 255 * np.abs(mod.integer_weight()[0].numpy()).max() > 32767)  # VNNI: int8
             got = (got.T if isinstance(mod, nn.Linear) else got).astype(np.int64) - (128 if wide else 0)
             neg = desc["layers"][name].get("negated_channels", [])
             assert not neg or desc is m
@@ -166,7 +168,12 @@ def test_unfused_export_is_exact(runs, tmp_path):
     with torch.no_grad():
         ref = run.model.eval()(x).numpy()
     got, _ = Deployed(tmp_path, desc)(x.numpy())
-    assert np.abs(got - ref).max() < 1e-3
+    # the same logits up to float rounding, but for at most 1% of the inputs: where ORT's and torch's float
+    # kernels sum in another order, a value on a 4-bit quantizer's rounding tie may take the next code (seen
+    # on 1 input of 360 on an AVX-512 Xeon, its logits 0.003 off; on an AVX2 EPYC none)
+    off = np.abs(got - ref).max(axis=1) >= 1e-3
+    assert off.mean() <= 0.01, int(off.sum())
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
     assert not any(v.get("op") == "QLinearConv" for v in desc["layers"].values())
 
 
