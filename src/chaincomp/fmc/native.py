@@ -229,9 +229,9 @@ def encode_cbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
     _, pc, pt, _, _, pr, parts = _plan(st, shape, tuple(block), k, method, sids, fb, bits, nb, fit, threads(nb * n),
                                        False)
     nbits = nb * (2 * bits + fb + n * k)
-    out = np.empty((nbits + 7) // 8 + 8 + 8 * parts * 8, np.uint8)  # the kernel writes every payload byte
+    cnt_at = ((nbits + 7) // 8 + 8 + 7) // 8 * 8  # the counts (8 per part) after the payload: one array, one address
+    out = np.empty(cnt_at + 8 * parts * 8, np.uint8)  # the kernel writes every payload byte and every count
     po = _ptr(out)
-    cnt_at = (nbits + 7) // 8 + 8  # the counts (8 per part) after the payload: one array, one address
     if lib.fmc_encode_par(int(storage == torch.bfloat16), x.data_ptr(), pc, pt, pr, parts, po, po + cnt_at):
         return None
     cnt = out[cnt_at:].view(np.int64).reshape(parts, 8).sum(0).tolist()
