@@ -456,13 +456,16 @@ static void *run_pack(void *p) {
  * const block's value. code / len: the canonical code and length of each tag; counts: the scan's
  * rows (16 per part; 8..11 the part's tag counts). Every payload byte is written. Returns the
  * payload bits (-2: bad part count). */
-int64_t fmc_vbr_pack(const int64_t *cfg, const uint8_t *tags, const uint64_t *meta, const uint32_t *words,
-                     const int64_t *code, const int64_t *len, const int64_t *ranges, int parts, const int64_t *counts,
-                     uint8_t *out) {
+static int64_t fmc_vbr_pack(const int64_t *cfg, const uint8_t *tags, const uint64_t *meta, const uint32_t *words,
+                            const int64_t *code, const int64_t *len, const int64_t *ranges, int parts,
+                            const int64_t *counts, uint8_t *out) {
     if (parts < 1 || parts > MAX_PARTS) return -2;
     const int64_t bits = cfg[C_BITS], fb = cfg[C_FB], k = cfg[C_K];
     const int64_t n = cfg[C_BC] * cfg[C_BH] * cfg[C_BW];
     pack_t jobs[MAX_PARTS];
+    for (int i = 0; i < parts; i++)
+        jobs[i] = (pack_t){.cfg = cfg, .code = code, .len = len, .tags = tags, .meta = meta, .words = words,
+                           .out = out, .b0 = ranges[2 * i], .b1 = ranges[2 * i + 1]};
     int64_t at = 0;
     for (int sec = 0; sec < VBR_SECTIONS; sec++)
         for (int i = 0; i < parts; i++) {
@@ -477,9 +480,6 @@ int64_t fmc_vbr_pack(const int64_t *cfg, const uint8_t *tags, const uint64_t *me
             } else {
                 size = c[1] * bits;
             }
-            if (!sec)
-                jobs[i] = (pack_t){.cfg = cfg, .code = code, .len = len, .tags = tags, .meta = meta, .words = words,
-                                   .out = out, .b0 = ranges[2 * i], .b1 = ranges[2 * i + 1]};
             if (at & 7) out[at >> 3] = 0; /* a byte two pieces share: its first piece ORs in below */
             jobs[i].at[sec] = at;
             at += size;
@@ -511,9 +511,9 @@ static void *run_scan(void *p) {
     return 0;
 }
 
-int fmc_vbr_scan_par(int wide, const void *x, const int64_t *cfg, const tabs_t *T, const int64_t *cfg1,
-                     const tabs_t *T1, const int64_t *ranges, int parts, uint8_t *tags, uint64_t *meta, uint32_t *words,
-                     int64_t *counts) {
+static int fmc_vbr_scan_par(int wide, const void *x, const int64_t *cfg, const tabs_t *T, const int64_t *cfg1,
+                            const tabs_t *T1, const int64_t *ranges, int parts, uint8_t *tags, uint64_t *meta,
+                            uint32_t *words, int64_t *counts) {
     scan_t jobs[MAX_PARTS];
     int rc = 0;
     if (parts < 1 || parts > MAX_PARTS) return -2;

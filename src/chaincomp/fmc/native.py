@@ -120,9 +120,6 @@ def library():
                 p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
                 lib.fmc_encode_par.argtypes = [i32, p, p, p, p, i32, p, p]
                 lib.fmc_decode_par.argtypes = [i32, p, i64, p, p, p, i32, p, ctypes.c_double]
-                lib.fmc_vbr_scan_par.argtypes = [i32, p, p, p, p, p, p, i32, p, p, p, p]
-                lib.fmc_vbr_pack.argtypes = [p, p, p, p, p, p, p, i32, p, p]
-                lib.fmc_vbr_pack.restype = i64
                 lib.fmc_vbr_encode.argtypes = [i32, p, p, p, p, p, p, i32, p, p, p, p, p, p, p]
                 lib.fmc_vbr_encode.restype = i64
                 lib.fmc_tag_code.argtypes = [p, p, p]
@@ -273,15 +270,15 @@ def encode_vbr(x: torch.Tensor, storage: torch.dtype, st: int, shape, block, k: 
     at_meta = at_tags + (nb + 63) // 64 * 64
     at_words = at_meta + nb * 8
     scratch = np.empty(at_words + nb * nw * 4 + 64, np.uint8)
-    ps = _ptr(scratch)
-    ps += -ps % 64
+    base = _ptr(scratch)
+    ps = base + -base % 64
     out = np.empty((nb * (3 + 2 * bits + fb) + nb * n * k + 7) // 8 + 16, np.uint8)  # the kernel writes every byte
     nbits = lib.fmc_vbr_encode(int(storage == torch.bfloat16), x.data_ptr(), pc, pt, pc1, pt1, pr, parts,
                                ps + at_tags, ps + at_meta, ps + at_words, ps, ps + (parts + 1) * 128,
                                ps + (parts + 1) * 128 + 32, _ptr(out))
     if nbits < 0:
         return None
-    off = ps - _ptr(scratch)
+    off = ps - base
     got = scratch[off + parts * 128:off + (parts + 1) * 128 + 32].view(np.int64).tolist()
     lengths = tuple(got[16:20])
     return memoryview(out[:(nbits + 7) // 8]), nbits, got[:8], got[8:12], lengths
