@@ -59,18 +59,49 @@ def test_label_smoothing_changes_the_training(digits):
 def test_recipes_without_the_fields_keep_their_digest_and_with_them_change_it():
     plain = baselines.digest(baselines.of_recipe(parse_recipe(tiny_recipe([]))))
     explicit = tiny_recipe([])
-    explicit["baseline"] = {**explicit["baseline"], "label_smoothing": 0.0, "resize": []}
+    explicit["baseline"] = {**explicit["baseline"], "label_smoothing": 0.0, "resize": [], "ema": 0.0}
     assert baselines.digest(baselines.of_recipe(parse_recipe(explicit))) == plain
-    for extra in ({"label_smoothing": 0.1}, {"resize": [{"epochs": 1, "size": 4}]}):
+    for extra in ({"label_smoothing": 0.1}, {"resize": [{"epochs": 1, "size": 4}]}, {"ema": 0.99}):
         r = tiny_recipe([])
         r["baseline"] = {**r["baseline"], **extra}
         assert baselines.digest(baselines.of_recipe(parse_recipe(r))) != plain, extra
+
+
+def test_ema_ends_on_the_moving_average_of_every_step(digits):
+    """The fit ends on w_ema <- d * w_ema + (1 - d) * w after every optimizer step (BN statistics too; the
+    average starts at the first step's weights), recomputed here from the weights each step left behind."""
+    def model():
+        torch.manual_seed(0)
+        return build_model("digits_cnn", in_channels=1, num_classes=10, width=0.25)
+    d = 0.9
+    m = model()
+    avg = {}
+    opt_step = torch.optim.SGD.step
+
+    def step_and_average(self, *a, **k):   # follow the plain run's weights step by step
+        out = opt_step(self, *a, **k)
+        for key, v in m.state_dict().items():
+            if v.is_floating_point():
+                avg[key] = d * avg[key] + (1 - d) * v.detach().double() if key in avg else v.detach().double()
+        return out
+    torch.optim.SGD.step = step_and_average
+    try:
+        fit(m, digits, FitConfig(1, lr=0.05, batch_size=100))
+    finally:
+        torch.optim.SGD.step = opt_step
+    plain = {k: v.clone() for k, v in m.state_dict().items()}
+    m2 = model()
+    fit(m2, digits, FitConfig(1, lr=0.05, batch_size=100, ema=d))
+    for key, want in avg.items():   # BN statistics move in the forward pass after a step: checked by value
+        assert torch.allclose(m2.state_dict()[key].double(), want, atol=1e-5), key
+    assert any(not torch.equal(plain[k], m2.state_dict()[k]) for k in avg)   # and it is not the last step's weights
 
 
 @pytest.mark.parametrize("baseline, field", [
     ({"epochs": 1, "resize": [{"epochs": 2, "size": 4}]}, "baseline.resize"),
     ({"epochs": 2, "resize": [{"epochs": 1, "size": 1}]}, "baseline.resize"),
     ({"epochs": 1, "label_smoothing": 1.5}, "baseline.label_smoothing"),
+    ({"epochs": 1, "ema": 1.0}, "baseline.ema"),
 ])
 def test_bad_schedules_are_one_line_exit_2(tmp_path, capsys, baseline, field):
     r = tiny_recipe([])

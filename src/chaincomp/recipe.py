@@ -138,6 +138,8 @@ class BaselineConfig(BaseModel):
                                    "targets smoothed by this much")
     resize: list[ResizePhase] = Field([], description="classification only: the first epochs train at these "
                                       "smaller input sizes, in order (cheaper epochs); the rest at the data's size")
+    ema: float = Field(0.0, ge=0, lt=1, description="keep an exponential moving average of the weights (and BN "
+                       "statistics) with this decay per step, e.g. 0.999, and end training on it; 0: off")
 
     @model_validator(mode="after")
     def _resize_fits(self) -> "BaselineConfig":
@@ -147,7 +149,7 @@ class BaselineConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):   # baselines trained before these fields keep their digest (and their cache)
-        return _without_defaults(handler, self, ("label_smoothing", "resize"))
+        return _without_defaults(handler, self, ("label_smoothing", "resize", "ema"))
 
     def fit_config(self) -> FitConfig:
         return FitConfig.of(self)

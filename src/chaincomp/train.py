@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import faults, progress
 from .data.base import Split, TaskData
@@ -99,14 +100,15 @@ class FitConfig:
     optimizer: str = "sgd"
     label_smoothing: float = 0.0
     resize: tuple[tuple[int, int], ...] = ()   # (epochs, size) phases first; the rest at the data's own size
+    ema: float = 0.0   # decay of the weight average the fit ends on (0: none)
 
     @classmethod
     def of(cls, budget, epochs: int | None = None) -> "FitConfig":
         """From any recipe section with epochs, lr, batch_size, weight_decay and optimizer fields (and, on a
-        baseline, label_smoothing and resize)."""
+        baseline, label_smoothing, resize and ema)."""
         phases = tuple((p.epochs, p.size) for p in getattr(budget, "resize", ()))
         return cls(budget.epochs if epochs is None else epochs, budget.lr, budget.batch_size, budget.weight_decay,
-                   budget.optimizer, getattr(budget, "label_smoothing", 0.0), phases)
+                   budget.optimizer, getattr(budget, "label_smoothing", 0.0), phases, getattr(budget, "ema", 0.0))
 
     def size_at(self, epoch: int) -> int | None:
         """The input size of 0-based `epoch` under `resize`; None for the data's own size."""
@@ -153,6 +155,8 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
     history, step = [], 0
     model.train()
     amp = _autocast(data, model)
+    # torch's own weight averaging: parameters and BN buffers, updated after every optimizer step
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     with progress.task(f"{stage}", total) as bar:
         for epoch in range(cfg.epochs):
             run = torch.zeros((), dtype=torch.float64, device=dev)   # summed where the loss is, read per epoch
@@ -178,6 +182,8 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
                     with torch.no_grad():
                         torch._foreach_clamp_min_(learned, 1e-8)
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 step += 1
                 faults.point("train_step")
                 run += loss.detach()
@@ -193,6 +199,8 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
             else:
                 model.load_state_dict(good)
                 raise DivergenceError(stage, step, float("nan"))
+    if ema is not None:   # the average is the trained model (a finite average of finite weights)
+        model.load_state_dict(ema.module.state_dict())
     return {"loss": history}
 
 
