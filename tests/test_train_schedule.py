@@ -95,6 +95,8 @@ def test_ema_ends_on_the_moving_average_of_every_step(digits):
     for key, want in avg.items():   # BN statistics move in the forward pass after a step: checked by value
         assert torch.allclose(m2.state_dict()[key].double(), want, atol=1e-5), key
     assert any(not torch.equal(plain[k], m2.state_dict()[k]) for k in avg)   # and it is not the last step's weights
+    counts = [k for k, v in plain.items() if not v.is_floating_point()]
+    assert counts and all(torch.equal(plain[k], m2.state_dict()[k]) for k in counts)   # BN's batch counters: counts
 
 
 @pytest.mark.parametrize("baseline, field", [

@@ -199,8 +199,9 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
             else:
                 model.load_state_dict(good)
                 raise DivergenceError(stage, step, float("nan"))
-    if ema is not None:   # the average is the trained model (a finite average of finite weights)
-        model.load_state_dict(ema.module.state_dict())
+    if ema is not None:   # the average is the trained model (a finite average of finite weights); integer
+        own = model.state_dict()   # buffers (BN's batch counters) are counts, not averaged: the model's own
+        model.load_state_dict({k: v if v.is_floating_point() else own[k] for k, v in ema.module.state_dict().items()})
     return {"loss": history}
 
 
