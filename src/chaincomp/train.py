@@ -20,7 +20,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import faults, progress
 from .data.base import Split, TaskData
@@ -91,6 +90,28 @@ def resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(x, size=out, mode="bilinear", antialias=True, align_corners=False)
 
 
+class WeightAverage:
+    """Exponential moving average of a model's float parameters and buffers (BN statistics), started at the first
+    step's weights: avg <- decay * avg + (1 - decay) * w after every optimizer step. By hand because torch's
+    `AveragedModel` reads its step counter on the host at every update (a GPU synchronisation per step, which the
+    training loop avoids) and averages integer buffers (BN's batch counters) as if they were weights."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.live = [t.detach() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+        self.avg: list[torch.Tensor] = []
+
+    def update(self) -> None:
+        if not self.avg:
+            self.avg = [t.clone() for t in self.live]
+        else:
+            torch._foreach_lerp_(self.avg, self.live, 1.0 - self.decay)
+
+    def copy_to_model(self) -> None:
+        if self.avg:
+            torch._foreach_copy_(self.live, self.avg)
+
+
 @dataclass
 class FitConfig:
     epochs: int
@@ -155,8 +176,7 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
     history, step = [], 0
     model.train()
     amp = _autocast(data, model)
-    # torch's own weight averaging: parameters and BN buffers, updated after every optimizer step
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     with progress.task(f"{stage}", total) as bar:
         for epoch in range(cfg.epochs):
             run = torch.zeros((), dtype=torch.float64, device=dev)   # summed where the loss is, read per epoch
@@ -183,7 +203,7 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
                         torch._foreach_clamp_min_(learned, 1e-8)
                 sched.step()
                 if ema is not None:
-                    ema.update_parameters(model)
+                    ema.update()
                 step += 1
                 faults.point("train_step")
                 run += loss.detach()
@@ -199,9 +219,8 @@ def _fit(model, data, cfg, loss_fn, stage, seed, params) -> dict:
             else:
                 model.load_state_dict(good)
                 raise DivergenceError(stage, step, float("nan"))
-    if ema is not None:   # the average is the trained model (a finite average of finite weights); integer
-        own = model.state_dict()   # buffers (BN's batch counters) are counts, not averaged: the model's own
-        model.load_state_dict({k: v if v.is_floating_point() else own[k] for k, v in ema.module.state_dict().items()})
+    if ema is not None:   # the average is the trained model (a finite average of finite weights)
+        ema.copy_to_model()
     return {"loss": history}
 
 
