@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from chaincomp import baselines
 from chaincomp.cli import main
@@ -76,19 +77,16 @@ def test_ema_ends_on_the_moving_average_of_every_step(digits):
     d = 0.9
     m = model()
     avg = {}
-    opt_step = torch.optim.SGD.step
 
-    def step_and_average(self, *a, **k):   # follow the plain run's weights step by step
-        out = opt_step(self, *a, **k)
+    def average(opt, args, kwargs):   # after every optimizer step of the plain run: follow its weights
         for key, v in m.state_dict().items():
             if v.is_floating_point():
                 avg[key] = d * avg[key] + (1 - d) * v.detach().double() if key in avg else v.detach().double()
-        return out
-    torch.optim.SGD.step = step_and_average
+    hook = register_optimizer_step_post_hook(average)
     try:
         fit(m, digits, FitConfig(1, lr=0.05, batch_size=100))
     finally:
-        torch.optim.SGD.step = opt_step
+        hook.remove()
     plain = {k: v.clone() for k, v in m.state_dict().items()}
     m2 = model()
     fit(m2, digits, FitConfig(1, lr=0.05, batch_size=100, ema=d))
